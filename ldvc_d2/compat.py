@@ -1,0 +1,71 @@
+"""Shims that let detectron2 v0.6 run on current Pillow, NumPy and PyTorch. Nothing else lives here.
+
+detectron2 v0.6 (the last release, and the only one installable from PyPI as ``pb1-detectron2``) was
+written against Pillow < 10, NumPy < 1.24 and PyTorch < 2.6. Current detectron2 (from its git
+repository) no longer needs any of this. Every shim is applied only where the name it provides is
+missing, so on a current detectron2 / old library stack each one is a no-op.
+
+Shims (applied by :func:`apply`, which ``import ldvc_d2`` calls before detectron2 is imported):
+
+* ``PIL.Image.LINEAR`` (and ``CUBIC``, ``ANTIALIAS``): aliases removed in Pillow 10.
+  detectron2.data.transforms uses ``Image.LINEAR`` as a default argument, so ``import
+  detectron2.data`` fails without it.
+* ``numpy.int``, ``numpy.float``, ``numpy.bool``, ``numpy.str``, ``numpy.object``: aliases removed in
+  NumPy 1.24. detectron2 v0.6 uses them in ``SemSegEvaluator``, ``Visualizer`` (``np.bool``),
+  ``build.py`` (class histogram) and the Pascal VOC loader.
+* ``fvcore.common.checkpoint.Checkpointer._load_file``: since PyTorch 2.6, ``torch.load`` defaults to
+  ``weights_only=True``, which refuses the plain-Python objects (NumPy scalars in scheduler or
+  trainer state) that detectron2 v0.6 writes into its own checkpoints, so ``--resume`` fails. The
+  shim loads files with ``weights_only=False`` — these are checkpoints the user's own training wrote;
+  do not point ``MODEL.WEIGHTS`` at files from an untrusted source.
+"""
+import inspect
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["apply"]
+
+_PIL_ALIASES = {"LINEAR": "BILINEAR", "CUBIC": "BICUBIC", "ANTIALIAS": "LANCZOS"}
+_NUMPY_ALIASES = {"int": int, "float": float, "bool": bool, "str": str, "object": object}
+_applied = False
+
+
+def _patch_pil() -> None:
+    for alias, name in _PIL_ALIASES.items():
+        if not hasattr(Image, alias):
+            resampling = getattr(Image, "Resampling", Image)
+            setattr(Image, alias, getattr(resampling, name))
+
+
+def _patch_numpy() -> None:
+    for alias, value in _NUMPY_ALIASES.items():
+        if alias not in vars(np):  # not getattr: NumPy warns on (or refuses) the removed names
+            setattr(np, alias, value)
+
+
+def _patch_torch_load() -> None:
+    import torch
+    from fvcore.common.checkpoint import Checkpointer
+
+    if "weights_only" not in inspect.signature(torch.load).parameters:
+        return  # PyTorch < 1.13: torch.load has no such restriction.
+    if getattr(Checkpointer._load_file, "_ldvc_compat", False):
+        return
+
+    def _load_file(self, f: str):
+        return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+
+    _load_file._ldvc_compat = True
+    Checkpointer._load_file = _load_file
+
+
+def apply() -> None:
+    """Apply every shim once; safe to call many times."""
+    global _applied
+    if _applied:
+        return
+    _patch_pil()
+    _patch_numpy()
+    _patch_torch_load()
+    _applied = True

@@ -1,0 +1,171 @@
+"""Shared registration for the zero-shot semantic-segmentation benchmarks.
+
+Every registered set (train or eval) carries the same metadata, which the model, mapper and
+evaluator read; the data pipeline always emits *full* labels and the model derives the seen-only
+training view from the metadata:
+
+* ``stuff_classes``: all class names of the benchmark, in label order;
+* ``seen_classes`` / ``unseen_classes``: sorted lists of indices into ``stuff_classes``
+  (fully supervised sets: all seen, none unseen; cross-dataset sets: none seen, all unseen);
+* ``ignore_label`` = 255, ``evaluator_type`` = ``"zero_shot_sem_seg"``;
+* ``stuff_colors``: one RGB triple per class (VOC palette order);
+* ``image_root`` / ``sem_seg_root``: the image folder and the prepared index-PNG label folder.
+
+Dataset dicts are ``{"file_name", "sem_seg_file_name", "image_id"}`` (no height/width: reading 118k
+image headers at start-up is slow, and detectron2 falls back to the decoded image size), one per
+prepared label file, sorted by ``image_id`` (the file stem).
+
+Inductive training keeps every image of the training split: images that contain unseen objects, and
+also images whose label becomes all-ignore (255) once unseen pixels are removed, as ZegCLIP does.
+Filtering, if any, is the mapper's or model's business, not the dataset's.
+
+Unmatched files are never dropped silently. A label file without its image is an error; for
+splits whose image folder holds exactly that split (COCO-Stuff, ADE20K) an image without a label is
+one too. Set the environment variable ``LDVC_UNMATCHED_FILES=warn`` (read when the dataset is
+loaded) to log a warning with the counts and the first names instead, and keep the matched pairs.
+"""
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .builtin_classes import class_colors, seen_indices
+
+__all__ = ["ZeroShotSplit", "datasets_root", "load_zero_shot_sem_seg", "register_zero_shot_splits"]
+
+logger = logging.getLogger(__name__)
+
+UNMATCHED_ENV = "LDVC_UNMATCHED_FILES"
+_SHOW = 5  # how many unmatched names an error or warning lists
+
+
+@dataclass(frozen=True)
+class ZeroShotSplit:
+    """One registered dataset: where its files are (relative to the datasets root) and its split.
+
+    ``images_need_labels``: the image folder holds exactly this split, so an image without a label
+    is an error (False where the folder is shared by several splits, e.g. VOC's JPEGImages).
+    ``expected_count``: the number of images of the full dataset; a different count is logged.
+    """
+
+    name: str
+    image_dir: str
+    label_dir: str
+    classes: Sequence[str]
+    unseen: Sequence[int]
+    prepare_command: str
+    expected_count: int
+    image_ext: str = ".jpg"
+    images_need_labels: bool = False
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS``, default ``"datasets"`` (relative to the working directory)."""
+    return os.environ.get("DETECTRON2_DATASETS", "datasets")
+
+
+def _stems(folder: str, ext: str) -> Dict[str, str]:
+    """Map file stem -> file name for the non-hidden files of ``folder`` ending in ``ext``."""
+    with os.scandir(folder) as entries:
+        return {e.name[: -len(ext)]: e.name for e in entries
+                if e.name.endswith(ext) and not e.name.startswith(".")}
+
+
+def _unmatched_message(name: str, kind: str, folder: str, stems: List[str], ext: str) -> str:
+    shown = ", ".join(s + ext for s in stems[:_SHOW]) + (", ..." if len(stems) > _SHOW else "")
+    return f"dataset '{name}': {len(stems)} {kind} missing from '{folder}' (first: {shown})"
+
+
+def load_zero_shot_sem_seg(
+    name: str,
+    image_root: str,
+    sem_seg_root: str,
+    *,
+    prepare_command: str,
+    image_ext: str = ".jpg",
+    images_need_labels: bool = False,
+    expected_count: Optional[int] = None,
+) -> List[dict]:
+    """Pair the prepared label PNGs of ``sem_seg_root`` with the images of ``image_root``.
+
+    Raises ``FileNotFoundError`` naming the folder (and, for labels, the prepare command) when a
+    folder is missing or holds no labels, and on unmatched files (see the module docstring).
+    """
+    if not os.path.isdir(sem_seg_root):
+        raise FileNotFoundError(
+            f"dataset '{name}': prepared label folder '{sem_seg_root}' does not exist. "
+            f"Run `{prepare_command}` (it reads $DETECTRON2_DATASETS, or pass --root) to build it; "
+            "see datasets/README.md.")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(
+            f"dataset '{name}': image folder '{image_root}' does not exist. Download the dataset "
+            "into $DETECTRON2_DATASETS as described in datasets/README.md.")
+    labels = _stems(sem_seg_root, ".png")
+    if not labels:
+        raise FileNotFoundError(
+            f"dataset '{name}': prepared label folder '{sem_seg_root}' holds no .png files. "
+            f"Run `{prepare_command}` to build it.")
+    images = _stems(image_root, image_ext)
+
+    problems = []
+    no_image = sorted(set(labels) - set(images))
+    if no_image:
+        problems.append(_unmatched_message(name, "images (labels present)", image_root,
+                                           no_image, image_ext))
+    no_label = sorted(set(images) - set(labels)) if images_need_labels else []
+    if no_label:
+        problems.append(_unmatched_message(name, "labels (images present)", sem_seg_root,
+                                           no_label, ".png"))
+    if problems:
+        text = "; ".join(problems)
+        if os.environ.get(UNMATCHED_ENV, "error").lower() != "warn":
+            raise FileNotFoundError(
+                f"{text}. Re-run `{prepare_command}`, or set {UNMATCHED_ENV}=warn to skip them.")
+        logger.warning("%s. Keeping only the matched pairs (%s=warn).", text, UNMATCHED_ENV)
+
+    stems = sorted(set(labels) & set(images))
+    if expected_count is not None and len(stems) != expected_count:
+        logger.warning("dataset '%s': %d images, the full dataset has %d. If preparation was "
+                       "interrupted, re-run `%s`.", name, len(stems), expected_count,
+                       prepare_command)
+    return [
+        {
+            "file_name": os.path.join(image_root, images[s]),
+            "sem_seg_file_name": os.path.join(sem_seg_root, labels[s]),
+            "image_id": s,
+        }
+        for s in stems
+    ]
+
+
+def register_zero_shot_splits(
+    splits: Sequence[ZeroShotSplit], root: Optional[str] = None, prefix: str = ""
+) -> List[str]:
+    """Register ``splits`` under ``root`` (default :func:`datasets_root`, read now) as
+    ``prefix + split.name``; returns the registered names. Touches no file: a missing dataset only
+    fails when ``DatasetCatalog.get`` is called."""
+    root = datasets_root() if root is None else root
+    names = []
+    for split in splits:
+        name = prefix + split.name
+        image_root = os.path.join(root, split.image_dir)
+        sem_seg_root = os.path.join(root, split.label_dir)
+        DatasetCatalog.register(name, functools.partial(
+            load_zero_shot_sem_seg, name, image_root, sem_seg_root,
+            prepare_command=split.prepare_command, image_ext=split.image_ext,
+            images_need_labels=split.images_need_labels, expected_count=split.expected_count))
+        MetadataCatalog.get(name).set(
+            stuff_classes=list(split.classes),
+            seen_classes=seen_indices(len(split.classes), split.unseen),
+            unseen_classes=sorted(split.unseen),
+            stuff_colors=[list(c) for c in class_colors(len(split.classes))],
+            ignore_label=255,
+            evaluator_type="zero_shot_sem_seg",
+            image_root=image_root,
+            sem_seg_root=sem_seg_root,
+        )
+        names.append(name)
+    return names

@@ -1,0 +1,238 @@
+"""Detectron2 evaluator for zero-shot semantic segmentation: seen, unseen and harmonic mIoU.
+
+Seen and unseen classes are always evaluated *jointly*: the prediction is an arg-max over all test
+classes and every metric comes from one confusion matrix over all of them (never novel-only).
+"""
+import json
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tabulate import tabulate
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+from .metrics import confusion_matrix, zero_shot_metrics
+
+__all__ = ["ZeroShotSemSegEvaluator"]
+
+_SUMMARY_KEYS = ("pAcc", "mIoU", "mIoU(S)", "mIoU(U)", "hIoU")
+
+
+class ZeroShotSemSegEvaluator(DatasetEvaluator):
+    """Semantic segmentation evaluator that reports seen / unseen / harmonic mIoU.
+
+    Subclasses :class:`DatasetEvaluator` rather than detectron2's ``SemSegEvaluator``, whose
+    constructor and internals differ between detectron2 0.6 and current main.
+
+    Reads from ``MetadataCatalog.get(dataset_name)``: ``stuff_classes`` (names of all C test
+    classes), ``seen_classes`` and ``unseen_classes`` (int indices into ``stuff_classes``; set
+    ``unseen_classes=[]`` for fully supervised evaluation) and ``ignore_label`` (default 255).
+    Ground truth is the index PNG ``sem_seg_file_name`` of the dataset dict whose ``file_name``
+    matches the input (values = class index, ``ignore_label`` = not evaluated).
+
+    Metrics (percent, see :func:`ldvc_d2.evaluation.metrics.zero_shot_metrics`): pAcc, mAcc, fwIoU,
+    mIoU, mIoU(S), mIoU(U), hIoU = 2·S·U/(S+U), ``IoU-<class>``, ``ACC-<class>``.
+    NaN semantics follow MMSegmentation, where the published numbers come from: a class absent from
+    both ground truth and prediction is NaN and left out of the means, but a class that is predicted
+    and absent from the ground truth has IoU 0 and counts. detectron2's ``SemSegEvaluator`` instead
+    leaves out every class absent from the ground truth, so it reports a higher mIoU on small or
+    partial evaluation sets. With no unseen classes, ``mIoU(U)`` and ``hIoU`` are NaN.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        protocol: str = "",
+    ) -> None:
+        """
+        Args:
+            dataset_name: a name registered in ``DatasetCatalog`` and ``MetadataCatalog``.
+            distributed: gather confusion matrices from all processes; only the main process
+                returns results.
+            output_dir: where to write ``sem_seg_metrics.json``; ``None`` writes nothing.
+            protocol: how the predictions were made (e.g. "sliding window 512x512 stride 426,
+                short side 512"), logged and saved next to the numbers so they can be compared.
+        """
+        self._logger = logging.getLogger(__name__)
+        self._dataset_name = dataset_name
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._protocol = protocol
+
+        meta = MetadataCatalog.get(dataset_name)
+        self._class_names: List[str] = list(self._require(meta, "stuff_classes", "list of class names"))
+        self._num_classes = len(self._class_names)
+        self._seen = self._class_indices(meta, "seen_classes")
+        self._unseen = self._class_indices(meta, "unseen_classes")
+        overlap = sorted(set(self._seen) & set(self._unseen))
+        if overlap:
+            raise ValueError(
+                f"Dataset '{dataset_name}': classes {overlap} are in both seen_classes and "
+                "unseen_classes; each class must be in at most one of them."
+            )
+        self._ignore_label = int(getattr(meta, "ignore_label", 255))
+        if 0 <= self._ignore_label < self._num_classes:
+            raise ValueError(
+                f"Dataset '{dataset_name}': ignore_label {self._ignore_label} is a class index "
+                f"(there are {self._num_classes} classes); use a label outside 0..{self._num_classes - 1}."
+            )
+        self._input_file_to_gt_file = {
+            record["file_name"]: record["sem_seg_file_name"] for record in DatasetCatalog.get(dataset_name)
+        }
+        self.reset()
+
+    def _require(self, meta: Any, key: str, what: str) -> Any:
+        value = getattr(meta, key, None)
+        if value is None:
+            raise ValueError(
+                f"Dataset '{self._dataset_name}' has no metadata key '{key}', which "
+                f"ZeroShotSemSegEvaluator needs: set MetadataCatalog.get('{self._dataset_name}')"
+                f".set({key}=...) ({what}) where the dataset is registered."
+            )
+        return value
+
+    def _class_indices(self, meta: Any, key: str) -> List[int]:
+        what = "list of int indices into stuff_classes" + ("; [] if none" if key == "unseen_classes" else "")
+        indices = [int(i) for i in self._require(meta, key, what)]
+        bad = [i for i in indices if not 0 <= i < self._num_classes]
+        if bad or len(set(indices)) != len(indices):
+            raise ValueError(
+                f"Dataset '{self._dataset_name}': metadata '{key}' must hold distinct indices in "
+                f"0..{self._num_classes - 1} (into stuff_classes); got out-of-range {bad} in {indices}."
+            )
+        return indices
+
+    @property
+    def conf_matrix(self) -> np.ndarray:
+        """This process's (C+1, C+1) counts so far: rows ground truth (last: ignored), columns prediction."""
+        return self._conf_matrix.copy()
+
+    def reset(self) -> None:
+        self._conf_matrix = np.zeros((self._num_classes + 1, self._num_classes + 1), dtype=np.int64)
+        self._num_images = 0
+
+    def _gt_file(self, inp: Dict[str, Any]) -> str:
+        file_name = inp["file_name"]
+        if file_name in self._input_file_to_gt_file:
+            return self._input_file_to_gt_file[file_name]
+        if "sem_seg_file_name" in inp:
+            return inp["sem_seg_file_name"]
+        raise KeyError(
+            f"No ground truth for input '{file_name}': it is not a file_name of dataset "
+            f"'{self._dataset_name}' and the input has no 'sem_seg_file_name'."
+        )
+
+    def _load_gt(self, gt_file: str) -> np.ndarray:
+        """Read an index PNG as an (H, W) int64 array, rejecting RGB maps and unknown labels."""
+        with PathManager.open(gt_file, "rb") as f:
+            gt = np.asarray(Image.open(f), dtype=np.int64)
+        if gt.ndim != 2:
+            raise ValueError(
+                f"Ground truth '{gt_file}' has shape {gt.shape}; expected a single-channel index PNG "
+                "(values = class index). Convert color-coded label maps to class indices first."
+            )
+        labels = np.unique(gt)
+        bad = labels[(labels != self._ignore_label) & ((labels < 0) | (labels >= self._num_classes))]
+        if bad.size:
+            raise ValueError(
+                f"Ground truth '{gt_file}' has labels {bad.tolist()} that are neither class indices "
+                f"0..{self._num_classes - 1} nor ignore_label {self._ignore_label} of dataset "
+                f"'{self._dataset_name}'; check the label id mapping (e.g. 1-based ids)."
+            )
+        return gt
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, torch.Tensor]]) -> None:
+        """Accumulate the confusion matrix; ``outputs[i]["sem_seg"]`` is a (C, H, W) score tensor."""
+        for inp, out in zip(inputs, outputs):
+            scores = out["sem_seg"]
+            if scores.dim() != 3 or scores.shape[0] != self._num_classes:
+                raise ValueError(
+                    f"Prediction for '{inp['file_name']}' has shape {tuple(scores.shape)}; expected "
+                    f"({self._num_classes}, H, W) scores for the classes of '{self._dataset_name}'."
+                )
+            pred = scores.argmax(dim=0).cpu().numpy()
+            gt_file = self._gt_file(inp)
+            gt = self._load_gt(gt_file)
+            if pred.shape != gt.shape:
+                raise ValueError(
+                    f"Prediction for '{inp['file_name']}' is {pred.shape[0]}x{pred.shape[1]} but its "
+                    f"ground truth '{gt_file}' is {gt.shape[0]}x{gt.shape[1]} (HxW); resize the "
+                    "prediction to the original image size."
+                )
+            self._conf_matrix += confusion_matrix(gt, pred, self._num_classes, self._ignore_label)
+            self._num_images += 1
+
+    def evaluate(self) -> Optional["OrderedDict[str, OrderedDict[str, float]]"]:
+        """Return ``{"sem_seg": metrics}`` on the main process, ``None`` on the others."""
+        conf, num_images = self._conf_matrix, self._num_images
+        if self._distributed:
+            comm.synchronize()
+            gathered = comm.all_gather((self._conf_matrix, self._num_images))
+            if not comm.is_main_process():
+                return None
+            conf = np.sum([c for c, _ in gathered], axis=0)
+            num_images = sum(n for _, n in gathered)
+
+        metrics = zero_shot_metrics(conf, self._seen, self._unseen, self._class_names)
+        self._log(metrics, num_images)
+        if self._output_dir:
+            self._save(metrics, conf, num_images)
+        return OrderedDict(sem_seg=metrics)
+
+    def _log(self, metrics: Dict[str, float], num_images: int) -> None:
+        self._logger.info(
+            f"Zero-shot evaluation of '{self._dataset_name}': {num_images} images, "
+            f"{self._num_classes} classes ({len(self._seen)} seen, {len(self._unseen)} unseen, "
+            f"evaluated jointly), ignore label {self._ignore_label}, "
+            f"protocol: {self._protocol or 'not given'}"
+        )
+        table = tabulate(
+            [[f"{metrics[k]:.2f}" for k in _SUMMARY_KEYS]],
+            headers=list(_SUMMARY_KEYS),
+            tablefmt="pipe",
+            stralign="center",
+            disable_numparse=True,
+        )
+        self._logger.info("Semantic segmentation results (%):\n" + table)
+
+    def _save(self, metrics: Dict[str, float], conf: np.ndarray, num_images: int) -> None:
+        """Write ``sem_seg_metrics.json`` atomically (NaN written as null, which JSON allows)."""
+        def finite(value: float) -> Optional[float]:
+            return None if np.isnan(value) else value
+
+        report = {
+            "dataset": self._dataset_name,
+            "protocol": self._protocol,
+            "num_images": num_images,
+            "ignore_label": self._ignore_label,
+            "class_names": self._class_names,
+            "seen_classes": self._seen,
+            "unseen_classes": self._unseen,
+            "metrics": {k: finite(v) for k, v in metrics.items() if not k.startswith(("IoU-", "ACC-"))},
+            "per_class_iou": {n: finite(metrics[f"IoU-{n}"]) for n in self._class_names},
+            "confusion_matrix_layout": "rows: ground truth, columns: prediction, last row: ignored pixels",
+            "confusion_matrix": conf.tolist(),
+        }
+        os.makedirs(self._output_dir, exist_ok=True)
+        path = os.path.join(self._output_dir, "sem_seg_metrics.json")
+        fd, tmp_path = tempfile.mkstemp(prefix=".sem_seg_metrics.", suffix=".tmp", dir=self._output_dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(report, f, indent=1)
+            os.replace(tmp_path, path)
+        except BaseException:
+            os.unlink(tmp_path)
+            raise
+        self._logger.info(f"Wrote {path}")

@@ -1,0 +1,109 @@
+"""PromptedCLIPBackbone: the frozen CLIP image and text encoders with VLPT prompts (LDVC §3.2).
+
+Public API (used by the meta-architecture, configs and other projects):
+
+* ``forward(images)`` — images: normalised B×3×H×W. Returns a dict with
+  ``"dense"`` V_l: B×d×h×w, L2-normalised per pixel (final patch tokens -> ln_post -> proj);
+  ``"global"`` V_g: B×d, L2-normalised ([CLS] -> ln_post -> proj);
+  ``"intermediate"`` {V_j}: list of B×width×h×w raw tokens of MODEL.LDVC.INTERMEDIATE_LAYERS.
+  h = H / patch, w = W / patch; d is CLIP's joint embedding width (512 for ViT-B/16).
+* ``encode_text(class_names)`` -> C×d class embeddings T, L2-normalised.
+
+Only the prompts train; ``train()`` keeps CLIP itself in eval mode.
+"""
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from .clip.loading import build_clip_model
+from .clip.text import PromptedTextEncoder
+from .clip.vision import PromptedVisionEncoder
+
+__all__ = ["PromptedCLIPBackbone", "default_intermediate_layers"]
+
+
+def default_intermediate_layers(num_layers: int, num_blocks: int) -> List[int]:
+    """Evenly spaced blocks from the middle of the encoder to its last block (the paper is silent).
+
+    ViT-B/16 (12 blocks) with 2 decoder blocks gives [6, 11]; block k of the decoder gets entry k.
+    """
+    return [int(round(x)) for x in np.linspace(num_layers // 2, num_layers - 1, num_blocks)]
+
+
+@BACKBONE_REGISTRY.register()
+class PromptedCLIPBackbone(Backbone):
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip_model: str,
+        clip_pretrained: str,
+        clip_cache_dir: str = "",
+        visual_prompts: int,
+        text_prompts: int,
+        text_prompt_init: str = "template",
+        text_prompt_template: str = "this is a photo of a {}.",
+        intermediate_layers: Sequence[int] = (),
+        num_intermediate: int = 0,
+    ):
+        """
+        Args:
+            clip_model / clip_pretrained / clip_cache_dir: see :func:`build_clip_model`.
+            visual_prompts / text_prompts: deep prompt tokens per layer (0 disables a branch).
+            intermediate_layers: 0-based image-encoder blocks for V_j; empty = auto with
+                ``num_intermediate`` entries (:func:`default_intermediate_layers`).
+        """
+        super().__init__()
+        model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
+        num_layers = len(model.visual.transformer.resblocks)
+        layers = list(intermediate_layers) or default_intermediate_layers(num_layers, num_intermediate)
+        self.visual = PromptedVisionEncoder(model.visual, num_prompts=visual_prompts, intermediate_layers=layers)
+        self.text = PromptedTextEncoder(
+            model, tokenizer, num_prompts=text_prompts, init=text_prompt_init, template=text_prompt_template
+        )
+        self.clip_model_name = clip_model
+        self.embed_dim = self.visual.output_dim
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None):
+        c = cfg.MODEL.LDVC
+        return {
+            "clip_model": c.CLIP_MODEL,
+            "clip_pretrained": c.CLIP_PRETRAINED,
+            "clip_cache_dir": c.CLIP_CACHE_DIR,
+            "visual_prompts": c.VISUAL_PROMPTS,
+            "text_prompts": c.TEXT_PROMPTS,
+            "text_prompt_init": c.TEXT_PROMPT_INIT,
+            "text_prompt_template": c.TEXT_PROMPT_TEMPLATE,
+            "intermediate_layers": c.INTERMEDIATE_LAYERS,
+            "num_intermediate": cfg.MODEL.LCTD.NUM_BLOCKS,
+        }
+
+    def forward(self, images: torch.Tensor) -> Dict[str, object]:
+        return self.visual(images)
+
+    def encode_text(self, class_names: List[str]) -> torch.Tensor:
+        return self.text(class_names)
+
+    def train(self, mode: bool = True):
+        """Prompts follow ``mode``; the frozen CLIP modules always stay in eval mode."""
+        super().train(mode)
+        self.visual.visual.eval()
+        for name in ("token_embedding", "transformer", "ln_final"):
+            getattr(self.text, name).eval()
+        return self
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.visual.patch_size
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            "dense": ShapeSpec(channels=self.embed_dim, stride=self.visual.patch_size),
+            "global": ShapeSpec(channels=self.embed_dim),
+            "intermediate": ShapeSpec(channels=self.visual.width, stride=self.visual.patch_size),
+        }

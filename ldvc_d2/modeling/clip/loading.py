@@ -1,0 +1,90 @@
+"""Building the (frozen) open_clip model that the prompted encoders wrap.
+
+CLIP is chosen by open_clip model name (``MODEL.LDVC.CLIP_MODEL``, e.g. ``ViT-B-16``, ``ViT-L-14``) and
+weights (``MODEL.LDVC.CLIP_PRETRAINED``): an open_clip pretrained tag such as ``openai``, a local
+checkpoint file, or ``""`` for random initialisation (tests, and the tiny models of this project).
+Model configs shipped in ``model_configs/`` (``LDVC-Tiny``) are registered with open_clip on import.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import open_clip
+import torch
+from detectron2.utils import comm
+
+__all__ = ["build_clip_model", "MODEL_CONFIG_DIR"]
+
+logger = logging.getLogger(__name__)
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _is_local_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
+
+
+def _check_request(model_name: str, pretrained: str) -> None:
+    if model_name not in open_clip.list_models():
+        raise ValueError(
+            f"MODEL.LDVC.CLIP_MODEL: open_clip has no model named '{model_name}'. Known ViT models "
+            f"include: {', '.join(m for m in open_clip.list_models() if m.startswith('ViT-B'))}; "
+            f"see open_clip.list_models() for all."
+        )
+    if pretrained and _is_local_path(pretrained):
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(
+                f"MODEL.LDVC.CLIP_PRETRAINED: checkpoint file '{pretrained}' does not exist. Point it "
+                f"to a local open_clip/OpenAI checkpoint of '{model_name}', or to an open_clip tag."
+            )
+    elif pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained not in tags:
+            raise ValueError(
+                f"MODEL.LDVC.CLIP_PRETRAINED: '{pretrained}' is neither a local file nor a pretrained "
+                f"tag of '{model_name}' (tags: {tags or 'none'}). Use one of the tags, a file path, or "
+                f"'' for random initialisation."
+            )
+
+
+def _create(model_name: str, pretrained: str, cache_dir: Optional[str]) -> torch.nn.Module:
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained or None, cache_dir=cache_dir)
+    except Exception as e:  # network errors come in many types (OSError, HTTPError, hub errors...)
+        if not pretrained or _is_local_path(pretrained):
+            raise
+        raise RuntimeError(
+            f"Could not obtain the weights of open_clip model '{model_name}' with pretrained tag "
+            f"'{pretrained}' ({type(e).__name__}: {e}). If this machine is offline, download them on "
+            f"a connected machine, e.g. python -c \"import open_clip; open_clip.create_model("
+            f"'{model_name}', pretrained='{pretrained}', cache_dir='clip_weights')\", copy the file "
+            f"and set MODEL.LDVC.CLIP_PRETRAINED to its path (or MODEL.LDVC.CLIP_CACHE_DIR to the "
+            f"copied cache folder)."
+        ) from e
+
+
+def build_clip_model(
+    model_name: str, pretrained: str, *, cache_dir: Optional[str] = None
+) -> Tuple[torch.nn.Module, open_clip.tokenizer.SimpleTokenizer]:
+    """Return ``(clip_model, tokenizer)`` with every CLIP parameter frozen and the model in eval mode.
+
+    Weights are downloaded by the local rank-0 process first while the other processes wait at a
+    barrier, then read from the cache by the others, so N GPUs never download N copies.
+    """
+    _check_request(model_name, pretrained)
+    needs_download = bool(pretrained) and not _is_local_path(pretrained)
+    if needs_download and comm.get_world_size() > 1 and comm.get_local_rank() != 0:
+        comm.synchronize()  # wait for local rank 0 to fill the cache
+        model = _create(model_name, pretrained, cache_dir)
+    else:
+        model = _create(model_name, pretrained, cache_dir)
+        if needs_download and comm.get_world_size() > 1:
+            comm.synchronize()
+    logger.info(f"Built open_clip '{model_name}' (weights: {pretrained or 'random init'}).")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, open_clip.get_tokenizer(model_name)

@@ -1,0 +1,132 @@
+"""Prompted CLIP text encoder: deep language prompts (LDVC §3.2, VLPT, language branch).
+
+The sequence of a class is ``[SOS; e_p; e_c; suffix; EOS]``: ``e_p`` are ``num_prompts`` learnable
+tokens, ``e_c`` the class-name tokens, ``suffix`` the fixed tokens after ``{}`` in the template (e.g.
+"."), and the [EOS] output is the global token that becomes the class embedding. As in deep VPT the
+prompt slots of every layer's *input* are overwritten by that layer's own prompts.
+
+Hand-crafted initialisation (the paper's Table 6, +4.5 mIoU(U) over random init): the template's
+prefix (the words before ``{}``, e.g. "this is a photo of a") is run through the pretrained encoder
+and each layer's input hidden states at those token positions become that layer's initial prompts.
+CLIP's text attention is causal, so these states do not depend on the class name: with this
+initialisation the prompted encoder reproduces CLIP's embedding of the filled-in template exactly.
+This needs exactly ``num_prompts`` prefix tokens; the default template "this is a photo of a {}."
+has 6, the paper's prompt count. Random initialisation (``init="random"``) draws N(0, 0.02²), as
+CoOp does, and ignores the prefix. With ``num_prompts=0`` the prefix stays as ordinary fixed tokens
+(frozen CLIP with a hand-crafted prompt).
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vision import run_block
+
+__all__ = ["PromptedTextEncoder"]
+
+
+def _split_template(template: str):
+    if template.count("{}") != 1:
+        raise ValueError(
+            f"MODEL.LDVC.TEXT_PROMPT_TEMPLATE must contain '{{}}' exactly once, got '{template}'."
+        )
+    prefix, suffix = template.split("{}")
+    return prefix.strip(), suffix
+
+
+class PromptedTextEncoder(nn.Module):
+    """Encodes class names into L2-normalised C×d embeddings through CLIP's prompted text tower.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` (its text tower is used; frozen).
+        tokenizer: the model's open_clip tokenizer (SOS/EOS ids, context length).
+        num_prompts: learnable tokens per layer (the paper: 6).
+        init: "template" (hand-crafted, see module docstring) or "random".
+        template: e.g. "this is a photo of a {}."
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer, *, num_prompts: int, init: str, template: str):
+        super().__init__()
+        if getattr(clip_model, "text_pool_type", "argmax") != "argmax":
+            raise NotImplementedError(
+                "PromptedTextEncoder needs a CLIP text tower pooled at the [EOS] token "
+                f"(text_pool_type='argmax'), got '{clip_model.text_pool_type}'."
+            )
+        if init not in ("template", "random"):
+            raise ValueError(f"MODEL.LDVC.TEXT_PROMPT_INIT must be 'template' or 'random', got '{init}'.")
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
+        self.tokenizer = tokenizer
+        self.context_length = self.positional_embedding.shape[0]
+        self.num_layers = len(self.transformer.resblocks)
+        self.width = self.positional_embedding.shape[1]
+        self.num_prompts = num_prompts
+        self.prefix, self.suffix = _split_template(template)
+
+        if num_prompts == 0:
+            self.register_parameter("prompts", None)
+        elif init == "random":
+            self.prompts = nn.Parameter(torch.randn(self.num_layers, num_prompts, self.width) * 0.02)
+        else:
+            self.prompts = nn.Parameter(self._template_hidden_states(template))
+
+    def _tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.positional_embedding.device)
+
+    @torch.no_grad()
+    def _template_hidden_states(self, template: str) -> torch.Tensor:
+        """Input hidden states of every layer at the prefix-token positions: L×n×width."""
+        tokens = self._tokenize([self.prefix])  # [SOS, prefix..., EOS, pad...]
+        num_prefix = int(tokens.argmax(dim=-1)) - 1
+        if num_prefix != self.num_prompts:
+            raise ValueError(
+                f"MODEL.LDVC.TEXT_PROMPTS={self.num_prompts} but the template '{template}' has "
+                f"{num_prefix} tokens before '{{}}' ('{self.prefix}'); hand-crafted initialisation needs "
+                "them equal. Use a template with that many prefix tokens, or "
+                "MODEL.LDVC.TEXT_PROMPT_INIT='random'."
+            )
+        length = num_prefix + 1
+        x = self.token_embedding(tokens[:, :length]) + self.positional_embedding[:length]
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        batch_first = getattr(self.transformer, "batch_first", True)
+        states = []
+        for block in self.transformer.resblocks:
+            states.append(x[0, 1:length].clone())
+            x = run_block(block, x, batch_first, attn_mask=mask)
+        return torch.stack(states)
+
+    def forward(self, class_names: List[str]) -> torch.Tensor:
+        """class_names: C strings. Returns the C×d class embeddings T, L2-normalised."""
+        if len(class_names) == 0:
+            raise ValueError("PromptedTextEncoder: the list of class names is empty.")
+        n = self.num_prompts
+        body = [(f"{self.prefix} {c}" if (n == 0 and self.prefix) else c) + self.suffix for c in class_names]
+        tokens = self._tokenize(body)  # [SOS, body..., EOS, pad...]
+        eos = tokens.argmax(dim=-1) + n
+        too_long = [c for c, e in zip(class_names, eos.tolist()) if e >= self.context_length]
+        if too_long:
+            raise ValueError(
+                f"Class names too long for the text encoder's {self.context_length} tokens with "
+                f"{n} prompts: {too_long[:3]}. Shorten them."
+            )
+        length = int(eos.max()) + 1  # causal attention: tokens after [EOS] never reach it
+        emb = self.token_embedding(tokens)
+        c = len(class_names)
+        if n:  # open n slots after [SOS]; every layer writes its prompts into them
+            emb = torch.cat([emb[:, :1], emb.new_zeros(c, n, self.width), emb[:, 1 : length - n]], dim=1)
+        x = emb[:, :length] + self.positional_embedding[:length].to(emb.dtype)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        batch_first = getattr(self.transformer, "batch_first", True)
+        for i, block in enumerate(self.transformer.resblocks):
+            if n:
+                x = torch.cat([x[:, :1], self.prompts[i].to(x.dtype).expand(c, -1, -1), x[:, 1 + n :]], 1)
+            x = run_block(block, x, batch_first, attn_mask=mask)
+        x = self.ln_final(x[torch.arange(c, device=x.device), eos])
+        proj = self.text_projection
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return F.normalize(x, dim=-1)

@@ -1,0 +1,110 @@
+"""Prompted CLIP image encoder: deep visual prompt tuning (LDVC §3.2, VLPT, visual branch).
+
+Every layer i sees the sequence ``e(i) = [e_p(i); e_c(i); e_g(i)]`` (prompts, patch tokens, [CLS]);
+the prompt outputs of layer i-1 are discarded and replaced by layer i's own learnable prompts (deep
+prompting as in VPT). Attention in CLIP's image encoder has no mask, so the order of the three parts
+does not change any output; prompts are placed first. CLIP's weights are frozen.
+"""
+import math
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+__all__ = ["PromptedVisionEncoder", "run_block"]
+
+
+def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool, attn_mask=None) -> torch.Tensor:
+    """Run one open_clip residual block on a batch-first ``B×L×width`` tensor."""
+    if batch_first:
+        return block(x, attn_mask=attn_mask)
+    return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
+class PromptedVisionEncoder(nn.Module):
+    """An open_clip ``VisionTransformer`` with deep visual prompts.
+
+    Args:
+        visual: open_clip ViT image tower (class-token pooling, no attentional pooler). Frozen here.
+        num_prompts: prompt tokens per layer (the paper: 40 for VOC, 100 for COCO-Stuff; 0 = none).
+        intermediate_layers: 0-based indices of the transformer blocks whose (raw, width-dim) patch
+            tokens are returned as the intermediate features ``V_j``.
+    """
+
+    def __init__(self, visual: VisionTransformer, *, num_prompts: int, intermediate_layers: Sequence[int]):
+        super().__init__()
+        if not isinstance(visual, VisionTransformer):
+            raise NotImplementedError(
+                f"PromptedVisionEncoder needs an open_clip VisionTransformer, got {type(visual).__name__}"
+                " (ResNet and timm image towers are not supported; choose a ViT CLIP_MODEL)."
+            )
+        if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
+            raise NotImplementedError(
+                "PromptedVisionEncoder supports ViTs that pool the [CLS] token after ln_post "
+                f"(pool_type='tok'); this model uses pool_type='{visual.pool_type}', "
+                f"attn_pool={visual.attn_pool is not None}."
+            )
+        self.visual = visual
+        self.num_layers = len(visual.transformer.resblocks)
+        self.width = visual.conv1.out_channels
+        self.patch_size = visual.conv1.kernel_size[0]
+        self.output_dim = visual.proj.shape[1]
+        bad = [i for i in intermediate_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(
+                f"MODEL.LDVC.INTERMEDIATE_LAYERS: layers {bad} do not exist; the image encoder has "
+                f"{self.num_layers} blocks (valid indices 0..{self.num_layers - 1})."
+            )
+        self.intermediate_layers = list(intermediate_layers)
+        self.num_prompts = num_prompts
+        if num_prompts > 0:
+            # VPT's Xavier-uniform bound for a patch-sized token: sqrt(6 / (3*p*p + width)).
+            bound = math.sqrt(6.0 / float(3 * self.patch_size**2 + self.width))
+            self.prompts = nn.Parameter(torch.empty(self.num_layers, num_prompts, self.width))
+            nn.init.uniform_(self.prompts, -bound, bound)
+        else:
+            self.register_parameter("prompts", None)
+
+    def positional_embedding(self, h: int, w: int) -> torch.Tensor:
+        """CLIP's positional embedding with its grid part bilinearly resized to ``h×w``: (1+h*w)×width."""
+        pos = self.visual.positional_embedding
+        gh, gw = self.visual.grid_size
+        if (h, w) == (gh, gw):
+            return pos
+        grid = pos[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+        return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
+
+    def forward(self, images: torch.Tensor) -> Dict[str, object]:
+        """images: normalised B×3×H×W (H, W multiples of the patch size).
+
+        Returns ``dense`` B×d×h×w and ``global`` B×d (both L2-normalised, d = CLIP embedding width),
+        and ``intermediate``: list of B×width×h×w raw tokens of ``intermediate_layers``.
+        """
+        v = self.visual
+        x = v.conv1(images.to(v.conv1.weight.dtype))
+        b, _, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(h, w).to(x.dtype)
+        x = v.ln_pre(x)
+
+        n = self.num_prompts
+        batch_first = getattr(v.transformer, "batch_first", True)
+        taps: Dict[int, torch.Tensor] = {}
+        for i, block in enumerate(v.transformer.resblocks):
+            if n:
+                x = torch.cat([self.prompts[i].to(x.dtype).expand(b, -1, -1), x], dim=1)
+            x = run_block(block, x, batch_first)
+            if n:
+                x = x[:, n:]
+            if i in self.intermediate_layers:
+                taps[i] = x[:, 1:].transpose(1, 2).reshape(b, self.width, h, w)
+
+        x = v.ln_post(x) @ v.proj
+        global_feat = F.normalize(x[:, 0], dim=-1)
+        dense = F.normalize(x[:, 1:], dim=-1).transpose(1, 2).reshape(b, self.output_dim, h, w)
+        intermediate = [taps[i] for i in self.intermediate_layers]
+        return {"dense": dense, "global": global_feat, "intermediate": intermediate}

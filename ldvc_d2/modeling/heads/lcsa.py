@@ -1,0 +1,113 @@
+"""Local Consensus Self-Attention (LCSA), LDVC eqs. (8)-(12): route attention over windows.
+
+Tokens are grouped into non-overlapping n×n windows. Each window is summarised by the average of its
+tokens (eq. 8); the m windows most similar to it (dot product of the summaries, eq. 10) are the
+only places its tokens look (eqs. 11-12). Objects are locally coherent, so attention is steered to
+visually consistent regions ("visual consensus") instead of to every noisy token in the image.
+
+Choices where the paper is silent (config keys in MODEL.LCTD): multi-head attention (NUM_HEADS) with
+the usual 1/sqrt(head_dim) scale (= the paper's 1/sqrt(d) for one head), and an output projection
+after eq. (12), as every transformer attention has. With m = number of windows LCSA is exactly
+ordinary self-attention (softmax attention does not depend on the order of the keys), which is
+also how ``SELF_ATTENTION="global"`` (Table 4's "w/o LCSA") runs.
+"""
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LocalConsensusSelfAttention"]
+
+logger = logging.getLogger(__name__)
+
+
+class LocalConsensusSelfAttention(nn.Module):
+    """Self-attention over B×(h·w)×d tokens of an h×w grid; ``topk=None`` means global attention.
+
+    Args:
+        dim: token width d.
+        num_heads: attention heads (d must be divisible by it).
+        window_size: window side n in tokens (eq. 8); h and w must be multiples of n.
+        topk: m, routed windows per window (eq. 10); None = all tokens (plain self-attention).
+        dropout: dropout on the output projection.
+    """
+
+    def __init__(self, dim: int, *, num_heads: int, window_size: int, topk: Optional[int], dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"MODEL.LCTD.NUM_HEADS={num_heads} must divide the feature width {dim}.")
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.topk = topk
+        self.qkv = nn.Linear(dim, 3 * dim)  # eq. (9): Q, K, V = Chunk(Proj(V_in))
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self._warned_clamp = False
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, l, d = t.shape
+        return t.view(b, l, self.num_heads, d // self.num_heads).transpose(1, 2)  # B×H×L×hd
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """x: B×(h·w)×d tokens in row-major grid order. Returns B×(h·w)×d."""
+        b, l, d = x.shape
+        if l != h * w:
+            raise ValueError(f"LCSA got {l} tokens for a {h}x{w} grid.")
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.topk is None:
+            out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            out = out.transpose(1, 2).reshape(b, l, d)
+        else:
+            out = self._routed(x, q, k, v, h, w)
+        return self.proj_drop(self.proj(out))
+
+    def _to_windows(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """B×(h·w)×c -> B×W×n²×c, windows in row-major order, tokens row-major inside a window."""
+        n = self.window_size
+        b, _, c = t.shape
+        t = t.view(b, h // n, n, w // n, n, c).permute(0, 1, 3, 2, 4, 5)
+        return t.reshape(b, (h // n) * (w // n), n * n, c)
+
+    def _from_windows(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        n = self.window_size
+        b, _, _, c = t.shape
+        t = t.view(b, h // n, w // n, n, n, c).permute(0, 1, 3, 2, 4, 5)
+        return t.reshape(b, h * w, c)
+
+    def _routed(self, x, q, k, v, h: int, w: int) -> torch.Tensor:
+        n = self.window_size
+        if h % n or w % n:
+            raise ValueError(
+                f"LCSA: the {h}x{w} feature grid is not divisible by MODEL.LCTD.WINDOW_SIZE={n}. Use "
+                f"input sizes that are multiples of patch_size*{n} pixels (the model pads crops to that)."
+            )
+        num_windows = (h // n) * (w // n)
+        m = self.topk
+        if m > num_windows:
+            if not self._warned_clamp:
+                logger.warning(
+                    f"MODEL.LCTD.TOPK_WINDOWS={m} > {num_windows} windows of a {h}x{w} grid; using all "
+                    f"{num_windows} (plain self-attention)."
+                )
+                self._warned_clamp = True
+            m = num_windows
+        b, _, d = x.shape
+        hd = d // self.num_heads
+        windows = self._to_windows(x, h, w).mean(dim=2)  # eq. (8): B×W×d window summaries
+        affinity = windows @ windows.transpose(1, 2)  # eq. (10): B×W×W
+        ids = affinity.topk(m, dim=-1).indices  # B×W×m
+
+        qw = self._to_windows(q, h, w)  # B×W×n²×d
+        kw, vw = self._to_windows(k, h, w), self._to_windows(v, h, w)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        ks = kw[batch, ids].flatten(2, 3)  # eq. (11): B×W×(m·n²)×d
+        vs = vw[batch, ids].flatten(2, 3)
+
+        def split(t):  # B×W×L×d -> B×W×H×L×hd
+            return t.view(*t.shape[:3], self.num_heads, hd).transpose(2, 3)
+
+        out = F.scaled_dot_product_attention(split(qw), split(ks), split(vs))  # eq. (12)
+        out = out.transpose(2, 3).reshape(b, num_windows, n * n, d)
+        return self._from_windows(out, h, w)

@@ -1,0 +1,141 @@
+"""Local Consensus Transformer Decoder (LCTD), LDVC eqs. (3)-(7) and (13).
+
+The decoder runs the reverse of ZegCLIP/SegViT's: *image features are the queries* and the class
+embeddings the keys/values, so visual features are pulled towards the (discrete, abstract) class
+anchors. Per block (all norms are LayerNorm, pre-norm as the equations write them):
+
+    V = V_in + Conv1x1(V_j)                    (4)  V_in of block 1 is the dense CLIP feature V_l
+    V = V + LCSA(Norm(V))                      (5)
+    V = V + CA(Norm(V), Norm(T_new))           (6)  multi-head cross-attention, q = V, k = v = T_new
+    V_out = V + MLP(Norm(V))                   (7)
+
+and the logits are ``S = T_new V_o^T`` (13), one map per class, without temperature or
+normalisation (as written in the paper). Choices where the paper is silent: the Conv1x1 is
+zero-initialised, so training starts from CLIP's own dense features; the MLP is Linear-GELU-Linear
+with MODEL.LCTD.MLP_RATIO hidden width.
+"""
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+
+from .lcsa import LocalConsensusSelfAttention
+from .text_adapter import TextAdapter
+
+__all__ = ["LCTDBlock", "LCTDHead"]
+
+
+class LCTDBlock(nn.Module):
+    """One LCTD block, eqs. (4)-(7), on B×(h·w)×d tokens and B×C×d class embeddings."""
+
+    def __init__(
+        self,
+        dim: int,
+        intermediate_dim: int,
+        *,
+        num_heads: int,
+        window_size: int,
+        topk: Optional[int],
+        mlp_ratio: float,
+        dropout: float,
+    ):
+        super().__init__()
+        self.skip = nn.Conv2d(intermediate_dim, dim, kernel_size=1)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
+        self.norm_sa = nn.LayerNorm(dim)
+        self.self_attn = LocalConsensusSelfAttention(
+            dim, num_heads=num_heads, window_size=window_size, topk=topk, dropout=dropout
+        )
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, v: torch.Tensor, v_j: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """v: B×(h·w)×d; v_j: B×width×h×w intermediate CLIP tokens; text: B×C×d (T_new)."""
+        h, w = v_j.shape[-2:]
+        v = v + self.skip(v_j).flatten(2).transpose(1, 2)  # (4)
+        v = v + self.self_attn(self.norm_sa(v), h, w)  # (5)
+        kv = self.norm_kv(text)
+        v = v + self.cross_attn(self.norm_q(v), kv, kv, need_weights=False)[0]  # (6)
+        return v + self.mlp(self.norm_mlp(v))  # (7)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class LCTDHead(nn.Module):
+    """Text adapter (3) + N LCTD blocks (4)-(7) + class logits (13).
+
+    ``forward(features, text)`` takes the backbone's output dict (``dense`` B×d×h×w, ``global`` B×d,
+    ``intermediate``: N tensors B×width×h×w) and class embeddings ``text`` C×d, and returns logits
+    B×C×h×w.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        dim: int,
+        intermediate_dim: int,
+        num_blocks: int,
+        num_heads: int,
+        window_size: int,
+        topk: Optional[int],
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        text_adapter: bool = True,
+    ):
+        super().__init__()
+        self.text_adapter = TextAdapter(dim) if text_adapter else None
+        self.blocks = nn.ModuleList(
+            LCTDBlock(
+                dim, intermediate_dim, num_heads=num_heads, window_size=window_size, topk=topk,
+                mlp_ratio=mlp_ratio, dropout=dropout,
+            )
+            for _ in range(num_blocks)
+        )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        mode = cfg.MODEL.LCTD.SELF_ATTENTION
+        if mode not in ("lcsa", "global"):
+            raise ValueError(f"MODEL.LCTD.SELF_ATTENTION must be 'lcsa' or 'global', got '{mode}'.")
+        return {
+            "dim": input_shape["dense"].channels,
+            "intermediate_dim": input_shape["intermediate"].channels,
+            "num_blocks": cfg.MODEL.LCTD.NUM_BLOCKS,
+            "num_heads": cfg.MODEL.LCTD.NUM_HEADS,
+            "window_size": cfg.MODEL.LCTD.WINDOW_SIZE,
+            "topk": cfg.MODEL.LCTD.TOPK_WINDOWS if mode == "lcsa" else None,
+            "mlp_ratio": cfg.MODEL.LCTD.MLP_RATIO,
+            "dropout": cfg.MODEL.LCTD.DROPOUT,
+            "text_adapter": cfg.MODEL.LCTD.TEXT_ADAPTER,
+        }
+
+    def adapt_text(self, text: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
+        """C×d class embeddings -> B×C×d T_new (eq. 3), or T repeated per image without the adapter."""
+        if self.text_adapter is None:
+            return text.unsqueeze(0).expand(global_feat.shape[0], -1, -1)
+        return self.text_adapter(text, global_feat)
+
+    def forward(self, features: Dict[str, object], text: torch.Tensor) -> torch.Tensor:
+        dense = features["dense"]
+        intermediate: List[torch.Tensor] = features["intermediate"]
+        if len(intermediate) != len(self.blocks):
+            raise ValueError(
+                f"LCTDHead has {len(self.blocks)} blocks but the backbone returned {len(intermediate)} "
+                "intermediate features; MODEL.LDVC.INTERMEDIATE_LAYERS needs one layer per block."
+            )
+        b, d, h, w = dense.shape
+        t_new = self.adapt_text(text, features["global"])
+        v = dense.flatten(2).transpose(1, 2)
+        for block, v_j in zip(self.blocks, intermediate):
+            v = block(v, v_j, t_new)
+        return torch.einsum("bcd,bld->bcl", t_new, v).view(b, -1, h, w)  # (13)

@@ -1,0 +1,176 @@
+"""Prompted CLIP encoders against open_clip's own encoders (DESIGN §1.1)."""
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldvc_d2.modeling.backbone import PromptedCLIPBackbone, default_intermediate_layers
+from ldvc_d2.modeling.clip import PromptedTextEncoder, PromptedVisionEncoder, build_clip_model
+
+NAMES = ["cat", "potted plant", "tv monitor", "wall-concrete"]
+
+
+def test_zero_prompts_reproduce_encode_image(vit_b16):
+    model, _ = vit_b16
+    enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[5, 11])
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = enc(images)
+        ref = F.normalize(model.encode_image(images), dim=-1)
+    torch.testing.assert_close(out["global"], ref, atol=1e-5, rtol=0)
+    assert out["dense"].shape == (2, 512, 14, 14)
+    torch.testing.assert_close(out["dense"].norm(dim=1), torch.ones(2, 14, 14), atol=1e-5, rtol=0)
+    assert [t.shape for t in out["intermediate"]] == [(2, 768, 14, 14)] * 2
+
+
+def test_zero_prompts_dense_tokens_match_open_clip_tokens(vit_b16):
+    model, _ = vit_b16
+    enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[])
+    images = torch.randn(1, 3, 224, 224)
+    visual = copy.copy(model.visual)
+    visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = visual(images)  # open_clip: ln_post on all tokens, patch tokens (not projected)
+        ref = F.normalize(tokens @ model.visual.proj, dim=-1)
+        out = enc(images)["dense"].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_zero_prompts_reproduce_encode_text(vit_b16):
+    model, tok = vit_b16
+    enc = PromptedTextEncoder(model, tok, num_prompts=0, init="template", template="{}")
+    with torch.no_grad():
+        ref = F.normalize(model.encode_text(tok(NAMES)), dim=-1)
+        torch.testing.assert_close(enc(NAMES), ref, atol=1e-5, rtol=0)
+    fixed = PromptedTextEncoder(model, tok, num_prompts=0, init="template", template="a photo of a {}.")
+    with torch.no_grad():
+        ref = F.normalize(model.encode_text(tok([f"a photo of a {n}." for n in NAMES])), dim=-1)
+        torch.testing.assert_close(fixed(NAMES), ref, atol=1e-5, rtol=0)
+
+
+def test_template_initialised_prompts_reproduce_the_template(vit_b16):
+    """Hand-crafted init: the prompts are the template's per-layer hidden states, so at init the
+    prompted encoder equals CLIP's embedding of the filled-in template (causal attention)."""
+    model, tok = vit_b16
+    enc = PromptedTextEncoder(model, tok, num_prompts=6, init="template", template="this is a photo of a {}.")
+    assert enc.prompts.shape == (12, 6, 512)
+    with torch.no_grad():
+        ref = F.normalize(model.encode_text(tok([f"this is a photo of a {n}." for n in NAMES])), dim=-1)
+        torch.testing.assert_close(enc(NAMES), ref, atol=1e-5, rtol=0)
+        # Independent check of the stored states: layer 0's prompts are token + position embeddings.
+        ids = tok(["this is a photo of a"])[0, 1:7]
+        torch.testing.assert_close(enc.prompts[0], model.token_embedding(ids) + model.positional_embedding[1:7])
+    rand = PromptedTextEncoder(model, tok, num_prompts=6, init="random", template="this is a photo of a {}.")
+    with torch.no_grad():
+        assert (rand(NAMES) - ref).abs().max() > 1e-3
+
+
+def test_template_prompt_count_mismatch_is_a_clear_error(vit_b16):
+    model, tok = vit_b16
+    with pytest.raises(ValueError, match="TEXT_PROMPTS=6.*4 tokens before"):
+        PromptedTextEncoder(model, tok, num_prompts=6, init="template", template="a photo of a {}")
+    with pytest.raises(ValueError, match="exactly once"):
+        PromptedTextEncoder(model, tok, num_prompts=6, init="template", template="a photo")
+
+
+def _block_inputs(blocks, run):
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].detach().clone()), with_kwargs=True)
+             for b in blocks]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_deep_visual_prompts_replace_the_previous_layer_outputs(tiny_clip):
+    model, _ = tiny_clip
+    enc = PromptedVisionEncoder(model.visual, num_prompts=3, intermediate_layers=[1])
+    blocks = model.visual.transformer.resblocks
+    inputs = _block_inputs(blocks, lambda: enc(torch.randn(2, 3, 64, 64)))
+    assert len(inputs) == len(blocks)
+    for i, x in enumerate(inputs):
+        assert x.shape == (2, 3 + 1 + 64, 128)
+        torch.testing.assert_close(x[:, :3], enc.prompts[i].detach().expand(2, -1, -1))
+
+
+def test_deep_text_prompts_replace_the_previous_layer_outputs(tiny_clip):
+    model, tok = tiny_clip
+    enc = PromptedTextEncoder(model, tok, num_prompts=6, init="random", template="this is a photo of a {}.")
+    blocks = model.transformer.resblocks
+    inputs = _block_inputs(blocks, lambda: enc(["red circle", "blue star"]))
+    for i, x in enumerate(inputs):
+        torch.testing.assert_close(x[:, 1:7], enc.prompts[i].detach().expand(2, -1, -1))
+
+
+def test_positional_embedding_resized_to_the_input_grid(tiny_clip):
+    model, _ = tiny_clip
+    enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0])
+    native = enc.positional_embedding(16, 16)
+    assert native is model.visual.positional_embedding
+    pos = enc.positional_embedding(8, 12)
+    assert pos.shape == (1 + 96, 128)
+    torch.testing.assert_close(pos[0], native[0])
+    grid = native[1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
+    ref = F.interpolate(grid, size=(8, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(pos[1:], ref[0].permute(1, 2, 0).reshape(96, -1))
+    out = enc(torch.randn(1, 3, 64, 96))
+    assert out["dense"].shape == (1, 128, 8, 12) and out["intermediate"][0].shape == (1, 128, 8, 12)
+
+
+def test_default_intermediate_layers():
+    assert default_intermediate_layers(12, 2) == [6, 11]
+    assert default_intermediate_layers(12, 3) == [6, 8, 11]
+    assert default_intermediate_layers(24, 2) == [12, 23]
+
+
+def test_backbone_api_and_frozen_clip():
+    backbone = PromptedCLIPBackbone(clip_model="LDVC-Tiny", clip_pretrained="", visual_prompts=4, text_prompts=6,
+                                    num_intermediate=2)
+    backbone.train()
+    assert not backbone.visual.visual.training and not backbone.text.transformer.training
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"visual.prompts", "text.prompts"}
+    out = backbone(torch.randn(2, 3, 64, 64))
+    assert set(out) == {"dense", "global", "intermediate"}
+    assert out["dense"].shape == (2, 128, 8, 8) and out["global"].shape == (2, 128)
+    assert len(out["intermediate"]) == 2
+    text = backbone.encode_text(["red circle", "green star", "blue square"])
+    assert text.shape == (3, 128)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(3))
+    shapes = backbone.output_shape()
+    assert shapes["dense"].channels == 128 and shapes["intermediate"].channels == 128
+
+
+def test_clip_loading_errors(tmp_path):
+    with pytest.raises(ValueError, match="no model named 'ViT-X-99'"):
+        build_clip_model("ViT-X-99", "")
+    with pytest.raises(FileNotFoundError, match="CLIP_PRETRAINED.*does not exist"):
+        build_clip_model("LDVC-Tiny", str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="neither a local file nor a pretrained tag"):
+        build_clip_model("ViT-B-16", "no-such-tag")
+
+
+def test_clip_loads_a_local_checkpoint(tmp_path, tiny_clip):
+    model, _ = tiny_clip
+    path = os.path.join(tmp_path, "tiny.pt")
+    torch.save(model.state_dict(), path)
+    loaded, _ = build_clip_model("LDVC-Tiny", path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_offline_download_error_names_model_and_tag(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(RuntimeError, match="'ViT-B-16' with pretrained tag 'openai'.*CLIP_PRETRAINED"):
+        build_clip_model("ViT-B-16", "openai")

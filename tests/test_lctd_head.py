@@ -1,0 +1,88 @@
+"""Text adapter (eq. 3), LCTD block (eqs. 4-7) and logits (eq. 13) against hand-written compositions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldvc_d2.modeling.heads import LCTDBlock, LCTDHead, TextAdapter
+from tests.conftest import tiny_cfg
+
+
+def test_text_adapter_is_linear_over_modulated_and_plain_text():
+    torch.manual_seed(0)
+    adapter = TextAdapter(8)
+    text, g = torch.randn(5, 8), torch.randn(3, 8)
+    out = adapter(text, g)
+    assert out.shape == (3, 5, 8)
+    W, bias = adapter.proj.weight, adapter.proj.bias
+    for b in range(3):
+        for c in range(5):
+            ref = W[:, :8] @ (text[c] * g[b]) + W[:, 8:] @ text[c] + bias
+            torch.testing.assert_close(out[b, c], ref, atol=1e-6, rtol=1e-6)
+
+
+def _attention(q_in, kv_in, in_proj_w, in_proj_b, out_w, out_b, heads):
+    d = q_in.shape[-1]
+    wq, wk, wv = in_proj_w.chunk(3)
+    bq, bk, bv = in_proj_b.chunk(3)
+    q, k, v = F.linear(q_in, wq, bq), F.linear(kv_in, wk, bk), F.linear(kv_in, wv, bv)
+    split = lambda t: t.view(t.shape[0], t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+    attn = (split(q) @ split(k).transpose(-1, -2) / (d // heads) ** 0.5).softmax(-1)
+    return F.linear((attn @ split(v)).transpose(1, 2).reshape(q_in.shape), out_w, out_b)
+
+
+def test_lctd_block_follows_equations_4_to_7():
+    torch.manual_seed(0)
+    d, width, heads, h, w = 16, 12, 2, 4, 4
+    block = LCTDBlock(d, width, num_heads=heads, window_size=2, topk=None, mlp_ratio=2.0, dropout=0.0)
+    torch.nn.init.normal_(block.skip.weight)  # zero-initialised by design; make eq. (4) visible
+    v, v_j, text = torch.randn(2, h * w, d), torch.randn(2, width, h, w), torch.randn(2, 5, d)
+    with torch.no_grad():
+        x = v + F.conv2d(v_j, block.skip.weight, block.skip.bias).flatten(2).transpose(1, 2)  # (4)
+        sa = block.self_attn
+        n = block.norm_sa(x)
+        x = x + _attention(n, n, sa.qkv.weight, sa.qkv.bias, sa.proj.weight, sa.proj.bias, heads)  # (5)
+        ca = block.cross_attn
+        kv = block.norm_kv(text)
+        x = x + _attention(block.norm_q(x), kv, ca.in_proj_weight, ca.in_proj_bias, ca.out_proj.weight,
+                           ca.out_proj.bias, heads)  # (6)
+        ref = x + block.mlp(block.norm_mlp(x))  # (7)
+        torch.testing.assert_close(block(v, v_j, text), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_zero_initialised_skip_starts_from_the_dense_feature():
+    block = LCTDBlock(16, 12, num_heads=2, window_size=2, topk=None, mlp_ratio=2.0, dropout=0.0)
+    v, text = torch.randn(1, 16, 16), torch.randn(1, 3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(block(v, torch.randn(1, 12, 4, 4), text), block(v, torch.zeros(1, 12, 4, 4), text))
+
+
+def test_head_logits_are_text_times_decoded_features():
+    torch.manual_seed(0)
+    head = LCTDHead(dim=16, intermediate_dim=12, num_blocks=2, num_heads=2, window_size=2, topk=2)
+    feats = {"dense": F.normalize(torch.randn(2, 16, 4, 4), dim=1), "global": torch.randn(2, 16),
+             "intermediate": [torch.randn(2, 12, 4, 4) for _ in range(2)]}
+    text = torch.randn(5, 16)
+    logits = head(feats, text)
+    assert logits.shape == (2, 5, 4, 4)
+    t_new = head.text_adapter(text, feats["global"])
+    v = feats["dense"].flatten(2).transpose(1, 2)
+    for block, v_j in zip(head.blocks, feats["intermediate"]):
+        v = block(v, v_j, t_new)
+    for b in range(2):
+        torch.testing.assert_close(logits[b].flatten(1), t_new[b] @ v[b].T, atol=1e-5, rtol=1e-5)  # (13)
+    with pytest.raises(ValueError, match="2 blocks but the backbone returned 1"):
+        head({**feats, "intermediate": feats["intermediate"][:1]}, text)
+
+
+def test_head_config_switches():
+    cfg = tiny_cfg("configs/demo.yaml", "MODEL.LCTD.NUM_BLOCKS", "3", "MODEL.LCTD.SELF_ATTENTION", "global",
+                   "MODEL.LCTD.TEXT_ADAPTER", "False")
+    from detectron2.layers import ShapeSpec
+
+    shapes = {"dense": ShapeSpec(channels=16), "intermediate": ShapeSpec(channels=12)}
+    head = LCTDHead(cfg, shapes)
+    assert len(head.blocks) == 3 and head.text_adapter is None
+    assert all(b.self_attn.topk is None for b in head.blocks)
+    cfg.MODEL.LCTD.SELF_ATTENTION = "windows"
+    with pytest.raises(ValueError, match="SELF_ATTENTION must be 'lcsa' or 'global'"):
+        LCTDHead(cfg, shapes)
