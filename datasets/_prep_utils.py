@@ -7,6 +7,7 @@ then renamed (``os.replace``): an interrupted run leaves no half-written PNG, an
 Errors name the offending file (:class:`LabelError`).
 """
 import argparse
+import contextlib
 import functools
 import importlib.util
 import multiprocessing
@@ -206,18 +207,18 @@ def run_jobs(convert: Callable[[Job], np.ndarray], jobs: Sequence[Job], workers:
     first, so do not run two preparations of the same folder at once."""
     _remove_stale_temps({os.path.dirname(j.output) for j in jobs})
     work = functools.partial(_run_job, convert)
+    parallel = workers > 1 and len(jobs) > 1
     counts: Counter = Counter()
-    with tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr) as bar:
-        if workers <= 1 or len(jobs) <= 1:
-            results: Iterable[str] = map(work, jobs)
-            for status in results:
-                counts[status] += 1
-                bar.update()
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr))
+        if parallel:
+            pool = stack.enter_context(multiprocessing.Pool(workers))
+            statuses: Iterable[str] = pool.imap_unordered(work, jobs, chunksize=16)
         else:
-            with multiprocessing.Pool(workers) as pool:
-                for status in pool.imap_unordered(work, jobs, chunksize=16):
-                    counts[status] += 1
-                    bar.update()
+            statuses = map(work, jobs)
+        for status in statuses:
+            counts[status] += 1
+            bar.update()
     return counts
 
 

@@ -1,25 +1,17 @@
 """Tests of the synthetic ``shapes_zs`` world: split, determinism, label/image agreement, atomic
 generation and Detectron2 registration."""
-import importlib.util
 import json
 import os
 import signal
-import sys
-import types
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-# detectron2 v0.6 without compiled ops: `import detectron2.data` reaches `from detectron2 import _C`
-# (deform_conv). Semantic segmentation never calls it; stub it only where nothing provides it.
-if importlib.util.find_spec("detectron2._C") is None:
-    sys.modules.setdefault("detectron2._C", types.ModuleType("detectron2._C"))
-
-import ldvc_d2.data.datasets.shapes as shapes  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+import ldvc_d2.data.datasets.shapes as shapes
 
 NUM_CLASSES = len(shapes.CLASS_NAMES)
 SMALL = dict(num_train=6, num_val=3)
@@ -66,7 +58,8 @@ def test_split_is_compositional():
 def test_captions():
     assert shapes.make_caption([0]) == "a red circle"
     assert shapes.make_caption([0, 11, 11]) == "a red circle and two blue stars"
-    assert shapes.make_caption([5, 0, 5, 14]) == "two green squares, a red circle and a yellow triangle"
+    assert (shapes.make_caption([5, 0, 5, 14])
+            == "two green squares, a red circle and a yellow triangle")
 
 
 def test_scene_is_deterministic():

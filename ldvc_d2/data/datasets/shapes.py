@@ -359,7 +359,8 @@ def register_shapes(root: Optional[Union[str, os.PathLike]] = None,
     names = []
     for base, (split, seen, unseen) in datasets.items():
         name = prefix + base
-
+        if name in DatasetCatalog.list():
+            continue
 
         def load(split: str = split) -> List[dict]:
             data_root = os.environ.get("DETECTRON2_DATASETS", "datasets") if root is None else root

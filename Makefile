@@ -1,0 +1,20 @@
+# Quick start (README.md): `make demo` and `make test`; each first runs `make setup`.
+PYTHON ?= python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test
+
+# Installs what a fresh machine lacks, keeping what is there: PyTorch (only if missing), detectron2
+# (an existing installation is kept; otherwise v0.6's Python code, tools/install_detectron2.py),
+# then ldvc_d2 itself in editable mode with its test extras.
+setup:
+	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
+	$(PYTHON) tools/install_detectron2.py
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+# The main job: LDVC on the embedded synthetic shapes dataset, CPU, then the zero-shot metrics.
+demo: setup
+	$(PYTHON) train_net.py --config-file configs/demo.yaml
+
+test: setup
+	$(PYTHON) -m pytest -q tests

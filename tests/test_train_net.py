@@ -1,0 +1,38 @@
+"""End to end through train_net.py, as a user runs it: train, save, resume, --eval-only."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+FAST = ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
+        "SOLVER.IMS_PER_BATCH", "2"]
+
+
+def _run(tmp_path, *args):
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+                           os.path.join(REPO, "configs/demo.yaml"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_train_resume_and_eval_only(tmp_path):
+    out = str(tmp_path / "out")
+    log = _run(tmp_path, *FAST, "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
+    assert "Trainable parameters:" in log and "Starting training from iteration 0" in log
+    assert os.path.isfile(os.path.join(out, "model_0000001.pth"))
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+    log = _run(tmp_path, "--resume", *FAST, "SOLVER.MAX_ITER", "5", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
+    assert "Starting training from iteration 3" in log, log[-2000:]
+
+    log = _run(tmp_path, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out)
+    assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
+    with open(os.path.join(out, "inference", "shapes_zs_val", "sem_seg_metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["dataset"] == "shapes_zs_val" and metrics["num_images"] == 100
+    assert set(metrics["metrics"]) >= {"pAcc", "mIoU", "mIoU(S)", "mIoU(U)", "hIoU"}
+    assert len(metrics["per_class_iou"]) == len(metrics["class_names"]) == 16
