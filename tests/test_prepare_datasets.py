@@ -9,6 +9,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from tests.fake_datasets import (SBD_TRAIN, SBD_VAL, VOC_VAL, coco_contiguous, make_coco_stuff_tree,
+                                 make_voc_tree, voc_expected, write_image, write_lines, write_png)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "datasets"))
 prep_utils = importlib.import_module("_prep_utils")
@@ -19,32 +22,9 @@ prepare_ade20k = importlib.import_module("prepare_ade20k")
 CountWarning = prep_utils.CountWarning
 CONTEXT59_CLASSES = prep_utils.CLASSES.CONTEXT59_CLASSES
 
-# COCO's 1-based ids that name no class (the spec's statement, independent of the scripts).
-COCO_UNUSED_1BASED = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
-
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def _image(path: str, h: int, w: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new("RGB", (w, h), (90, 120, 150)).save(path, format="JPEG")
-
-
-def _png(path: str, array: np.ndarray, palette: bool = False) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    image = Image.fromarray(array.astype(np.uint8))
-    if palette:  # a VOC-style palette PNG: pixel = palette index
-        image.putpalette([(i * 37) % 256 for i in range(768)])
-        assert image.mode == "P"
-    image.save(path)
-
-
-def _lines(path: str, ids) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("".join(i + "\n" for i in ids))
 
 
 def _read(path: str) -> np.ndarray:
@@ -56,47 +36,9 @@ def _labels_in(folder: str) -> set:
 
 
 # ---------------------------------------------------------------------------------------------- VOC
-VOC_TRAIN, VOC_VAL = ["2007_000001", "2007_000002"], ["2007_000003", "2007_000004"]
-SBD_TRAIN, SBD_VAL = ["2008_000010", "2007_000003"], ["2008_000011", "2007_000001"]
-
-
-def _voc_values(rng, h, w):
-    return rng.choice(np.r_[0:21, 255], size=(h, w))
-
-
-def _make_voc(root: str, seed: int = 0) -> dict:
-    """VOC palette PNGs + SBD GTcls .mat files; returns id -> the raw map the output comes from."""
-    rng, voc = _rng(seed), os.path.join(root, "VOCdevkit", "VOC2012")
-    sbd = os.path.join(root, "VOCdevkit", "VOCaug", "dataset")
-    raw = {}
-    for k, i in enumerate(VOC_TRAIN + VOC_VAL + SBD_TRAIN + SBD_VAL + ["2009_999999"]):
-        h, w = 5 + k % 3, 7 + k % 4
-        if not os.path.exists(os.path.join(voc, "JPEGImages", i + ".jpg")):
-            _image(os.path.join(voc, "JPEGImages", i + ".jpg"), h, w)
-        shape = Image.open(os.path.join(voc, "JPEGImages", i + ".jpg")).size[::-1]
-        if i in VOC_TRAIN + VOC_VAL:
-            raw[i] = _voc_values(rng, *shape)
-            _png(os.path.join(voc, "SegmentationClass", i + ".png"), raw[i], palette=True)
-        if i in SBD_TRAIN + SBD_VAL:  # SBD has no boundary label; VOC's own PNG must win if both
-            seg = rng.integers(0, 21, size=shape).astype(np.uint8)
-            os.makedirs(os.path.join(sbd, "cls"), exist_ok=True)
-            scipy.io.savemat(os.path.join(sbd, "cls", i + ".mat"), {"GTcls": {
-                "Segmentation": seg, "CategoriesPresent": np.unique(seg[seg > 0])}})
-            raw.setdefault(i, seg)
-    _lines(os.path.join(voc, "ImageSets", "Segmentation", "train.txt"), VOC_TRAIN)
-    _lines(os.path.join(voc, "ImageSets", "Segmentation", "val.txt"), VOC_VAL)
-    _lines(os.path.join(sbd, "train.txt"), SBD_TRAIN)
-    _lines(os.path.join(sbd, "val.txt"), SBD_VAL)
-    return raw
-
-
-def _voc_expected(raw: np.ndarray) -> np.ndarray:
-    return np.where((raw == 0) | (raw == 255), 255, raw.astype(int) - 1)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_voc_outputs_match_spec(tmp_path, workers):
-    raw = _make_voc(str(tmp_path))
+    raw = make_voc_tree(str(tmp_path))
     with pytest.warns(CountWarning) as record:
         assert prepare_voc.main(["--root", str(tmp_path), "--workers", str(workers)]) == 0
     messages = [str(w.message) for w in record]
@@ -110,17 +52,17 @@ def test_voc_outputs_match_spec(tmp_path, workers):
         for i in ids:
             got = _read(out / split / f"{i}.png")
             assert got.dtype == np.uint8
-            np.testing.assert_array_equal(got, _voc_expected(raw[i]), err_msg=i)
+            np.testing.assert_array_equal(got, voc_expected(raw[i]), err_msg=i)
 
 
 def test_voc_rerun_skips_finished_files(tmp_path, capsys):
-    _make_voc(str(tmp_path))
+    make_voc_tree(str(tmp_path))
     args = ["--root", str(tmp_path), "--workers", "1"]
     with pytest.warns(CountWarning):
         prepare_voc.main(args)
     out = tmp_path / "VOCdevkit" / "VOC2012" / "annotations_ldvc" / "val"
     sentinel = np.full((2, 2), 7, np.uint8)
-    _png(str(out / "2007_000003.png"), sentinel)  # a finished file must not be rewritten
+    write_png(str(out / "2007_000003.png"), sentinel)  # a finished file must not be rewritten
     os.remove(out / "2007_000004.png")  # as if the run had been interrupted before this one
     (out / ".2007_000004.png.123.tmp").write_bytes(b"half-written")
     capsys.readouterr()
@@ -134,15 +76,15 @@ def test_voc_rerun_skips_finished_files(tmp_path, capsys):
 
 
 def test_voc_reuses_segmentation_class_aug(tmp_path):
-    raw = _make_voc(str(tmp_path))
+    raw = make_voc_tree(str(tmp_path))
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     os.rename(tmp_path / "VOCdevkit" / "VOCaug", tmp_path / "VOCaug_moved")  # SBD absent
     for i in SBD_TRAIN + SBD_VAL:  # index ("L") PNGs as in the common SegmentationClassAug
-        _png(str(voc / "SegmentationClassAug" / f"{i}.png"), raw[i])
+        write_png(str(voc / "SegmentationClassAug" / f"{i}.png"), raw[i])
     with pytest.warns(CountWarning):
         assert prepare_voc.main(["--root", str(tmp_path), "--workers", "1"]) == 0
     got = _read(voc / "annotations_ldvc" / "train_aug" / "2008_000011.png")
-    np.testing.assert_array_equal(got, _voc_expected(raw["2008_000011"]))
+    np.testing.assert_array_equal(got, voc_expected(raw["2008_000011"]))
     assert len(_labels_in(voc / "annotations_ldvc" / "train_aug")) == 4
 
 
@@ -151,15 +93,15 @@ def test_voc_reuses_segmentation_class_aug(tmp_path):
     ("garbage", "cannot read"),
 ])
 def test_voc_bad_labels_name_the_file(tmp_path, capsys, problem, message):
-    _make_voc(str(tmp_path))
+    make_voc_tree(str(tmp_path))
     bad = tmp_path / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "2007_000004.png"
     shape = np.array(Image.open(bad)).shape
     if problem == "rgb":
         Image.new("RGB", shape[::-1], (128, 0, 0)).save(bad)
     elif problem == "value":
-        _png(str(bad), np.full(shape, 21), palette=True)
+        write_png(str(bad), np.full(shape, 21), palette=True)
     elif problem == "size":
-        _png(str(bad), np.zeros((shape[0] + 1, shape[1])), palette=True)
+        write_png(str(bad), np.zeros((shape[0] + 1, shape[1])), palette=True)
     else:
         bad.write_bytes(b"not a png")
     with pytest.warns(CountWarning):
@@ -169,39 +111,27 @@ def test_voc_bad_labels_name_the_file(tmp_path, capsys, problem, message):
 
 
 # --------------------------------------------------------------------------------------- COCO-Stuff
-def _coco_contiguous(ids: np.ndarray) -> np.ndarray:
-    """0-based stuffthingmaps id -> contiguous index: the id minus the unused ids below it."""
-    unused0 = np.array(COCO_UNUSED_1BASED) - 1
-    below = (unused0[None, :] < ids.reshape(-1, 1)).sum(1).reshape(ids.shape)
-    return np.where(ids == 255, 255, ids - below)
-
-
 def test_coco_stuff_maps_ids_across_the_gaps(tmp_path):
-    used = np.array([i for i in range(182) if i + 1 not in COCO_UNUSED_1BASED] + [255])
-    coco, rng, raw = tmp_path / "coco", _rng(1), {}
+    coco = tmp_path / "coco"
     splits = {"train2017": ["000000000009", "000000000025"], "val2017": ["000000000139"]}
-    for split, names in splits.items():
-        for k, name in enumerate(names):
-            raw[name] = rng.choice(used, size=(6 + k, 9))
-            raw[name][0, :3] = [20, 91, 181]  # cow, banner, wood
-            _png(str(coco / "stuffthingmaps_trainval2017" / split / f"{name}.png"), raw[name])
-            _image(str(coco / split / f"{name}.jpg"), 6 + k, 9)
-    _image(str(coco / "val2017" / "000000000285.jpg"), 4, 4)  # an image without a label: warned
+    # every label starts with cow, banner, wood; an image without a label must be warned about
+    raw = make_coco_stuff_tree(str(tmp_path), splits, seed=1, stamp=(20, 91, 181),
+                               unlabeled_images={"val2017": ["000000000285"]})
     with pytest.warns(CountWarning) as record:
         assert prepare_coco_stuff.main(["--root", str(tmp_path), "--workers", "2"]) == 0
     assert any("1 COCO-Stuff val2017 images without a label" in str(w.message) for w in record)
     for name, values in raw.items():
         split = "val2017" if name == "000000000139" else "train2017"
         got = _read(coco / "stuffthingmaps_ldvc" / split / f"{name}.png")
-        np.testing.assert_array_equal(got, _coco_contiguous(values))
+        np.testing.assert_array_equal(got, coco_contiguous(values))
         assert got[0, :3].tolist() == [19, 80, 170]  # DESIGN: cow is 19; 171 classes end at 170
 
 
 def test_coco_stuff_unused_id_is_an_error(tmp_path, capsys):
     coco = tmp_path / "coco"
     for split in ("train2017", "val2017"):
-        _png(str(coco / "stuffthingmaps_trainval2017" / split / "1.png"), np.full((3, 3), 11))
-        _image(str(coco / split / "1.jpg"), 3, 3)
+        write_png(str(coco / "stuffthingmaps_trainval2017" / split / "1.png"), np.full((3, 3), 11))
+        write_image(str(coco / split / "1.jpg"), 3, 3)
     with pytest.warns(CountWarning):
         assert prepare_coco_stuff.main(["--root", str(tmp_path), "--workers", "1"]) == 1
     err = capsys.readouterr().err
@@ -222,10 +152,11 @@ def _make_context(root: str, main_lists: bool = False):
         raw[i][0, 0] = full_ids[0]  # aeroplane somewhere
         scipy.io.savemat(os.path.join(_mkdir(os.path.join(ctx, "trainval")), i + ".mat"),
                          {"LabelMap": raw[i]})
-        _image(os.path.join(ctx, "JPEGImages", i + ".jpg"), 5 + k, 8)
+        write_image(os.path.join(ctx, "JPEGImages", i + ".jpg"), 5 + k, 8)
     lists = "Main" if main_lists else "SegmentationContext"
-    _lines(os.path.join(ctx, "ImageSets", lists, "train.txt"), splits["train"] + ["2008_000004"])
-    _lines(os.path.join(ctx, "ImageSets", lists, "val.txt"), splits["val"])
+    write_lines(os.path.join(ctx, "ImageSets", lists, "train.txt"),
+                splits["train"] + ["2008_000004"])
+    write_lines(os.path.join(ctx, "ImageSets", lists, "val.txt"), splits["val"])
     return raw, {i: CONTEXT59_CLASSES.index(n) for i, n in names.items()}
 
 
@@ -260,8 +191,8 @@ def test_ade20k_shifts_ids_and_ignores_zero(tmp_path, capsys):
     ade, rng = tmp_path / "ADEChallengeData2016", _rng(3)
     raw = {f"ADE_val_0000000{k}": rng.integers(0, 151, size=(4, 6 + k)) for k in (1, 2)}
     for name, values in raw.items():
-        _png(str(ade / "annotations" / "validation" / f"{name}.png"), values)
-        _image(str(ade / "images" / "validation" / f"{name}.jpg"), 4, 6 + int(name[-1]))
+        write_png(str(ade / "annotations" / "validation" / f"{name}.png"), values)
+        write_image(str(ade / "images" / "validation" / f"{name}.jpg"), 4, 6 + int(name[-1]))
     with pytest.warns(CountWarning, match="2 images, the official dataset has 2000"):
         assert prepare_ade20k.main(["--root", str(tmp_path)]) == 0
     for name, values in raw.items():

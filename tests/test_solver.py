@@ -1,0 +1,47 @@
+"""Optimizer groups and the warm-up + poly schedule (paper §4.1)."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from ldvc_d2.solver import PolyParamScheduler, build_lr_scheduler, build_optimizer
+from tests.conftest import tiny_cfg
+
+
+def test_poly_schedule_values():
+    s = PolyParamScheduler(0.9, end=0.1)
+    assert s(0.0) == 1.0
+    assert s(0.5) == pytest.approx(0.1 + 0.9 * 0.5 ** 0.9)
+    assert s(0.999999) == pytest.approx(0.1, abs=1e-4)
+
+
+def test_optimizer_covers_trainable_parameters_only(caplog):
+    cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "()", "SOLVER.PROMPT_LR_MULTIPLIER", "10.0")
+    model = build_model(cfg)
+    with caplog.at_level("INFO"):
+        opt = build_optimizer(cfg, model)
+    assert "Trainable parameters:" in caplog.text and "prompts" in caplog.text
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_opt == trainable
+    assert isinstance(opt, torch.optim.AdamW)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    norm = model.sem_seg_head.blocks[0].norm_sa.weight
+    assert by_id[id(norm)]["weight_decay"] == 0.0
+    assert by_id[id(model.sem_seg_head.blocks[0].self_attn.qkv.weight)]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
+    assert by_id[id(model.backbone.visual.prompts)]["lr"] == pytest.approx(10 * cfg.SOLVER.BASE_LR)
+
+
+def test_warmup_then_poly_decay():
+    cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "()", "SOLVER.MAX_ITER", "100", "SOLVER.WARMUP_ITERS", "10",
+                   "SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_FACTOR", "0.0")
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.0) and lrs[5] == pytest.approx(0.5 * (1 - 0.1) ** 0.9, rel=1e-6)  # linear ramp to the poly value at iter 10
+    assert lrs[50] == pytest.approx((1 - 0.5) ** 0.9, rel=1e-6)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
