@@ -104,6 +104,8 @@ def main() -> int:
         print("error: install PyTorch before detectron2 (see README.md).", file=sys.stderr)
         return 1
 
+    if importlib.util.find_spec("setuptools") is None:  # venvs of Python >= 3.12 come without it
+        _pip("install", "setuptools", "wheel")
     with tempfile.TemporaryDirectory(prefix="ldvc_d2_detectron2_") as tmp:
         # --no-build-isolation: the sdist's setup.py imports torch to prepare its metadata.
         _pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
