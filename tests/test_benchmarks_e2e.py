@@ -26,9 +26,6 @@ FAST = ["MODEL.DEVICE", "cpu", "MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.LDVC
         "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "(64, 64)",
         "INPUT.TRAIN_SCALE", "(256, 64)", "INPUT.MIN_SIZE_TEST", "64",
         "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "48"]
-# Work-around for the bug that test_default_aspect_ratio_grouping_trains documents: the registered
-# dataset dicts have no "width"/"height", which detectron2's aspect-ratio grouping reads.
-NO_GROUPING = ["DATALOADER.ASPECT_RATIO_GROUPING", "False"]
 PROTOCOL = ("sliding window 64x64 stride 48, short side 64, seen-score calibration 0.1, "
             "trained on seen classes of ['{train}']")
 COPYPASTE_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU", "mIoU(S)", "mIoU(U)", "hIoU")
@@ -52,8 +49,8 @@ class Benchmark:
 
 def _voc_tree(root: str) -> Dict[str, np.ndarray]:
     """6 train_aug ids (3 VOC, 3 SBD) + 3 val ids (one also in SBD: VOC val must exclude it)."""
-    voc_train, voc_val = ["2007_000001", "2007_000002", "2007_000005"], ["2007_000003", "2007_000004",
-                                                                          "2007_000006"]
+    voc_train = ["2007_000001", "2007_000002", "2007_000005"]
+    voc_val = ["2007_000003", "2007_000004", "2007_000006"]
     raw = make_voc_tree(root, seed=5, voc_train=voc_train, voc_val=voc_val,
                         sbd_train=["2008_000010", "2008_000012"],
                         sbd_val=["2008_000011", "2007_000003"], extra=[], size=SIZE, all_ids=True)
@@ -148,14 +145,14 @@ def test_train_then_eval_only(prepared, tmp_path):
     """Train 2 iterations on the seen classes, then evaluate the checkpoint on the val set."""
     bench, root, expected = prepared
     out = str(tmp_path / "out")
-    log = _ok(_train_net(bench, root, str(tmp_path), *FAST, *NO_GROUPING, "DATASETS.TEST", "()",
+    log = _ok(_train_net(bench, root, str(tmp_path), *FAST, "DATASETS.TEST", "()",
                          "OUTPUT_DIR", out))
     assert "Starting training from iteration 0" in log
     assert f"dataset '{bench.train_set}': 6 images" in log  # the small-split warning
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
     log = _ok(_train_net(bench, root, str(tmp_path), "--eval-only", "MODEL.WEIGHTS",
-                         os.path.join(out, "model_final.pth"), *FAST, *NO_GROUPING,
+                         os.path.join(out, "model_final.pth"), *FAST,
                          "DATASETS.TEST", f"('{bench.val_set}',)", "OUTPUT_DIR", out))
     protocol = PROTOCOL.format(train=bench.train_set)
     n, n_unseen = bench.num_classes, len(bench.unseen_names)
@@ -199,23 +196,3 @@ def test_missing_dataset_names_folder_and_prepare_command(tmp_path):
     assert f"'{os.path.join(str(empty), bench.train_split)}' does not exist" in log, log[-3000:]
     assert "python datasets/prepare_voc.py" in log
     assert not os.path.exists(tmp_path / "out" / "model_final.pth")
-
-
-class KnownAspectRatioGroupingBug(Exception):
-    """train_net.py fails with KeyError 'width' in detectron2's AspectRatioGroupedDataset."""
-
-
-@pytest.mark.parametrize("prepared", [VOC], ids=["voc"], indirect=True)
-@pytest.mark.xfail(raises=KnownAspectRatioGroupingBug, strict=True,
-                   reason="package bug: registered dataset dicts have no width/height, and "
-                          "DATALOADER.ASPECT_RATIO_GROUPING (default True) reads them")
-def test_default_aspect_ratio_grouping_trains(prepared, tmp_path):
-    """The benchmark config as shipped (aspect-ratio grouping on) must train. Remove the xfail and
-    NO_GROUPING once load_zero_shot_sem_seg or LDVCTrainMapper provides width/height."""
-    bench, root, _ = prepared
-    out = str(tmp_path / "out")
-    proc = _train_net(bench, root, str(tmp_path), *FAST, "DATASETS.TEST", "()", "OUTPUT_DIR", out)
-    if proc.returncode != 0 and "KeyError: 'width'" in proc.stderr:
-        raise KnownAspectRatioGroupingBug(proc.stderr[-500:])
-    _ok(proc)
-    assert os.path.isfile(os.path.join(out, "model_final.pth"))

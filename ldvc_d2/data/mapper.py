@@ -117,6 +117,7 @@ class LDVCTrainMapper:
         self.augmentations(aug)
         d["image"] = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)))
         d["sem_seg"] = torch.as_tensor(aug.sem_seg.astype(np.int64))
+        d["height"], d["width"] = aug.image.shape[:2]  # read by detectron2's aspect-ratio grouping
         return d
 
 
