@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 from ldvc_d2 import add_ldvc_config
 from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper
 from ldvc_d2.evaluation import ZeroShotSemSegEvaluator
+from ldvc_d2.modeling.meta_arch import seen_score_calibration
 from ldvc_d2.solver import build_lr_scheduler, build_optimizer
 
 
@@ -32,7 +33,7 @@ def inference_protocol(cfg) -> str:
     inf = cfg.MODEL.LDVC.INFERENCE
     how = (f"sliding window {inf.CROP_SIZE}x{inf.CROP_SIZE} stride {inf.STRIDE}" if inf.MODE == "slide"
            else "whole image")
-    calib = cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION if cfg.MODEL.LDVC.TRAINING_CLASSES == "seen" else 0.0
+    calib = seen_score_calibration(cfg)
     return (f"{how}, short side {cfg.INPUT.MIN_SIZE_TEST}, seen-score calibration {calib}, "
             f"trained on {cfg.MODEL.LDVC.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
 
@@ -75,7 +76,8 @@ def setup(args):
     add_ldvc_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE == "cuda":
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        logging.getLogger("ldvc_d2").warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)

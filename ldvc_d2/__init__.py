@@ -10,7 +10,7 @@ from . import compat  # noqa: E402
 
 compat.apply()
 
-from . import data, evaluation, modeling  # noqa: E402  (registration happens on import)
+from . import data, evaluation, modeling, shapes_clip  # noqa: E402  (registration happens on import)
 from .config import add_ldvc_config  # noqa: E402
 
 __all__ = ["add_ldvc_config", "data", "evaluation", "modeling", "compat"]

@@ -2,8 +2,8 @@
 
 detectron2 v0.6 (the last release, and the only one installable from PyPI as ``pb1-detectron2``) was
 written against Pillow < 10, NumPy < 1.24 and PyTorch < 2.6. Current detectron2 (from its git
-repository) no longer needs any of this. Every shim is applied only where the name it provides is
-missing, so on a current detectron2 / old library stack each one is a no-op.
+repository) no longer needs the Pillow/NumPy ones, and each is applied only where the name it
+provides is missing.
 
 Shims (applied by :func:`apply`, which ``import ldvc_d2`` calls before detectron2 is imported):
 
@@ -14,12 +14,15 @@ Shims (applied by :func:`apply`, which ``import ldvc_d2`` calls before detectron
   NumPy 1.24. detectron2 v0.6 uses them in ``SemSegEvaluator``, ``Visualizer`` (``np.bool``),
   ``build.py`` (class histogram) and the Pascal VOC loader.
 * ``fvcore.common.checkpoint.Checkpointer._load_file``: since PyTorch 2.6, ``torch.load`` defaults to
-  ``weights_only=True``, which refuses the plain-Python objects (NumPy scalars in scheduler or
-  trainer state) that detectron2 v0.6 writes into its own checkpoints, so ``--resume`` fails. The
-  shim loads files with ``weights_only=False`` — these are checkpoints the user's own training wrote;
-  do not point ``MODEL.WEIGHTS`` at files from an untrusted source.
+  ``weights_only=True``, which refuses the NumPy objects that detectron2's trainer writes into its
+  own checkpoints (fvcore, used by every detectron2 version, does not pass the argument), so
+  ``--resume`` fails. The shim tries ``weights_only=True`` first and, only for a file that needs
+  it, loads with ``weights_only=False`` and logs a warning naming the file: point MODEL.WEIGHTS only
+  at checkpoints you trust. This shim applies to current detectron2 too (the cause is fvcore).
 """
 import inspect
+import logging
+import pickle
 
 import numpy as np
 from PIL import Image
@@ -54,7 +57,14 @@ def _patch_torch_load() -> None:
         return
 
     def _load_file(self, f: str):
-        return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+        try:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError:
+            logging.getLogger(__name__).warning(
+                f"{f} holds Python objects besides tensors (a detectron2 training checkpoint); loading "
+                "it with weights_only=False. Only load checkpoints you trust."
+            )
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
 
     _load_file._ldvc_compat = True
     Checkpointer._load_file = _load_file

@@ -8,7 +8,6 @@ def add_ldvc_config(cfg: CN) -> None:
     """Add the LDVC keys to a detectron2 config (call before merge_from_file)."""
     cfg.MODEL.META_ARCHITECTURE = "LDVC"
     cfg.MODEL.BACKBONE.NAME = "PromptedCLIPBackbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # unused: CLIP is always frozen, only prompts train
     # ZegCLIP normalises with ImageNet statistics (RGB, 0-255), not CLIP's; CLIP's are
     # [122.771, 116.746, 104.094] / [68.501, 66.632, 70.323] [DESIGN 1.3].
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
@@ -26,14 +25,15 @@ def add_ldvc_config(cfg: CN) -> None:
     # 0-based image-encoder blocks giving V_j, one per LCTD block (eq. 4); [] = auto: evenly spaced from
     # the middle block to the last (ViT-B/16, 2 blocks: [6, 11]). The paper does not say which.
     cfg.MODEL.LDVC.INTERMEDIATE_LAYERS = []
+    cfg.MODEL.LDVC.CLASS_EMBEDDINGS = "text"  # "text" (CLIP) or "random" (no-language control: names -> random vectors)
     cfg.MODEL.LDVC.TRAINING_CLASSES = "seen"  # "seen" (inductive), "all" (transductive / fully supervised)
     cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION = 0.1  # subtracted from seen-class sigmoid scores at test [1.4]
 
     cfg.MODEL.LDVC.LOSS = CN()
     cfg.MODEL.LDVC.LOSS.FOCAL_WEIGHT = 100.0  # sigmoid focal loss weight [1.3]
     cfg.MODEL.LDVC.LOSS.DICE_WEIGHT = 1.0  # dice loss weight [1.3]
-    cfg.MODEL.LDVC.LOSS.FOCAL_ALPHA = 0.25
-    cfg.MODEL.LDVC.LOSS.FOCAL_GAMMA = 2.0
+    cfg.MODEL.LDVC.LOSS.FOCAL_ALPHA = 0.25  # focal loss alpha (positives' weight)
+    cfg.MODEL.LDVC.LOSS.FOCAL_GAMMA = 2.0  # focal loss focusing exponent
     cfg.MODEL.LDVC.LOSS.IGNORE_AS_NEGATIVE = True  # 255 pixels count as negatives in focal/dice (ZegCLIP)
 
     cfg.MODEL.LDVC.INFERENCE = CN()
@@ -51,25 +51,24 @@ def add_ldvc_config(cfg: CN) -> None:
     cfg.MODEL.LCTD.DROPOUT = 0.0  # dropout in attention outputs and MLP (paper silent)
     cfg.MODEL.LCTD.TEXT_ADAPTER = True  # T_new = Proj([T * V_g; T]) (eq. 3); False uses T directly
 
-    cfg.SOLVER.OPTIMIZER = "ADAMW"
-    cfg.SOLVER.BASE_LR = 2e-4
-    cfg.SOLVER.WEIGHT_DECAY = 0.01
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD", over the trainable parameters only
+    cfg.SOLVER.BASE_LR = 2e-4  # [1.3]
+    cfg.SOLVER.WEIGHT_DECAY = 0.01  # [1.3]
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0  # no weight decay on normalisation layers (ZegCLIP)
     cfg.SOLVER.PROMPT_LR_MULTIPLIER = 1.0  # lr multiplier of the CLIP prompts relative to BASE_LR
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     cfg.SOLVER.POLY_LR_POWER = 0.9  # poly schedule power [1.3]
-    cfg.SOLVER.POLY_LR_END = 0.0  # poly schedule's final lr factor (ZegCLIP: min lr 1e-6 ≈ 0.005 × 2e-4)
-    cfg.SOLVER.WARMUP_ITERS = 1500
-    cfg.SOLVER.WARMUP_FACTOR = 1e-6
-    cfg.SOLVER.WARMUP_METHOD = "linear"
+    cfg.SOLVER.POLY_LR_END = 0.0  # final lr as a fraction of BASE_LR (ZegCLIP's absolute min lr 1e-6 is ~0)
+    cfg.SOLVER.WARMUP_ITERS = 1500  # linear warm-up iterations [1.3]
+    cfg.SOLVER.WARMUP_FACTOR = 1e-6  # lr factor at iteration 0
+    cfg.SOLVER.WARMUP_METHOD = "linear"  # ramp to the poly value at the end of the warm-up
 
     cfg.INPUT.SCALE_RATIO_RANGE = (0.5, 2.0)  # training resize ratio range of INPUT.TRAIN_SCALE [1.3]
     cfg.INPUT.TRAIN_SCALE = (2048, 512)  # (long, short) reference scale, as mmseg's img_scale
-    cfg.INPUT.CROP.ENABLED = True
-    cfg.INPUT.CROP.TYPE = "absolute"
-    cfg.INPUT.CROP.SIZE = (512, 512)
+    cfg.INPUT.CROP.ENABLED = True  # random crop in training (crops are padded to CROP.SIZE by the model)
+    cfg.INPUT.CROP.TYPE = "absolute"  # CROP.SIZE in pixels
+    cfg.INPUT.CROP.SIZE = (512, 512)  # training crop (H, W) [1.3]
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75  # random crop retries while one class covers more
     cfg.INPUT.PHOTOMETRIC_DISTORTION = True  # brightness/contrast/saturation/hue jitter (mmseg style)
     cfg.INPUT.MIN_SIZE_TEST = 512  # test images: short side resized to this [1.4]
-    cfg.INPUT.MAX_SIZE_TEST = 2048
-    cfg.INPUT.DATASET_MAPPER_NAME = "ldvc_semantic"  # training mapper (ldvc_d2.data.mapper)
+    cfg.INPUT.MAX_SIZE_TEST = 2048  # cap on the long side after the test resize

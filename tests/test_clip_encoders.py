@@ -110,12 +110,13 @@ def test_deep_text_prompts_replace_the_previous_layer_outputs(tiny_clip):
 def test_positional_embedding_resized_to_the_input_grid(tiny_clip):
     model, _ = tiny_clip
     enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0])
-    native = enc.positional_embedding(16, 16)
+    gh, gw = model.visual.grid_size
+    native = enc.positional_embedding(gh, gw)
     assert native is model.visual.positional_embedding
     pos = enc.positional_embedding(8, 12)
     assert pos.shape == (1 + 96, 128)
     torch.testing.assert_close(pos[0], native[0])
-    grid = native[1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
+    grid = native[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
     ref = F.interpolate(grid, size=(8, 12), mode="bilinear", align_corners=False)
     torch.testing.assert_close(pos[1:], ref[0].permute(1, 2, 0).reshape(96, -1))
     out = enc(torch.randn(1, 3, 64, 96))
@@ -174,3 +175,19 @@ def test_offline_download_error_names_model_and_tag(monkeypatch):
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(RuntimeError, match="'ViT-B-16' with pretrained tag 'openai'.*CLIP_PRETRAINED"):
         build_clip_model("ViT-B-16", "openai")
+
+
+def test_openai_weights_are_built_with_quick_gelu(monkeypatch):
+    import open_clip
+
+    seen = {}
+    tiny = build_clip_model("LDVC-Tiny", "")[0]
+
+    def fake_create(name, pretrained=None, cache_dir=None, force_quick_gelu=False):
+        seen[pretrained] = force_quick_gelu
+        return tiny
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create)
+    build_clip_model("ViT-B-16", "openai")
+    build_clip_model("ViT-B-16", "laion2b_s34b_b88k")
+    assert seen == {"openai": True, "laion2b_s34b_b88k": False}

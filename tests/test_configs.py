@@ -20,7 +20,10 @@ def test_config_builds_a_model(config):
     cfg = tiny_cfg(config, "MODEL.LCTD.NUM_HEADS", "4")
     model = build_model(cfg)
     assert model.backbone.visual.num_prompts == cfg.MODEL.LDVC.VISUAL_PROMPTS
-    assert model.backbone.text.num_prompts == cfg.MODEL.LDVC.TEXT_PROMPTS
+    if cfg.MODEL.LDVC.CLASS_EMBEDDINGS == "text":
+        assert model.backbone.text.num_prompts == cfg.MODEL.LDVC.TEXT_PROMPTS
+    else:
+        assert not any(p.requires_grad for p in model.backbone.text.parameters())
     assert len(model.sem_seg_head.blocks) == cfg.MODEL.LCTD.NUM_BLOCKS
     if cfg.DATASETS.TRAIN:
         assert model.train_class_names, f"{config}: no training classes from {cfg.DATASETS.TRAIN}"

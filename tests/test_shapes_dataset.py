@@ -1,5 +1,5 @@
-"""Tests of the synthetic ``shapes_zs`` world: split, determinism, label/image agreement, atomic
-generation and Detectron2 registration."""
+"""Tests of the synthetic ``shapes_zs`` world: split, captions, patterns, determinism, label/image
+agreement, atomic generation and Detectron2 registration."""
 import json
 import os
 import signal
@@ -41,25 +41,29 @@ def _file_bytes(target: Path) -> dict:
 
 def test_split_is_compositional():
     seen, unseen = set(shapes.SEEN_CLASSES), set(shapes.UNSEEN_CLASSES)
-    assert len(shapes.CLASS_NAMES) == len(shapes.COLORS) * len(shapes.SHAPES) == 16
+    assert len(shapes.CLASS_NAMES) == len(shapes.COLORS) * len(shapes.PATTERNS) == 16
     assert seen | unseen == set(range(NUM_CLASSES)) and not seen & unseen
     assert len(unseen) == 4
-    seen_attrs = [shapes.CLASS_NAMES[k].split() for k in seen]
+    for k, name in enumerate(shapes.CLASS_NAMES):  # index = colour * 4 + pattern
+        assert name == f"{shapes.PATTERNS[k % 4]} {shapes.COLORS[k // 4]} shape"
+    seen_attrs = [shapes.CLASS_NAMES[k].split()[:2] for k in seen]
     for k in unseen:
-        color, shape = shapes.CLASS_NAMES[k].split()
-        assert any(c == color for c, _ in seen_attrs), f"colour of {shapes.CLASS_NAMES[k]} unseen"
-        assert any(s == shape for _, s in seen_attrs), f"shape of {shapes.CLASS_NAMES[k]} unseen"
-    # No unseen colour or shape repeats: every attribute has exactly one new combination.
-    unseen_attrs = [shapes.CLASS_NAMES[k].split() for k in unseen]
-    assert len({c for c, _ in unseen_attrs}) == len({s for _, s in unseen_attrs}) == 4
+        pattern, color, _ = shapes.CLASS_NAMES[k].split()
+        assert any(c == color for _, c in seen_attrs), shapes.CLASS_NAMES[k]
+        assert any(p == pattern for p, _ in seen_attrs), shapes.CLASS_NAMES[k]
+    # No unseen colour or pattern repeats: every attribute has exactly one new combination.
+    unseen_attrs = [shapes.CLASS_NAMES[k].split()[:2] for k in unseen]
+    assert len({c for _, c in unseen_attrs}) == len({p for p, _ in unseen_attrs}) == 4
     assert len({tuple(c) for c in shapes.STUFF_COLORS}) == NUM_CLASSES
 
 
 def test_captions():
-    assert shapes.make_caption([0]) == "a red circle"
-    assert shapes.make_caption([0, 11, 11]) == "a red circle and two blue stars"
+    assert shapes.make_caption([0]) == "a plain red shape"
+    assert (shapes.make_caption([0, 11, 11])
+            == "a plain red shape and two checkered blue shapes")
     assert (shapes.make_caption([5, 0, 5, 14])
-            == "two green squares, a red circle and a yellow triangle")
+            == "two striped green shapes, a plain red shape and a dotted yellow shape")
+    assert shapes.make_caption([9, 9, 9]) == "three striped blue shapes"
 
 
 def test_scene_is_deterministic():
@@ -104,45 +108,125 @@ def test_every_class_in_train_and_val(default_root):
 
 
 def test_labelled_pixels_have_the_class_colour(default_root):
+    """Objects' mean colour is the class colour; every pixel (light or dark pattern tone) has the
+    class hue; backgrounds are unsaturated."""
     images, labels, _ = _load_split(default_root, "val")
     pixels = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.float32)
     label = np.concatenate([lab.ravel() for lab in labels])
     palette = np.array([shapes.COLOR_RGB[c] for c in shapes.COLORS], np.float32)
-    nearest = np.linalg.norm(pixels[:, None] - palette[None], axis=2).argmin(axis=1)
+    hsv = cv2.cvtColor(pixels[None].astype(np.uint8), cv2.COLOR_RGB2HSV_FULL)[0].astype(np.float32)
+    palette_hue = cv2.cvtColor(palette[None].astype(np.uint8), cv2.COLOR_RGB2HSV_FULL)[0, :, 0]
+    hue_dist = np.abs((hsv[:, :1] - palette_hue[None] + 128) % 256 - 128)  # 256 = 360°
+    nearest_hue = hue_dist.argmin(axis=1)
     for k in range(NUM_CLASSES):
-        color = k // len(shapes.SHAPES)
-        assert shapes.CLASS_NAMES[k].startswith(shapes.COLORS[color])
+        color = k // len(shapes.PATTERNS)
         mine = label == k
         mean = pixels[mine].mean(axis=0)
         assert np.linalg.norm(palette - mean, axis=1).argmin() == color, (k, mean)
-        assert (nearest[mine] == color).mean() > 0.97, shapes.CLASS_NAMES[k]
+        assert (nearest_hue[mine] == color).mean() > 0.97, shapes.CLASS_NAMES[k]
+        assert np.median(hsv[mine, 1]) > 150, shapes.CLASS_NAMES[k]  # saturated, both tones
     # Backgrounds are muted: almost no background pixel is strongly saturated.
-    hsv = cv2.cvtColor(pixels[label == 255][None].astype(np.uint8), cv2.COLOR_RGB2HSV)[0]
-    assert (hsv[:, 1] > 128).mean() < 0.02
+    assert (hsv[label == 255, 1] > 128).mean() < 0.02
+
+
+def _pattern_stats(image: np.ndarray, label: np.ndarray, k: int) -> dict:
+    """Texture statistics of the object of class ``k``, measured on its brightness along the class
+    colour, inside the object (eroded, so outline anti-aliasing does not count):
+
+    * contrast: std of the high-passed brightness (shading and noise removed) / mean brightness
+    * light: share of pixels nearer the light tone than the dark one
+    * oriented: share of the pattern's spectral power (periods ~3–12 px) within ±15° of the
+      strongest direction: ~1 for stripes, ~0.5 for patterns periodic along two axes
+    * period: the strongest period in px
+    """
+    mask = (label == k).astype(np.uint8)
+    inner = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
+    direction = np.array(shapes.COLOR_RGB[shapes.COLORS[k // 4]], np.float32)
+    brightness = image.astype(np.float32) @ (direction / np.linalg.norm(direction))
+    sharp = cv2.GaussianBlur(brightness, (0, 0), 0.7)[cv2.erode(mask, np.ones((3, 3))) > 0]
+    lo, hi = np.percentile(sharp, [5, 95])
+    smooth = cv2.GaussianBlur(brightness, (0, 0), 1.0)
+    high = smooth - cv2.GaussianBlur(smooth, (0, 0), 5.0)
+    ys, xs = np.nonzero(inner)
+    crop = (high * inner)[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    power = np.abs(np.fft.fft2(crop, s=(128, 128))) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij")
+    radial, angle = np.hypot(fx, fy), np.arctan2(fy, fx) % np.pi
+    band = (radial > 0.08) & (radial < 0.35)
+    peak = np.argmax(np.where(band, power, 0))
+    off = np.abs((angle - angle.flat[peak] + np.pi / 2) % np.pi - np.pi / 2)
+    return {"contrast": high[inner].std() / smooth[inner].mean(),
+            "light": (sharp > (lo + hi) / 2).mean(),
+            "oriented": power[band & (off < np.pi / 12)].sum() / power[band].sum(),
+            "period": 1.0 / radial.flat[peak]}
 
 
 @pytest.mark.parametrize("class_index", range(16))
-def test_single_object_has_its_shape(class_index):
-    """Geometry per shape: fill of the enclosing circle, and convexity (the star is not convex)."""
-    expected_fill = {"circle": (0.9, 1.01), "square": (0.55, 0.72), "triangle": (0.33, 0.5),
-                     "star": (0.3, 0.5)}
-    shape = shapes.SHAPES[class_index % len(shapes.SHAPES)]
+def test_single_object_has_its_pattern(class_index):
+    """Per pattern: plain is flat; striped is periodic along one direction; dotted and checkered
+    along two; dotted is mostly the light tone (small dark dots), checkered half and half."""
+    pattern = shapes.PATTERNS[class_index % 4]
     rng = np.random.default_rng(class_index)
-    for _ in range(3):
+    for _ in range(6):
         image, label, caption = shapes.sample_object_image(rng, class_index, size=128)
         assert caption == f"a {shapes.CLASS_NAMES[class_index]}"
         assert image.shape == (128, 128, 3) and label.shape == (128, 128)
         assert set(np.unique(label).tolist()) == {class_index, 255}
-        mask = (label == class_index).astype(np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours((label == class_index).astype(np.uint8),
+                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         assert len(contours) == 1
-        area = float(mask.sum())
-        _, radius = cv2.minEnclosingCircle(contours[0])
-        fill = area / (np.pi * (radius + 0.5) ** 2)
-        solidity = area / cv2.contourArea(cv2.convexHull(contours[0]))
-        lo, hi = expected_fill[shape]
-        assert lo < fill < hi, (shape, fill)
-        assert (solidity < 0.8) == (shape == "star"), (shape, solidity)
+        stats = _pattern_stats(image, label, class_index)
+        if pattern == "plain":
+            assert stats["contrast"] < 0.07, stats
+            continue
+        assert stats["contrast"] > 0.09, stats
+        assert 5.5 < stats["period"] < 9.0, stats
+        if pattern == "striped":
+            assert stats["oriented"] > 0.7, stats
+        else:
+            assert stats["oriented"] < 0.6, stats
+        if pattern == "dotted":
+            assert stats["light"] > 0.62, stats
+        else:
+            assert 0.4 < stats["light"] < 0.6, stats
+
+
+def test_outlines_are_not_part_of_the_class():
+    """Every class is drawn with both convex outlines and (non-convex) stars."""
+    for k in range(NUM_CLASSES):
+        rng = np.random.default_rng(k)
+        convex = set()
+        for _ in range(20):
+            _, label, _ = shapes.sample_object_image(rng, k, size=64)
+            mask = (label == k).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            convex.add(bool(mask.sum() / cv2.contourArea(cv2.convexHull(contours[0])) > 0.8))
+        assert convex == {True, False}, shapes.CLASS_NAMES[k]
+
+
+def test_pattern_scale_is_in_pixels():
+    """The same pattern has the same period (in px) in 48 px pretraining and 128 px images, and
+    stripes take random orientations."""
+    striped = shapes.PATTERNS.index("striped")
+    for size in (48, 128):
+        rng = np.random.default_rng(size)
+        periods = []
+        for color in range(4):
+            k = color * 4 + striped
+            for _ in range(3):
+                image, label, _ = shapes.sample_object_image(rng, k, size=size)
+                periods.append(_pattern_stats(image, label, k)["period"])
+        assert 6.0 <= np.median(periods) <= 8.0 and min(periods) > 5.0 and max(periods) < 9.5, \
+            (size, periods)
+    angles = []
+    for seed in range(8):
+        image, label, _ = shapes.sample_object_image(np.random.default_rng(seed), striped, 128)
+        gray = image.astype(np.float32).mean(axis=2) * (label == striped)
+        gy, gx = np.gradient(cv2.GaussianBlur(gray, (0, 0), 1.0))
+        inner = cv2.erode((label == striped).astype(np.uint8), np.ones((7, 7))) > 0
+        # Dominant gradient orientation (doubled-angle mean) inside the object.
+        angles.append(np.angle(np.sum((gx + 1j * gy)[inner] ** 2)) / 2)
+    assert np.ptp(np.mod(angles, np.pi)) > np.pi / 3
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import sys
 
 from tests.conftest import REPO
 
-FAST = ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
+FAST = ["MODEL.LDVC.CLIP_PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
         "SOLVER.IMS_PER_BATCH", "2"]
 
 
@@ -29,7 +29,7 @@ def test_train_resume_and_eval_only(tmp_path):
     log = _run(tmp_path, "--resume", *FAST, "SOLVER.MAX_ITER", "5", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Starting training from iteration 3" in log, log[-2000:]
 
-    log = _run(tmp_path, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out)
+    log = _run(tmp_path, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), *FAST[:2], "OUTPUT_DIR", out)
     assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
     with open(os.path.join(out, "inference", "shapes_zs_val", "sem_seg_metrics.json")) as f:
         metrics = json.load(f)

@@ -110,13 +110,16 @@ def main() -> int:
         # --no-build-isolation: the sdist's setup.py imports torch to prepare its metadata.
         _pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
              "--dest", tmp, SDIST)
-        archives = [f for f in os.listdir(tmp) if f.endswith((".tar.gz", ".zip"))]
+        archives = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
         if len(archives) != 1:
             print(f"error: expected one source archive of {SDIST} in {tmp}, got {archives}",
                   file=sys.stderr)
             return 1
         with tarfile.open(os.path.join(tmp, archives[0])) as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
         src_root = os.path.join(tmp, archives[0][: -len(".tar.gz")])
         stage = os.path.join(tmp, "stage")
         shutil.copytree(os.path.join(src_root, "detectron2"), os.path.join(stage, "detectron2"))

@@ -87,9 +87,13 @@ class LDVCTrainMapper:
     3×H×W tensor (RGB), ``sem_seg`` int64 H×W (class index over all classes, 255 = ignore)."""
 
     @configurable
-    def __init__(self, *, augmentations: List[T.Augmentation], image_format: str = "RGB"):
+    def __init__(self, *, augmentations: List[T.Augmentation], image_format: str = "RGB",
+                 num_classes: Optional[int] = None, ignore_label: int = 255):
+        """num_classes: labels must be in [0, num_classes) or ``ignore_label`` (checked per image)."""
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -102,12 +106,22 @@ class LDVCTrainMapper:
         augs.append(T.RandomFlip())
         if cfg.INPUT.PHOTOMETRIC_DISTORTION:
             augs.append(PhotometricDistortion())
-        return {"augmentations": augs, "image_format": cfg.INPUT.FORMAT}
+        names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", None) if cfg.DATASETS.TRAIN else None
+        return {"augmentations": augs, "image_format": cfg.INPUT.FORMAT,
+                "num_classes": len(names) if names else None, "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE}
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
         image = utils.read_image(d["file_name"], format=self.image_format)
         label = read_label(d["sem_seg_file_name"])
+        if self.num_classes is not None:
+            bad = np.unique(label[(label != self.ignore_label) & (label >= self.num_classes)])
+            if bad.size:
+                raise ValueError(
+                    f"Label '{d['sem_seg_file_name']}' has values {bad[:5].tolist()} outside 0..{self.num_classes - 1} "
+                    f"(and {self.ignore_label} = ignore). Labels must be class indices of the dataset's "
+                    "stuff_classes: check the label-id mapping (e.g. 1-based ids) and re-run datasets/prepare_*.py."
+                )
         if image.shape[:2] != label.shape:
             raise ValueError(
                 f"Image '{d['file_name']}' is {image.shape[1]}x{image.shape[0]} but its label "

@@ -20,7 +20,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip.loading import build_clip_model
-from .clip.text import PromptedTextEncoder
+from .clip.text import PromptedTextEncoder, RandomClassEmbedding
 from .clip.vision import PromptedVisionEncoder
 
 __all__ = ["PromptedCLIPBackbone", "default_intermediate_layers"]
@@ -49,6 +49,7 @@ class PromptedCLIPBackbone(Backbone):
         text_prompt_template: str = "this is a photo of a {}.",
         intermediate_layers: Sequence[int] = (),
         num_intermediate: int = 0,
+        class_embeddings: str = "text",
     ):
         """
         Args:
@@ -56,21 +57,32 @@ class PromptedCLIPBackbone(Backbone):
             visual_prompts / text_prompts: deep prompt tokens per layer (0 disables a branch).
             intermediate_layers: 0-based image-encoder blocks for V_j; empty = auto with
                 ``num_intermediate`` entries (:func:`default_intermediate_layers`).
+            class_embeddings: "text" (CLIP's prompted text encoder) or "random" (the "no language"
+                control, :class:`RandomClassEmbedding`).
         """
         super().__init__()
         model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
         num_layers = len(model.visual.transformer.resblocks)
         layers = list(intermediate_layers) or default_intermediate_layers(num_layers, num_intermediate)
         self.visual = PromptedVisionEncoder(model.visual, num_prompts=visual_prompts, intermediate_layers=layers)
-        self.text = PromptedTextEncoder(
-            model, tokenizer, num_prompts=text_prompts, init=text_prompt_init, template=text_prompt_template
-        )
-        self.clip_model_name = clip_model
+        if class_embeddings == "text":
+            self.text = PromptedTextEncoder(
+                model, tokenizer, num_prompts=text_prompts, init=text_prompt_init, template=text_prompt_template
+            )
+        elif class_embeddings == "random":
+            self.text = RandomClassEmbedding(self.visual.output_dim)
+        else:
+            raise ValueError(f"MODEL.LDVC.CLASS_EMBEDDINGS must be 'text' or 'random', got '{class_embeddings}'.")
         self.embed_dim = self.visual.output_dim
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
         c = cfg.MODEL.LDVC
+        if c.INTERMEDIATE_LAYERS and len(c.INTERMEDIATE_LAYERS) != cfg.MODEL.LCTD.NUM_BLOCKS:
+            raise ValueError(
+                f"MODEL.LDVC.INTERMEDIATE_LAYERS {list(c.INTERMEDIATE_LAYERS)} must name one layer per LCTD block "
+                f"(MODEL.LCTD.NUM_BLOCKS={cfg.MODEL.LCTD.NUM_BLOCKS}), or be [] for the default."
+            )
         return {
             "clip_model": c.CLIP_MODEL,
             "clip_pretrained": c.CLIP_PRETRAINED,
@@ -81,6 +93,7 @@ class PromptedCLIPBackbone(Backbone):
             "text_prompt_template": c.TEXT_PROMPT_TEMPLATE,
             "intermediate_layers": c.INTERMEDIATE_LAYERS,
             "num_intermediate": cfg.MODEL.LCTD.NUM_BLOCKS,
+            "class_embeddings": c.CLASS_EMBEDDINGS,
         }
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
@@ -93,8 +106,8 @@ class PromptedCLIPBackbone(Backbone):
         """Prompts follow ``mode``; the frozen CLIP modules always stay in eval mode."""
         super().train(mode)
         self.visual.visual.eval()
-        for name in ("token_embedding", "transformer", "ln_final"):
-            getattr(self.text, name).eval()
+        for module in self.text.children():  # frozen CLIP text modules (no-op for the random control)
+            module.eval()
         return self
 
     @property

@@ -40,24 +40,18 @@ def focal_dice_loss(
     gamma: float = 2.0,
     ignore_as_negative: bool = True,
 ) -> Dict[str, torch.Tensor]:
-    """logits: B×C×H×W (already at label resolution); targets: B×H×W int64 in [0, C) or ignore_label.
+    """logits: B×C×H×W (already at label resolution); targets: B×H×W int64 in [0, C) or ignore_label
+    (values are checked where labels are read, ``ldvc_d2.data.mapper``, not here: no device sync).
 
     Returns ``{"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}``.
     """
-    b, c = logits.shape[:2]
+    c = logits.shape[1]
     valid = targets != ignore_label
-    bad = targets[valid]
-    if bad.numel() and (bad.min() < 0 or bad.max() >= c):
-        raise ValueError(
-            f"Training labels must be in [0, {c}) or {ignore_label}; got values in "
-            f"[{int(bad.min())}, {int(bad.max())}]. Check the dataset's label PNGs and its metadata."
-        )
-    onehot = F.one_hot(torch.where(valid, targets, 0), c).permute(0, 3, 1, 2).to(logits.dtype)
-    onehot = onehot * valid.unsqueeze(1)
-    weight = torch.ones_like(onehot) if ignore_as_negative else valid.unsqueeze(1).expand_as(onehot).to(logits.dtype)
+    classes = torch.arange(c, device=targets.device).view(1, c, 1, 1)
+    onehot = (targets.unsqueeze(1) == classes).float()  # 255 pixels: all zero
+    weight = None if ignore_as_negative else valid.unsqueeze(1).float()
 
-    logits = logits.float().flatten(2)
-    onehot, weight = onehot.flatten(2).float(), weight.flatten(2).float()
+    logits, onehot = logits.float().flatten(2), onehot.flatten(2)
     prob = logits.sigmoid()
     present = onehot.sum(-1) > 0  # B×C
     num = _num_present(present.sum().float())
@@ -65,10 +59,14 @@ def focal_dice_loss(
     ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
     p_t = prob * onehot + (1 - prob) * (1 - onehot)
     alpha_t = alpha * onehot + (1 - alpha) * (1 - onehot)
-    focal_map = alpha_t * ce * (1 - p_t) ** gamma * weight
-    focal = (focal_map.sum(-1) / weight.sum(-1).clamp(min=1.0)).sum() / num
-
-    p = prob * weight
+    focal_map = alpha_t * ce * (1 - p_t) ** gamma
+    if weight is None:
+        focal = focal_map.mean(-1).sum() / num
+        p = prob
+    else:
+        weight = weight.flatten(2)
+        focal = ((focal_map * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)).sum() / num
+        p = prob * weight
     dice = 1 - (2 * (p * onehot).sum(-1) + 1) / (p.sum(-1) + onehot.sum(-1) + 1)
     dice = (dice * present).sum() / num
     return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}

@@ -15,7 +15,7 @@ on the image: in eval mode they are cached per class list.
 """
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch import nn
 
 from .losses import focal_dice_loss
 
-__all__ = ["LDVC", "class_lists_from_metadata"]
+__all__ = ["LDVC", "class_lists_from_metadata", "seen_score_calibration"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def class_lists_from_metadata(dataset_name: str, training_classes: str = "seen")
     return [names[i] for i in seen], list(seen)
 
 
+def seen_score_calibration(cfg) -> float:
+    """ZegCLIP's calibration applies to inductive models only (trained on the seen classes)."""
+    return cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION if cfg.MODEL.LDVC.TRAINING_CLASSES == "seen" else 0.0
+
+
 @META_ARCH_REGISTRY.register()
 class LDVC(nn.Module):
     @configurable
@@ -74,6 +79,7 @@ class LDVC(nn.Module):
         crop_size: int = 512,
         stride: int = 426,
         window_size: int = 1,
+        train_size: Sequence[int] = (0, 0),
     ):
         """
         Args:
@@ -81,6 +87,8 @@ class LDVC(nn.Module):
             test_class_names / test_seen_classes: default inference vocabulary and which of it is seen.
             calibration: subtracted from seen-class scores at inference (0 disables).
             window_size: LCSA window in tokens; inputs are padded to multiples of patch × window.
+            train_size: training crops are padded to at least this (H, W), as mmseg pads every crop
+                to the crop size: the per-image focal mean then does not depend on the batch.
         """
         super().__init__()
         if inference_mode not in ("slide", "whole"):
@@ -97,13 +105,14 @@ class LDVC(nn.Module):
         self.crop_size = crop_size
         self.stride = stride
         self.pad_multiple = backbone.size_divisibility * window_size
+        self.train_size = tuple(train_size)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         lut = torch.full((256,), ignore_label, dtype=torch.long)
         if train_class_ids is not None:
             lut[torch.tensor(train_class_ids, dtype=torch.long)] = torch.arange(len(train_class_ids))
         self.register_buffer("label_lut", lut, False)
-        self._text_cache: Dict[Tuple[str, ...], torch.Tensor] = {}
+        self._text_cache: Dict[Tuple, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg):
@@ -137,7 +146,8 @@ class LDVC(nn.Module):
                 "gamma": c.LOSS.FOCAL_GAMMA,
                 "ignore_as_negative": c.LOSS.IGNORE_AS_NEGATIVE,
             },
-            "calibration": c.SEEN_SCORE_CALIBRATION if c.TRAINING_CLASSES == "seen" else 0.0,
+            "calibration": seen_score_calibration(cfg),
+            "train_size": tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else (0, 0),
             "inference_mode": c.INFERENCE.MODE,
             "crop_size": c.INFERENCE.CROP_SIZE,
             "stride": c.INFERENCE.STRIDE,
@@ -152,11 +162,15 @@ class LDVC(nn.Module):
         self._text_cache.clear()  # prompts change while training
         return super().train(mode)
 
+    def load_state_dict(self, *args, **kwargs):
+        self._text_cache.clear()  # new prompts
+        return super().load_state_dict(*args, **kwargs)
+
     def text_features(self, class_names: List[str]) -> torch.Tensor:
-        """C×d class embeddings; cached per class list in eval mode."""
+        """C×d class embeddings; cached per class list (and device) in eval mode."""
         if self.training:
             return self.backbone.encode_text(class_names)
-        key = tuple(class_names)
+        key = (tuple(class_names), self.device)
         if key not in self._text_cache:
             with torch.no_grad():
                 self._text_cache[key] = self.backbone.encode_text(list(class_names))
@@ -169,7 +183,7 @@ class LDVC(nn.Module):
         """Normalised B×3×H×W (H, W multiples of ``pad_multiple``) -> B×C×H/p×W/p logits."""
         return self.sem_seg_head(self.backbone(images), text)
 
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Dict[str, torch.Tensor]]]:
         """Detectron2 format: dicts with ``image`` (3×H×W, RGB 0-255) and, in training, ``sem_seg``
         (H×W over all classes of the dataset); at inference optionally ``class_names``, ``seen_classes``
         and ``height``/``width`` (output size). Returns losses, or ``[{"sem_seg": C×height×width}]``."""
@@ -183,8 +197,10 @@ class LDVC(nn.Module):
                 "LDVC has no training classes: DATASETS.TRAIN[0] must be a registered dataset with "
                 "stuff_classes/seen_classes metadata."
             )
-        m = self.pad_multiple  # crops can be smaller than the crop size: pad to a common size
-        size = [math.ceil(max(x["image"].shape[i] for x in batched_inputs) / m) * m for i in (-2, -1)]
+        # crops can be smaller than the crop size: pad all to the crop size (or the largest, rounded)
+        h = max(max(x["image"].shape[-2] for x in batched_inputs), self.train_size[0])
+        w = max(max(x["image"].shape[-1] for x in batched_inputs), self.train_size[1])
+        size = self._padded_size(h, w)
         images = torch.stack([self._pad(self._normalize(x["image"]), 0.0, size) for x in batched_inputs])
         targets = torch.stack([self._pad(x["sem_seg"].to(self.device)[None], self.ignore_label, size)[0]
                                for x in batched_inputs])
@@ -193,11 +209,14 @@ class LDVC(nn.Module):
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
         return focal_dice_loss(logits, targets, ignore_label=self.ignore_label, **self.loss_kwargs)
 
+    def _padded_size(self, h: int, w: int) -> Tuple[int, int]:
+        m = self.pad_multiple
+        return math.ceil(h / m) * m, math.ceil(w / m) * m
+
     def _pad(self, t: torch.Tensor, value: float, size: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Pad C×H×W on the bottom/right to ``size``, by default the next multiples of ``pad_multiple``."""
         h, w = t.shape[-2:]
-        if size is None:
-            size = (math.ceil(h / self.pad_multiple) * self.pad_multiple, math.ceil(w / self.pad_multiple) * self.pad_multiple)
+        size = size or self._padded_size(h, w)
         return F.pad(t, (0, size[1] - w, 0, size[0] - h), value=value)
 
     def _window_scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -8,19 +8,27 @@ Model configs shipped in ``model_configs/`` (``LDVC-Tiny``) are registered with 
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import open_clip
 import torch
 from detectron2.utils import comm
 
-__all__ = ["build_clip_model", "MODEL_CONFIG_DIR"]
+__all__ = ["build_clip_model", "register_local_weights", "MODEL_CONFIG_DIR"]
 
 logger = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+# (model name, tag) -> function(cache_dir or None) returning a local checkpoint path, for weights this
+# project makes itself (the tiny CLIP pretrained on the shapes world, ldvc_d2.shapes_clip).
+_LOCAL_WEIGHTS: Dict[Tuple[str, str], Callable[[Optional[str]], str]] = {}
+
+
+def register_local_weights(model_name: str, tag: str, provider: Callable[[Optional[str]], str]) -> None:
+    """Make ``CLIP_PRETRAINED=tag`` for ``model_name`` resolve to ``provider(cache_dir)``, a file path."""
+    _LOCAL_WEIGHTS[(model_name, tag)] = provider
 
 
 def _is_local_path(pretrained: str) -> bool:
@@ -40,8 +48,9 @@ def _check_request(model_name: str, pretrained: str) -> None:
                 f"MODEL.LDVC.CLIP_PRETRAINED: checkpoint file '{pretrained}' does not exist. Point it "
                 f"to a local open_clip/OpenAI checkpoint of '{model_name}', or to an open_clip tag."
             )
-    elif pretrained:
+    elif pretrained and (model_name, pretrained) not in _LOCAL_WEIGHTS:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
+        tags += [t for (m, t) in _LOCAL_WEIGHTS if m == model_name]
         if pretrained not in tags:
             raise ValueError(
                 f"MODEL.LDVC.CLIP_PRETRAINED: '{pretrained}' is neither a local file nor a pretrained "
@@ -50,9 +59,11 @@ def _check_request(model_name: str, pretrained: str) -> None:
             )
 
 
-def _create(model_name: str, pretrained: str, cache_dir: Optional[str]) -> torch.nn.Module:
+def _create(model_name: str, pretrained: str, cache_dir: Optional[str], quick_gelu: bool) -> torch.nn.Module:
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained or None, cache_dir=cache_dir)
+        return open_clip.create_model(
+            model_name, pretrained=pretrained or None, cache_dir=cache_dir, force_quick_gelu=quick_gelu
+        )
     except Exception as e:  # network errors come in many types (OSError, HTTPError, hub errors...)
         if not pretrained or _is_local_path(pretrained):
             raise
@@ -66,23 +77,36 @@ def _create(model_name: str, pretrained: str, cache_dir: Optional[str]) -> torch
         ) from e
 
 
-def build_clip_model(
-    model_name: str, pretrained: str, *, cache_dir: Optional[str] = None
-) -> Tuple[torch.nn.Module, open_clip.tokenizer.SimpleTokenizer]:
-    """Return ``(clip_model, tokenizer)`` with every CLIP parameter frozen and the model in eval mode.
+def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[str] = None) -> Tuple[torch.nn.Module, Any]:
+    """Return ``(clip_model, open_clip tokenizer)``, every CLIP parameter frozen, in eval mode.
 
     Weights are downloaded by the local rank-0 process first while the other processes wait at a
-    barrier, then read from the cache by the others, so N GPUs never download N copies.
+    barrier, then read from the cache by the others, so N GPUs never download N copies; when rank 0
+    fails, every rank raises instead of waiting forever.
     """
     _check_request(model_name, pretrained)
-    needs_download = bool(pretrained) and not _is_local_path(pretrained)
-    if needs_download and comm.get_world_size() > 1 and comm.get_local_rank() != 0:
-        comm.synchronize()  # wait for local rank 0 to fill the cache
-        model = _create(model_name, pretrained, cache_dir)
-    else:
-        model = _create(model_name, pretrained, cache_dir)
-        if needs_download and comm.get_world_size() > 1:
-            comm.synchronize()
+    provider = _LOCAL_WEIGHTS.get((model_name, pretrained))
+    # OpenAI's weights were trained with QuickGELU; open_clip's plain model names build GELU and only
+    # warn. The pretrained tag says which (a local OpenAI file needs a "-quickgelu" model name).
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained and not provider else {}
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    needs_fetch = bool(pretrained) and not _is_local_path(pretrained)
+    distributed = needs_fetch and comm.get_world_size() > 1
+    first = not distributed or comm.get_local_rank() == 0
+    model, error = None, None
+    if first:  # local rank 0 downloads (or makes) the weights while the others wait
+        try:
+            model = _create(model_name, provider(cache_dir) if provider else pretrained, cache_dir, quick_gelu)
+        except Exception as e:
+            error = e
+    if distributed and not all(comm.all_gather(error is None)):  # also the barrier the others wait at
+        raise error or RuntimeError(
+            f"Local rank 0 could not obtain the weights of '{model_name}' ('{pretrained}'); see its log."
+        )
+    if error is not None:
+        raise error
+    if model is None:
+        model = _create(model_name, provider(cache_dir) if provider else pretrained, cache_dir, quick_gelu)
     logger.info(f"Built open_clip '{model_name}' (weights: {pretrained or 'random init'}).")
     model.eval()
     for p in model.parameters():

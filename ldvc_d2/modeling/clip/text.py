@@ -15,6 +15,7 @@ has 6, the paper's prompt count. Random initialisation (``init="random"``) draws
 CoOp does, and ignores the prefix. With ``num_prompts=0`` the prefix stays as ordinary fixed tokens
 (frozen CLIP with a hand-crafted prompt).
 """
+import hashlib
 from typing import List, Sequence
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from .vision import run_block
 
-__all__ = ["PromptedTextEncoder"]
+__all__ = ["PromptedTextEncoder", "RandomClassEmbedding"]
 
 
 def _split_template(template: str):
@@ -130,3 +131,21 @@ class PromptedTextEncoder(nn.Module):
         proj = self.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return F.normalize(x, dim=-1)
+
+
+class RandomClassEmbedding(nn.Module):
+    """The "no language" control: each class name maps to a fixed random unit vector (seeded by the
+    name's SHA-1), so class embeddings carry no meaning and nothing can transfer to unseen classes.
+    Seen classes can still be learned, because the decoder adapts to any fixed anchors."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+
+    def forward(self, class_names: List[str]) -> torch.Tensor:
+        vectors = []
+        for name in class_names:
+            seed = int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "little")
+            vectors.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
+        return F.normalize(torch.stack(vectors), dim=-1).to(self._device_probe.device)

@@ -36,6 +36,8 @@ class LocalConsensusSelfAttention(nn.Module):
 
     def __init__(self, dim: int, *, num_heads: int, window_size: int, topk: Optional[int], dropout: float = 0.0):
         super().__init__()
+        if window_size < 1 or (topk is not None and topk < 1):
+            raise ValueError(f"MODEL.LCTD.WINDOW_SIZE ({window_size}) and TOPK_WINDOWS ({topk}) must be >= 1.")
         if dim % num_heads:
             raise ValueError(f"MODEL.LCTD.NUM_HEADS={num_heads} must divide the feature width {dim}.")
         self.num_heads = num_heads
@@ -76,7 +78,7 @@ class LocalConsensusSelfAttention(nn.Module):
         t = t.view(b, h // n, w // n, n, n, c).permute(0, 1, 3, 2, 4, 5)
         return t.reshape(b, h * w, c)
 
-    def _routed(self, x, q, k, v, h: int, w: int) -> torch.Tensor:
+    def _routed(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
         n = self.window_size
         if h % n or w % n:
             raise ValueError(

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""The shapes zero-shot benchmark: several methods, same split and budget, several seeds, one table.
+
+    python tools/benchmark_shapes.py                       # 3 seeds, all variants, ~20 min on 2 cores
+    python tools/benchmark_shapes.py --seeds 0 1 2 3 4 --variants ldvc no_language
+
+Each run is `train_net.py --config-file configs/shapes/<variant>.yaml SEED <seed>` in its own
+process (the tiny CLIP is pretrained once and shared). The table gives mean ± standard deviation
+over seeds of pAcc, mIoU(S), mIoU(U) and hIoU, and is written with every run's metrics to
+``<output>/benchmark.json`` and as a bar chart ``<output>/benchmark.png``.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = {  # name -> (config, description)
+    "ldvc": ("configs/shapes/ldvc.yaml", "LDVC (VLPT + LCTD)"),
+    "frozen_clip": ("configs/shapes/frozen_clip.yaml", "frozen CLIP, no prompts"),
+    "no_language": ("configs/shapes/no_language.yaml", "no language (floor)"),
+}
+METRICS = ("pAcc", "mIoU(S)", "mIoU(U)", "hIoU")
+
+
+def run_one(variant: str, seed: int, out_dir: str, opts: List[str]) -> Dict[str, float]:
+    config = os.path.join(REPO, VARIANTS[variant][0])
+    run_dir = os.path.join(out_dir, f"{variant}_seed{seed}")
+    metrics_file = os.path.join(run_dir, "inference", "shapes_zs_val", "sem_seg_metrics.json")
+    if not os.path.isfile(metrics_file):
+        cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config,
+               "SEED", str(seed), "OUTPUT_DIR", run_dir, *opts]
+        with open(os.path.join(out_dir, f"{variant}_seed{seed}.log"), "w") as log:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(metrics_file) as f:
+        return json.load(f)["metrics"]
+
+
+def summarise(runs: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, List[float]]]:
+    """{variant: {metric: [mean, std]}} over seeds (population std)."""
+    return {v: {m: [float(np.mean([r[m] for r in rs])), float(np.std([r[m] for r in rs]))] for m in METRICS}
+            for v, rs in runs.items()}
+
+
+def plot(summary, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(summary)
+    for i, (variant, stats) in enumerate(summary.items()):
+        xs = np.arange(len(METRICS)) + i * width
+        ax.bar(xs, [stats[m][0] for m in METRICS], width, yerr=[stats[m][1] for m in METRICS], capsize=3,
+               label=VARIANTS[variant][1])
+    ax.set_xticks(np.arange(len(METRICS)) + 0.4 - width / 2, METRICS)
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--output", default="output/shapes_benchmark")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    args = parser.parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+
+    import ldvc_d2  # noqa: F401
+    from ldvc_d2.shapes_clip import ensure_tiny_clip
+
+    import torch
+
+    clip_metrics = torch.load(ensure_tiny_clip(), map_location="cpu", weights_only=True)["ldvc_tiny_clip"]
+    runs: Dict[str, List[Dict[str, float]]] = {v: [] for v in args.variants}
+    total, start = len(args.variants) * len(args.seeds), time.perf_counter()
+    for i, (variant, seed) in enumerate((v, s) for v in args.variants for s in args.seeds):
+        runs[variant].append(run_one(variant, seed, args.output, args.opts))
+        done = time.perf_counter() - start
+        print(f"[{i + 1}/{total}] {variant} seed {seed}: " + ", ".join(f"{m} {runs[variant][-1][m]:.1f}" for m in METRICS)
+              + f"  (elapsed {done / 60:.1f} min, ETA {done / (i + 1) * (total - i - 1) / 60:.1f} min)", flush=True)
+
+    summary = summarise(runs)
+    title = (f"shapes benchmark, {len(args.seeds)} seeds; tiny CLIP zero-shot accuracy "
+             f"{clip_metrics['accuracy']:.1f}% (chance {clip_metrics['chance']:.1f}%)")
+    print("\n" + title)
+    print(f"| method | {' | '.join(METRICS)} |\n|---|" + "---|" * len(METRICS))
+    for variant, stats in summary.items():
+        print(f"| {VARIANTS[variant][1]} | " + " | ".join(f"{stats[m][0]:.1f} ± {stats[m][1]:.1f}" for m in METRICS) + " |")
+    result = {"seeds": args.seeds, "tiny_clip": clip_metrics, "summary": summary, "runs": runs,
+              "configs": {v: VARIANTS[v][0] for v in args.variants}, "overrides": args.opts}
+    tmp = os.path.join(args.output, "benchmark.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, os.path.join(args.output, "benchmark.json"))
+    plot(summary, os.path.join(args.output, "benchmark.png"), title)
+    print(f"Wrote {args.output}/benchmark.json and benchmark.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
