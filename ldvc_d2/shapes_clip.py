@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data.datasets.shapes import CLASS_NAMES, SEEN_CLASSES, UNSEEN_CLASSES, make_caption, render_scene
+from .data.datasets.shapes import (
+    CLASS_NAMES, GENERATOR_VERSION, SEEN_CLASSES, UNSEEN_CLASSES, make_caption, render_scene,
+)
 from .modeling.clip.loading import register_local_weights
 
 __all__ = ["PretrainConfig", "ensure_tiny_clip", "pretrain_tiny_clip", "zero_shot_accuracy", "TINY_CLIP_MODEL"]
@@ -57,7 +59,9 @@ class PretrainConfig:
     two_object_prob: float = 0.5  # share of two-object images (compositional captions)
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        """Names the cached checkpoint: changes with the settings and with the world's drawing code."""
+        key = {**dataclasses.asdict(self), "world": GENERATOR_VERSION}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int,

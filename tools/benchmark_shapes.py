@@ -22,8 +22,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # name -> (config, description)
     "ldvc": ("configs/shapes/ldvc.yaml", "LDVC (VLPT + LCTD)"),
-    "frozen_clip": ("configs/shapes/frozen_clip.yaml", "frozen CLIP, no prompts"),
     "no_language": ("configs/shapes/no_language.yaml", "no language (floor)"),
+    "frozen_clip": ("configs/shapes/frozen_clip.yaml", "frozen CLIP, no prompts"),
 }
 METRICS = ("pAcc", "mIoU(S)", "mIoU(U)", "hIoU")
 
