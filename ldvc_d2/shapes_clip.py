@@ -64,6 +64,12 @@ class PretrainConfig:
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def _normalise(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """H×W×3 uint8 RGB images -> B×3×H×W float tensor with LDVC's (ImageNet) normalisation."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - _MEAN) / _STD
+
+
 def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int,
                  two_object_prob: float = 0.5) -> Tuple[torch.Tensor, List[str]]:
     """Normalised B×3×S×S images of one or two random objects and their captions."""
@@ -75,8 +81,7 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int,
         images.append(image)
         template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
         captions.append(template.format(make_caption(drawn or ids)))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    return (x - _MEAN) / _STD, captions
+    return _normalise(images), captions
 
 
 def contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, captions: Sequence[str],
@@ -101,8 +106,7 @@ def zero_shot_accuracy(model: torch.nn.Module, tokenizer, *, seed: int = 12345, 
     correct = np.zeros(len(CLASS_NAMES))
     for k in range(len(CLASS_NAMES)):
         images = [render_scene(rng, [k], image_size, radius_range=(0.2, 0.32))[0] for _ in range(per_class)]
-        x = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
-        pred = (F.normalize(model.encode_image(x), dim=-1) @ text.T).argmax(1)
+        pred = (F.normalize(model.encode_image(_normalise(images)), dim=-1) @ text.T).argmax(1)
         correct[k] = (pred == k).float().mean().item()
     return {"accuracy": float(100 * correct.mean()), "accuracy_seen": float(100 * correct[SEEN_CLASSES].mean()),
             "accuracy_unseen": float(100 * correct[UNSEEN_CLASSES].mean()), "chance": 100 / len(CLASS_NAMES)}

@@ -93,10 +93,14 @@ def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[st
     needs_fetch = bool(pretrained) and not _is_local_path(pretrained)
     distributed = needs_fetch and comm.get_world_size() > 1
     first = not distributed or comm.get_local_rank() == 0
+
+    def create() -> torch.nn.Module:
+        return _create(model_name, provider(cache_dir) if provider else pretrained, cache_dir, quick_gelu)
+
     model, error = None, None
     if first:  # local rank 0 downloads (or makes) the weights while the others wait
         try:
-            model = _create(model_name, provider(cache_dir) if provider else pretrained, cache_dir, quick_gelu)
+            model = create()
         except Exception as e:
             error = e
     if distributed and not all(comm.all_gather(error is None)):  # also the barrier the others wait at
@@ -106,7 +110,7 @@ def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[st
     if error is not None:
         raise error
     if model is None:
-        model = _create(model_name, provider(cache_dir) if provider else pretrained, cache_dir, quick_gelu)
+        model = create()
     logger.info(f"Built open_clip '{model_name}' (weights: {pretrained or 'random init'}).")
     model.eval()
     for p in model.parameters():
