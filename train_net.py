@@ -6,6 +6,8 @@
 
 SOLVER.IMS_PER_BATCH is the *total* batch over all GPUs (the paper: 16 on 4 GPUs).
 """
+import contextlib
+import functools
 import logging
 import os
 import time
@@ -38,8 +40,29 @@ def inference_protocol(cfg) -> str:
             f"trained on {cfg.MODEL.LDVC.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
 
 
+@contextlib.contextmanager
+def ddp_kwargs(**kwargs):
+    """Extra DistributedDataParallel arguments for the model DefaultTrainer wraps in its __init__."""
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    defaults.create_ddp_model = functools.partial(original, **kwargs)
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with LDVC's data mappers, zero-shot evaluator and optimizer."""
+
+    def __init__(self, cfg):
+        # ZegCLIP's head has trainable weights that get no gradient (its last layer after the attention
+        # logits, and the never-called self-attention kept for the official parameter count): DDP must be
+        # told so.
+        unused = cfg.MODEL.SEM_SEG_HEAD.NAME == "ZegCLIPHead"
+        with ddp_kwargs(find_unused_parameters=True) if unused else contextlib.nullcontext():
+            super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

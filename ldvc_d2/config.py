@@ -28,6 +28,14 @@ def add_ldvc_config(cfg: CN) -> None:
     cfg.MODEL.LDVC.CLASS_EMBEDDINGS = "text"  # "text" (CLIP) or "random" (no-language control: names -> random vectors)
     cfg.MODEL.LDVC.TRAINING_CLASSES = "seen"  # "seen" (inductive), "all" (transductive / fully supervised)
     cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION = 0.1  # subtracted from seen-class sigmoid scores at test [1.4]
+    # Transductive self-training [1.5]: with TRAINING_CLASSES "all", pixels whose label is an unseen class
+    # of DATASETS.TRAIN[0] get the arg-max unseen class of the (detached) prediction as label, online.
+    cfg.MODEL.LDVC.SELF_TRAINING = False
+    # ZegCLIP's visual prompt variant (baseline, Tables 4/7): one shared Linear(width, width) + dropout on
+    # every layer's prompts, and a LayerNorm before ln_post. LDVC uses plain deep prompts (all False).
+    cfg.MODEL.LDVC.VISUAL_PROMPT_PROJECTION = False
+    cfg.MODEL.LDVC.VISUAL_PROMPT_DROPOUT = 0.1  # dropout after the prompt projection (ZegCLIP: 0.1)
+    cfg.MODEL.LDVC.VISUAL_FINAL_NORM = False
 
     cfg.MODEL.LDVC.LOSS = CN()
     cfg.MODEL.LDVC.LOSS.FOCAL_WEIGHT = 100.0  # sigmoid focal loss weight [1.3]
@@ -50,6 +58,18 @@ def add_ldvc_config(cfg: CN) -> None:
     cfg.MODEL.LCTD.MLP_RATIO = 4.0  # hidden width of the block MLP / d (eq. 7; paper silent)
     cfg.MODEL.LCTD.DROPOUT = 0.0  # dropout in attention outputs and MLP (paper silent)
     cfg.MODEL.LCTD.TEXT_ADAPTER = True  # T_new = Proj([T * V_g; T]) (eq. 3); False uses T directly
+
+    # ZegCLIP's decoder (MODEL.SEM_SEG_HEAD.NAME "ZegCLIPHead", the paper's baseline) [DESIGN 2]
+    cfg.MODEL.ZEGCLIP = CN()
+    cfg.MODEL.ZEGCLIP.NUM_LAYERS = 3  # decoder layers; masks come from the last one
+    cfg.MODEL.ZEGCLIP.NUM_HEADS = 8  # cross-attention heads
+    cfg.MODEL.ZEGCLIP.MLP_DIM = 2048  # feed-forward hidden width (4 x d)
+    cfg.MODEL.ZEGCLIP.DROPOUT = 0.1  # residual / feed-forward dropout (torch TransformerDecoderLayer default)
+    cfg.MODEL.ZEGCLIP.ATTN_DROPOUT = 0.1  # dropout on the cross-attention weights
+    # ZegCLIP's layers subclass torch's TransformerDecoderLayer and keep its self-attention and first
+    # norm, which forward never calls. True keeps these (gradient-free) weights so the trainable count
+    # matches the official 13.8M/14.6M; False leaves them out (3.15M fewer at d 512).
+    cfg.MODEL.ZEGCLIP.UNUSED_SELF_ATTENTION = True
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD", over the trainable parameters only
     cfg.SOLVER.BASE_LR = 2e-4  # [1.3]

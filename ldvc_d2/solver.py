@@ -29,7 +29,8 @@ class PolyParamScheduler(ParamScheduler):
 def param_groups(model: nn.Module, cfg) -> List[Dict]:
     """One group per (role, weight decay) over parameters with requires_grad; frozen CLIP is left out.
 
-    Roles: "prompts" (the VLPT prompts, lr × SOLVER.PROMPT_LR_MULTIPLIER) and "head" (everything else
+    Roles: "prompts" (the VLPT prompts, and ZegCLIP's prompt projection/norm: every parameter of a
+    module named ``prompt*``; lr × SOLVER.PROMPT_LR_MULTIPLIER) and "head" (everything else
     trainable); norm-layer parameters get SOLVER.WEIGHT_DECAY_NORM.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
@@ -37,7 +38,7 @@ def param_groups(model: nn.Module, cfg) -> List[Dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        role = "prompts" if name.endswith("prompts") else "head"
+        role = "prompts" if any(part.startswith("prompt") for part in name.split(".")) else "head"
         is_norm = id(p) in norm_params
         key = (role, is_norm)
         if key not in groups:

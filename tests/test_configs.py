@@ -3,6 +3,7 @@ import glob
 import os
 
 import pytest
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from tests.conftest import REPO, tiny_cfg
@@ -24,7 +25,16 @@ def test_config_builds_a_model(config):
         assert model.backbone.text.num_prompts == cfg.MODEL.LDVC.TEXT_PROMPTS
     else:
         assert not any(p.requires_grad for p in model.backbone.text.parameters())
-    assert len(model.sem_seg_head.blocks) == cfg.MODEL.LCTD.NUM_BLOCKS
+    head = cfg.MODEL.SEM_SEG_HEAD.NAME
+    assert type(model.sem_seg_head).__name__ == head
+    if head == "LCTDHead":
+        assert len(model.sem_seg_head.blocks) == cfg.MODEL.LCTD.NUM_BLOCKS
+        assert model.sem_seg_head.blocks[0].self_attn.topk == (
+            cfg.MODEL.LCTD.TOPK_WINDOWS if cfg.MODEL.LCTD.SELF_ATTENTION == "lcsa" else None)
+    else:
+        assert len(model.sem_seg_head.layers) == cfg.MODEL.ZEGCLIP.NUM_LAYERS
+    assert len(model.self_training_classes) == (len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).unseen_classes)
+                                                if cfg.MODEL.LDVC.SELF_TRAINING else 0)
     if cfg.DATASETS.TRAIN:
         assert model.train_class_names, f"{config}: no training classes from {cfg.DATASETS.TRAIN}"
     if cfg.MODEL.LDVC.TRAINING_CLASSES == "all":
@@ -42,3 +52,52 @@ def test_paper_hyper_parameters():
         assert (cfg.MODEL.LCTD.WINDOW_SIZE, cfg.MODEL.LCTD.TOPK_WINDOWS) == (4, 16)
         assert cfg.MODEL.LDVC.LOSS.FOCAL_WEIGHT == 100 and cfg.MODEL.LDVC.LOSS.DICE_WEIGHT == 1
         assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and cfg.MODEL.LDVC.INFERENCE.STRIDE == 426
+
+
+def _cfg(path):
+    return tiny_cfg(path)
+
+
+def test_zegclip_baseline_settings():
+    for path, prompts in (("configs/zegclip/voc.yaml", 10), ("configs/zegclip/coco_stuff.yaml", 100)):
+        c = _cfg(path)
+        assert c.MODEL.SEM_SEG_HEAD.NAME == "ZegCLIPHead" and c.MODEL.LDVC.VISUAL_PROMPTS == prompts
+        assert c.MODEL.LDVC.TEXT_PROMPTS == 0 and c.MODEL.LDVC.TEXT_PROMPT_TEMPLATE == "a photo of a {}."
+        assert c.MODEL.LDVC.VISUAL_PROMPT_PROJECTION and c.MODEL.LDVC.VISUAL_FINAL_NORM
+        assert (c.MODEL.ZEGCLIP.NUM_LAYERS, c.MODEL.ZEGCLIP.NUM_HEADS) == (3, 8)
+
+
+def test_ablation_tables_change_one_thing_each():
+    base = _cfg("configs/coco_stuff.yaml")
+    a = "configs/ablations/"
+    for m in (8, 16, 32, 48):
+        assert _cfg(f"{a}table8_topk/m{m}.yaml").MODEL.LCTD.TOPK_WINDOWS == m
+    for n in (2, 3, 4):
+        assert _cfg(f"{a}table9_blocks/blocks{n}.yaml").MODEL.LCTD.NUM_BLOCKS == n
+    for name, v, t in (("language_only", 0, 6), ("vision_only", 100, 0), ("vision_language", 100, 6)):
+        c = _cfg(f"{a}table5_prompts/{name}.yaml")
+        assert (c.MODEL.LDVC.VISUAL_PROMPTS, c.MODEL.LDVC.TEXT_PROMPTS) == (v, t)
+    assert _cfg(f"{a}table6_text_init/random.yaml").MODEL.LDVC.TEXT_PROMPT_INIT == "random"
+    assert _cfg(f"{a}table6_text_init/hand_crafted.yaml").MODEL.LDVC.TEXT_PROMPT_INIT == "template"
+    assert _cfg(f"{a}table4_components/vlpt_lctd_global.yaml").MODEL.LCTD.SELF_ATTENTION == "global"
+    assert _cfg(f"{a}table4_components/vlpt.yaml").MODEL.SEM_SEG_HEAD.NAME == "ZegCLIPHead"
+    for head in ("zegclip", "lctd"):
+        for p, v, t in (("frozen", 0, 0), ("vpt", 100, 0), ("vlpt", 100, 6)):
+            c = _cfg(f"{a}table7_decoders/{head}_{p}.yaml")
+            assert c.MODEL.SEM_SEG_HEAD.NAME == {"zegclip": "ZegCLIPHead", "lctd": "LCTDHead"}[head]
+            assert (c.MODEL.LDVC.VISUAL_PROMPTS, c.MODEL.LDVC.TEXT_PROMPTS) == (v, t)
+    # everything else is the COCO-Stuff setting
+    for c in (_cfg(f"{a}table8_topk/m8.yaml"), _cfg(f"{a}table7_decoders/zegclip_vlpt.yaml")):
+        assert c.DATASETS == base.DATASETS and c.SOLVER.MAX_ITER == base.SOLVER.MAX_ITER
+
+
+def test_transductive_and_fully_supervised_settings():
+    for name, iters in (("voc", 10000), ("coco_stuff", 40000)):
+        c = _cfg(f"configs/transductive/{name}.yaml")
+        assert c.MODEL.LDVC.SELF_TRAINING and c.MODEL.LDVC.TRAINING_CLASSES == "all"
+        assert c.SOLVER.MAX_ITER == iters and c.MODEL.WEIGHTS.startswith(f"output/{name}/model_")
+        assert "zs_train_seen" in c.DATASETS.TRAIN[0]  # labels of unseen pixels are replaced, not used
+    for name in ("voc", "coco_stuff"):
+        c = _cfg(f"configs/{name}_fully_supervised.yaml")
+        assert c.MODEL.LDVC.TRAINING_CLASSES == "all" and "full_train" in c.DATASETS.TRAIN[0]
+        assert not c.MODEL.LDVC.SELF_TRAINING

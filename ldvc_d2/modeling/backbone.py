@@ -50,6 +50,9 @@ class PromptedCLIPBackbone(Backbone):
         intermediate_layers: Sequence[int] = (),
         num_intermediate: int = 0,
         class_embeddings: str = "text",
+        visual_prompt_projection: bool = False,
+        visual_prompt_dropout: float = 0.0,
+        visual_final_norm: bool = False,
     ):
         """
         Args:
@@ -59,12 +62,18 @@ class PromptedCLIPBackbone(Backbone):
                 ``num_intermediate`` entries (:func:`default_intermediate_layers`).
             class_embeddings: "text" (CLIP's prompted text encoder) or "random" (the "no language"
                 control, :class:`RandomClassEmbedding`).
+            visual_prompt_projection / visual_prompt_dropout / visual_final_norm: ZegCLIP's prompt
+                variant (see :class:`PromptedVisionEncoder`); off for LDVC.
         """
         super().__init__()
         model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
         num_layers = len(model.visual.transformer.resblocks)
         layers = list(intermediate_layers) or default_intermediate_layers(num_layers, num_intermediate)
-        self.visual = PromptedVisionEncoder(model.visual, num_prompts=visual_prompts, intermediate_layers=layers)
+        self.visual = PromptedVisionEncoder(
+            model.visual, num_prompts=visual_prompts, intermediate_layers=layers,
+            prompt_projection=visual_prompt_projection, prompt_dropout=visual_prompt_dropout,
+            final_norm=visual_final_norm,
+        )
         if class_embeddings == "text":
             self.text = PromptedTextEncoder(
                 model, tokenizer, num_prompts=text_prompts, init=text_prompt_init, template=text_prompt_template
@@ -94,6 +103,9 @@ class PromptedCLIPBackbone(Backbone):
             "intermediate_layers": c.INTERMEDIATE_LAYERS,
             "num_intermediate": cfg.MODEL.LCTD.NUM_BLOCKS,
             "class_embeddings": c.CLASS_EMBEDDINGS,
+            "visual_prompt_projection": c.VISUAL_PROMPT_PROJECTION,
+            "visual_prompt_dropout": c.VISUAL_PROMPT_DROPOUT,
+            "visual_final_norm": c.VISUAL_FINAL_NORM,
         }
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:

@@ -4,6 +4,9 @@ Training (paper §4.1): the class list is the training dataset's *seen* classes 
 of its classes (MODEL.LDVC.TRAINING_CLASSES="all": transductive / fully supervised). Labels arrive
 over all classes of the benchmark; the model maps them to indices of its training class list, so an
 unseen pixel becomes ``ignore_label`` (the seen-only view is derived here, never stored on disk).
+Transductive self-training (DESIGN §1.5, ZegCLIP's online scheme, MODEL.LDVC.SELF_TRAINING): all
+class names are known; pixels whose label is an unseen class get, as their label, the unseen class
+with the highest score of the model's own (detached) prediction in the same step, without threshold.
 
 Inference (§4.1, DESIGN §1.4): the classes are those of the input (``"class_names"`` in each input
 dict, set by the test data loader from the test dataset's metadata, or given by the user for an
@@ -80,6 +83,7 @@ class LDVC(nn.Module):
         stride: int = 426,
         window_size: int = 1,
         train_size: Sequence[int] = (0, 0),
+        self_training_classes: Sequence[int] = (),
     ):
         """
         Args:
@@ -89,6 +93,8 @@ class LDVC(nn.Module):
             window_size: LCSA window in tokens; inputs are padded to multiples of patch × window.
             train_size: training crops are padded to at least this (H, W), as mmseg pads every crop
                 to the crop size: the per-image focal mean then does not depend on the batch.
+            self_training_classes: indices (into the training class list) of the unseen classes whose
+                pixels get pseudo-labels (transductive self-training); empty = off.
         """
         super().__init__()
         if inference_mode not in ("slide", "whole"):
@@ -112,6 +118,7 @@ class LDVC(nn.Module):
         if train_class_ids is not None:
             lut[torch.tensor(train_class_ids, dtype=torch.long)] = torch.arange(len(train_class_ids))
         self.register_buffer("label_lut", lut, False)
+        self.register_buffer("self_training_classes", torch.tensor(list(self_training_classes), dtype=torch.long), False)
         self._text_cache: Dict[Tuple, torch.Tensor] = {}
 
     @classmethod
@@ -124,6 +131,17 @@ class LDVC(nn.Module):
         if any(other != lists[0] for other in lists[1:]):
             raise ValueError(f"DATASETS.TRAIN {registered} have different class lists; train on datasets that share one.")
         train_names, train_ids = lists[0] if lists else (None, None)
+        st_classes = []
+        if c.SELF_TRAINING:
+            if c.TRAINING_CLASSES != "all" or not registered:
+                raise ValueError(
+                    "MODEL.LDVC.SELF_TRAINING needs MODEL.LDVC.TRAINING_CLASSES 'all' (the transductive setting "
+                    "knows every class name) and a registered DATASETS.TRAIN."
+                )
+            unseen = MetadataCatalog.get(registered[0]).get("unseen_classes", [])
+            if not len(unseen):
+                raise ValueError(f"MODEL.LDVC.SELF_TRAINING: dataset '{registered[0]}' has no 'unseen_classes' metadata.")
+            st_classes = [train_ids.index(i) for i in unseen]
         test_names, test_seen = None, []
         if cfg.DATASETS.TEST:
             meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
@@ -151,7 +169,9 @@ class LDVC(nn.Module):
             "inference_mode": c.INFERENCE.MODE,
             "crop_size": c.INFERENCE.CROP_SIZE,
             "stride": c.INFERENCE.STRIDE,
-            "window_size": cfg.MODEL.LCTD.WINDOW_SIZE,
+            # LCSA needs whole windows of tokens; other heads only whole patches
+            "window_size": cfg.MODEL.LCTD.WINDOW_SIZE if cfg.MODEL.SEM_SEG_HEAD.NAME == "LCTDHead" else 1,
+            "self_training_classes": st_classes,
         }
 
     @property
@@ -207,7 +227,18 @@ class LDVC(nn.Module):
         targets = self.label_lut[targets.long().clamp(0, 255)]
         logits = self._logits(images, self.text_features(self.train_class_names))
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        if len(self.self_training_classes):
+            targets = self.pseudo_label(logits, targets)
         return focal_dice_loss(logits, targets, ignore_label=self.ignore_label, **self.loss_kwargs)
+
+    @torch.no_grad()
+    def pseudo_label(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Transductive labels: B×H×W ``targets`` (training-class indices) whose value is one of
+        ``self_training_classes`` become the arg-max of ``logits`` (B×C×H×W) over those classes; all
+        other pixels (seen classes, ignore) keep their label."""
+        unseen = self.self_training_classes
+        pseudo = unseen[logits.detach()[:, unseen].argmax(dim=1)]
+        return torch.where(torch.isin(targets, unseen), pseudo, targets)
 
     def _padded_size(self, h: int, w: int) -> Tuple[int, int]:
         m = self.pad_multiple

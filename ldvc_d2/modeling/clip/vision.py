@@ -4,6 +4,12 @@ Every layer i sees the sequence ``e(i) = [e_p(i); e_c(i); e_g(i)]`` (prompts, pa
 the prompt outputs of layer i-1 are discarded and replaced by layer i's own learnable prompts (deep
 prompting as in VPT). Attention in CLIP's image encoder has no mask, so the order of the three parts
 does not change any output; prompts are placed first. CLIP's weights are frozen.
+
+ZegCLIP's variant of the same deep prompts (its ``VPTCLIPVisionTransformer``, the baseline of LDVC's
+Tables 4 and 7) adds two trainable pieces, both off by default here: every layer's prompts pass
+through one shared ``Linear(width, width)`` and dropout before entering the layer
+(``prompt_projection``), and the last layer's tokens pass through a LayerNorm (eps 1e-6) before
+CLIP's ``ln_post`` (``final_norm``).
 """
 import math
 from typing import Dict, Sequence
@@ -31,9 +37,21 @@ class PromptedVisionEncoder(nn.Module):
         num_prompts: prompt tokens per layer (the paper: 40 for VOC, 100 for COCO-Stuff; 0 = none).
         intermediate_layers: 0-based indices of the transformer blocks whose (raw, width-dim) patch
             tokens are returned as the intermediate features ``V_j``.
+        prompt_projection / prompt_dropout: ZegCLIP's shared prompt projection (Linear, Kaiming-normal
+            fan-out init as VPT) and the dropout after it (needs ``num_prompts`` > 0).
+        final_norm: ZegCLIP's trainable LayerNorm on the last layer's tokens before ``ln_post``.
     """
 
-    def __init__(self, visual: VisionTransformer, *, num_prompts: int, intermediate_layers: Sequence[int]):
+    def __init__(
+        self,
+        visual: VisionTransformer,
+        *,
+        num_prompts: int,
+        intermediate_layers: Sequence[int],
+        prompt_projection: bool = False,
+        prompt_dropout: float = 0.0,
+        final_norm: bool = False,
+    ):
         super().__init__()
         if not isinstance(visual, VisionTransformer):
             raise NotImplementedError(
@@ -66,6 +84,20 @@ class PromptedVisionEncoder(nn.Module):
             nn.init.uniform_(self.prompts, -bound, bound)
         else:
             self.register_parameter("prompts", None)
+        if prompt_projection and num_prompts <= 0:
+            raise ValueError("MODEL.LDVC.VISUAL_PROMPT_PROJECTION needs MODEL.LDVC.VISUAL_PROMPTS > 0.")
+        self.prompt_proj = nn.Linear(self.width, self.width) if prompt_projection else None
+        if self.prompt_proj is not None:
+            nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
+        self.prompt_dropout = nn.Dropout(prompt_dropout) if prompt_projection else None
+        self.prompt_norm = nn.LayerNorm(self.width, eps=1e-6) if final_norm else None
+
+    def layer_prompts(self, i: int, dtype: torch.dtype) -> torch.Tensor:
+        """num_prompts×width prompts entering block ``i`` (projected and dropped out in ZegCLIP's variant)."""
+        p = self.prompts[i]
+        if self.prompt_proj is not None:
+            p = self.prompt_dropout(self.prompt_proj(p))
+        return p.to(dtype)
 
     def positional_embedding(self, h: int, w: int) -> torch.Tensor:
         """CLIP's positional embedding with its grid part bilinearly resized to ``h×w``: (1+h*w)×width."""
@@ -96,13 +128,15 @@ class PromptedVisionEncoder(nn.Module):
         taps: Dict[int, torch.Tensor] = {}
         for i, block in enumerate(v.transformer.resblocks):
             if n:
-                x = torch.cat([self.prompts[i].to(x.dtype).expand(b, -1, -1), x], dim=1)
+                x = torch.cat([self.layer_prompts(i, x.dtype).expand(b, -1, -1), x], dim=1)
             x = run_block(block, x, batch_first)
             if n:
                 x = x[:, n:]
             if i in self.intermediate_layers:
                 taps[i] = x[:, 1:].transpose(1, 2).reshape(b, self.width, h, w)
 
+        if self.prompt_norm is not None:
+            x = self.prompt_norm(x)
         x = v.ln_post(x) @ v.proj
         global_feat = F.normalize(x[:, 0], dim=-1)
         dense = F.normalize(x[:, 1:], dim=-1).transpose(1, 2).reshape(b, self.output_dim, h, w)
