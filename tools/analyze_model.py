@@ -1,31 +1,67 @@
 #!/usr/bin/env python
-"""Parameter counts of an LDVC config, per module: what trains and what is frozen CLIP.
+"""Parameters, FLOPs, throughput and peak memory of LDVC configs, in the Detectron2 tools style.
 
-    python tools/analyze_model.py --config-file configs/coco_stuff.yaml
-    python tools/analyze_model.py --config-file configs/voc.yaml --json output/voc_params.json
+    python tools/analyze_model.py --config-file configs/demo.yaml
+    python tools/analyze_model.py --config-file configs/voc.yaml --config-file configs/zegclip/voc.yaml \\
+        --components model backbone --input-size 512 --output output/analysis.json
 
-The CLIP weights do not change the counts, so by default the model is built with random CLIP
-weights (no download, works offline); ``--load-weights`` builds it with MODEL.LDVC.CLIP_PRETRAINED.
+Tasks (--tasks, default: all three):
+  parameter  trainable and total parameters per module (module names cut to --depth dotted parts).
+  flop       fvcore FlopCountAnalysis of one eval-mode forward of a random --input-size image (one
+             multiply-add counts as one flop, as in the FLOPs tables of ZegCLIP and Mask2Former);
+             attention ops fvcore does not know are counted by handles here, element-wise ops are
+             not counted (listed under "uncounted_ops" in the JSON).
+  speed      images/s over --iters images after --warmup images, and peak memory: on a GPU
+             torch.cuda.max_memory_allocated, on the CPU the peak resident set size of the process
+             (Linux VmHWM, reset before each measurement; it includes the weights).
+FLOPs and speed are measured with the text-feature cache cold (class embeddings recomputed for
+every image, the cost of a new vocabulary) and warm (embeddings cached, the cost of every further
+image with the same vocabulary). The vocabulary is the first test dataset's classes, or
+--num-classes generic names.
+
+Components (--components): "model" is the whole inference (prompted CLIP image and text encoders,
+head, upsampling to the input size, sigmoid); "backbone" is the prompted image encoder plus the
+text encoder alone. Every component of every --config-file (repeat the flag) is measured in one
+run, e.g. LDVC vs the ZegCLIP head vs the backbone alone. By default the model makes one whole-image
+pass (the FLOPs-table convention); --slide keeps the config's sliding-window protocol for "model".
+CLIP weights do not change any figure, so CLIP is built with random weights (no download) unless
+--load-weights is given; MODEL.WEIGHTS is not loaded.
 """
 import argparse
-import json
+import logging
 import os
+import resource
 import sys
+import time
+import warnings
 from collections import OrderedDict
-from typing import Dict
+from typing import Callable, Dict, List, Optional, Sequence
 
-import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims)
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-from ldvc_d2 import add_ldvc_config
-from tabulate import tabulate
+import numpy as np
+import torch
 from torch import nn
 
+import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from ldvc_d2.data import load_user_modules
+from ldvc_d2.predictor import load_config
+from ldvc_d2.utils import write_json_atomic
+from tabulate import tabulate
 
-def parameter_table(model: nn.Module, depth: int = 3) -> "OrderedDict[str, Dict[str, int]]":
-    """{module name truncated to ``depth`` dotted parts: {"trainable": n, "total": n}}."""
+logger = logging.getLogger("ldvc_d2.analyze_model")
+TASKS = ("parameter", "flop", "speed")
+COMPONENTS = ("model", "backbone")
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+def parameter_table(model: nn.Module, depth: int = 2, prefix: str = "") -> "OrderedDict[str, Dict[str, int]]":
+    """{module name (``prefix``.name) truncated to ``depth`` dotted parts: {"trainable": n, "total": n}}."""
     table: "OrderedDict[str, Dict[str, int]]" = OrderedDict()
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters(prefix=prefix):
         key = ".".join(name.split(".")[:depth])
         row = table.setdefault(key, {"trainable": 0, "total": 0})
         row["total"] += p.numel()
@@ -33,37 +69,267 @@ def parameter_table(model: nn.Module, depth: int = 3) -> "OrderedDict[str, Dict[
     return table
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--depth", type=int, default=3, help="module-name depth of the table rows")
-    parser.add_argument("--load-weights", action="store_true", help="build CLIP with its pretrained weights")
-    parser.add_argument("--json", help="also write the counts to this JSON file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------------------------------------- what runs
+def clear_text_cache(model: nn.Module) -> None:
+    """Forget the model's cached class embeddings (LDVC keeps them per class list in eval mode)."""
+    cache = getattr(model, "_text_cache", None)
+    if cache is None:
+        raise TypeError(f"{type(model).__name__} has no text-feature cache; the cold/warm measurements need LDVC.")
+    cache.clear()
 
-    cfg = get_cfg()
-    add_ldvc_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
+
+class ModelInference(nn.Module):
+    """One image through the model's own inference: ``model([{"image", "class_names"}])``."""
+
+    def __init__(self, model: nn.Module, class_names: Sequence[str], cold: bool):
+        super().__init__()
+        self.model, self.class_names, self.cold = model, list(class_names), cold
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.cold:
+            clear_text_cache(self.model)
+        return self.model([{"image": image, "class_names": self.class_names}])[0]["sem_seg"]
+
+
+class BackboneInference(nn.Module):
+    """The prompted image encoder on one whole image, plus the text encoder on the vocabulary when
+    cold (warm: embeddings computed once beforehand)."""
+
+    def __init__(self, model: nn.Module, class_names: Sequence[str], cold: bool):
+        super().__init__()
+        self.model, self.class_names, self.cold = model, list(class_names), cold
+        with torch.no_grad():
+            self.text = None if cold else model.backbone.encode_text(self.class_names)  # computed once
+
+    def forward(self, image: torch.Tensor):
+        x = self.model._pad(self.model._normalize(image), 0.0)[None]  # as LDVC pads a window
+        dense = self.model.backbone(x)["dense"]
+        if not self.cold:
+            return dense  # (dense, self.text): the cached embeddings are a constant, not an output
+        return dense, self.model.backbone.encode_text(self.class_names)
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+def _sdpa_flops(inputs, outputs) -> int:
+    """aten::scaled_dot_product_attention: Q K^T and the weighted sum of V."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return int(np.prod(q[:-1])) * k[-2] * (q[-1] + v[-1])
+
+
+def _native_mha_flops(inputs, outputs) -> int:
+    """aten::_native_multi_head_attention (nn.MultiheadAttention's fast path, batch first):
+    input projections, attention, output projection."""
+    q, k = get_shape(inputs[0]), get_shape(inputs[1])
+    b, lq, e = q
+    lk = k[1]
+    return b * lq * e * e + 2 * b * lk * e * e + 2 * b * lq * lk * e + b * lq * e * e
+
+
+FLOP_HANDLES = {
+    "aten::scaled_dot_product_attention": _sdpa_flops,
+    "aten::_native_multi_head_attention": _native_mha_flops,
+}
+
+
+def count_flops(module: nn.Module, image: torch.Tensor, depth: int) -> Dict[str, object]:
+    """fvcore FLOPs of ``module(image)``: total, per module (``depth`` dotted parts), uncounted ops."""
+    analysis = FlopCountAnalysis(module, (image,)).set_op_handle(**FLOP_HANDLES)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        total = analysis.total()
+    by_module = {name[len("model."):]: int(n) for name, n in analysis.by_module().items()
+                 if name.startswith("model.") and name.count(".") <= depth and n}
+    return {"total": int(total), "by_module": by_module, "uncounted_ops": dict(analysis.unsupported_ops())}
+
+
+# ---------------------------------------------------------------------------------------------- speed, memory
+class PeakMemory:
+    """Peak memory of the code in the ``with`` block, in MiB (``kind`` says what is measured)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.peak_mb = 0.0
+        if self.cuda:
+            self.kind = "torch.cuda.max_memory_allocated (GPU tensors)"
+        elif os.path.exists("/proc/self/clear_refs"):
+            self.kind = "CPU peak resident set size of the process (VmHWM, reset before the measurement)"
+        else:
+            self.kind = "CPU peak resident set size of the process since it started (ru_maxrss; cannot reset)"
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        elif "VmHWM" in self.kind:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak RSS (Linux >= 4.0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        elif "VmHWM" in self.kind:
+            with open("/proc/self/status") as f:
+                kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+            self.peak_mb = kb / 1024
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.peak_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def measure_speed(fn: Callable[[torch.Tensor], object], image: torch.Tensor, device: torch.device, *, iters: int,
+                  warmup: int) -> Dict[str, float]:
+    """images/s and seconds/image over ``iters`` calls after ``warmup`` calls; peak memory of those calls."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(image)
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+    return {"images_per_s": iters / seconds, "seconds_per_image": seconds / iters, "peak_memory_mb": memory.peak_mb,
+            "memory_kind": memory.kind}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def vocabulary(cfg, num_classes: Optional[int]) -> List[str]:
+    if num_classes:
+        return [f"class {i}" for i in range(num_classes)]
+    if cfg.DATASETS.TEST:
+        names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes", None)
+        if names:
+            return list(names)
+    raise ValueError("No class list: DATASETS.TEST[0] is not a registered dataset with stuff_classes; "
+                     "pass --num-classes N.")
+
+
+def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str, object]]:
+    """Every requested component of one config -> one result dict each."""
+    cfg = load_config(config_file, args.opts)
     if not args.load_weights:
         cfg.MODEL.LDVC.CLIP_PRETRAINED = ""
-    model = build_model(cfg)
-    table = parameter_table(model, args.depth)
-    trainable = sum(r["trainable"] for r in table.values())
-    total = sum(r["total"] for r in table.values())
-    rows = [[k, f"{r['trainable']:,}", f"{r['total']:,}"] for k, r in table.items() if r["total"]]
-    rows.append(["TOTAL", f"{trainable:,} ({trainable / 1e6:.2f}M)", f"{total:,} ({total / 1e6:.2f}M)"])
-    print(f"{args.config_file}: CLIP {cfg.MODEL.LDVC.CLIP_MODEL}, {cfg.MODEL.LDVC.VISUAL_PROMPTS} visual / "
-          f"{cfg.MODEL.LDVC.TEXT_PROMPTS} text prompts, {cfg.MODEL.LCTD.NUM_BLOCKS} LCTD blocks")
-    print(tabulate(rows, headers=["module", "trainable", "total"], tablefmt="pipe", colalign=("left", "right", "right")))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"config": args.config_file, "trainable": trainable, "total": total, "modules": table}, f, indent=2)
-        os.replace(tmp, args.json)
+    if not args.slide:
+        cfg.MODEL.LDVC.INFERENCE.MODE = "whole"
+    names = vocabulary(cfg, args.num_classes)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    device = torch.device(cfg.MODEL.DEVICE)
+    height, width = args.input_size if len(args.input_size) == 2 else args.input_size * 2
+    image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    inference = cfg.MODEL.LDVC.INFERENCE
+    results = []
+    for component in args.components:
+        module = model if component == "model" else model.backbone
+        result: Dict[str, object] = OrderedDict(
+            config=config_file, component=component, head=cfg.MODEL.SEM_SEG_HEAD.NAME, clip=cfg.MODEL.LDVC.CLIP_MODEL,
+            device=str(device), num_classes=len(names), input_size=[height, width],
+            inference=(f"sliding window {inference.CROP_SIZE} stride {inference.STRIDE}"
+                       if component == "model" and inference.MODE == "slide" else "one whole-image pass"),
+        )
+        wrapper = ModelInference if component == "model" else BackboneInference
+        if "parameter" in args.tasks:
+            table = parameter_table(module, args.depth, prefix="" if component == "model" else "backbone")
+            result["parameters"] = {"trainable": sum(r["trainable"] for r in table.values()),
+                                    "total": sum(r["total"] for r in table.values()), "modules": table}
+        if "flop" in args.tasks:
+            flops = {}
+            for state in ("cold", "warm"):
+                runner = wrapper(model, names, cold=state == "cold")
+                if state == "warm" and component == "model":
+                    runner(image)  # fill the text cache
+                flops[state] = count_flops(runner, image, args.depth)
+            result["flops"] = flops
+        if "speed" in args.tasks and args.iters > 0:
+            result["speed"] = {state: measure_speed(wrapper(model, names, cold=state == "cold"), image, device,
+                                                    iters=args.iters, warmup=args.warmup)
+                               for state in ("cold", "warm")}
+            result["speed"]["iters"], result["speed"]["warmup"] = args.iters, args.warmup
+        results.append(result)
+    return results
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def print_report(results: Sequence[Dict[str, object]]) -> None:
+    for r in results:
+        header = (f"{r['config']} [{r['component']}]: head {r['head']}, CLIP {r['clip']}, {r['num_classes']} classes, "
+                  f"input {r['input_size'][0]}x{r['input_size'][1]}, {r['inference']}, {r['device']}")
+        print(header)
+        if "parameters" in r:
+            rows = [[k, f"{v['trainable']:,}", f"{v['total']:,}"] for k, v in r["parameters"]["modules"].items()]
+            p = r["parameters"]
+            rows.append(["TOTAL", f"{p['trainable']:,} ({_m(p['trainable'])})", f"{p['total']:,} ({_m(p['total'])})"])
+            print(tabulate(rows, headers=["module", "trainable", "total"], tablefmt="pipe",
+                           colalign=("left", "right", "right")))
+        if "flops" in r:
+            parts = ", ".join(f"{k} {v / 1e9:.3f}" for k, v in r["flops"]["cold"]["by_module"].items() if k.count(".") <= 1)
+            print(f"GFLOPs by module (cache cold): {parts}")
+        print()
+    rows = []
+    for r in results:
+        p, f, s = r.get("parameters"), r.get("flops"), r.get("speed")
+        rows.append([
+            r["config"], r["component"],
+            _m(p["trainable"]) if p else "-", _m(p["total"]) if p else "-",
+            f"{f['cold']['total'] / 1e9:.3f}" if f else "-", f"{f['warm']['total'] / 1e9:.3f}" if f else "-",
+            f"{s['cold']['images_per_s']:.2f}" if s else "-", f"{s['warm']['images_per_s']:.2f}" if s else "-",
+            f"{s['cold']['peak_memory_mb']:.0f}" if s else "-", f"{s['warm']['peak_memory_mb']:.0f}" if s else "-",
+        ])
+    print(tabulate(rows, tablefmt="pipe", headers=[
+        "config", "component", "trainable", "total", "GFLOPs cold", "GFLOPs warm", "img/s cold", "img/s warm",
+        "peak MiB cold", "peak MiB warm"]))
+    kinds = {s["cold"]["memory_kind"] for s in (r.get("speed") for r in results) if s}
+    for kind in kinds:
+        print(f"peak memory: {kind}")
+    if any("flops" in r for r in results):
+        print("GFLOPs: fvcore, one multiply-add = one flop; cold = class embeddings recomputed, warm = cached")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", action="append", required=True, metavar="FILE",
+                        help="config to analyse; repeat the flag to compare several in one run")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="what to measure (default: all)")
+    parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=["model"],
+                        help="model: the whole inference; backbone: image + text encoders alone (default: model)")
+    parser.add_argument("--input-size", nargs="+", type=int, default=[512], metavar="N",
+                        help="input image size: S (S x S) or H W (default 512)")
+    parser.add_argument("--num-classes", type=int, help="vocabulary size (default: the test dataset's classes)")
+    parser.add_argument("--iters", type=int, default=10, help="timed images per measurement (0: no timing)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed images before each measurement")
+    parser.add_argument("--slide", action="store_true", help="model: the config's sliding-window inference "
+                                                             "instead of one whole-image pass")
+    parser.add_argument("--depth", type=int, default=2, help="module-name depth of the per-module rows (default 2)")
+    parser.add_argument("--load-weights", action="store_true", help="build CLIP with MODEL.LDVC.CLIP_PRETRAINED")
+    parser.add_argument("--output", "--json", dest="output", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--register", action="append", default=[], metavar="FILE",
+                        help="Python file registering datasets of your own; repeatable")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config, KEY VALUE ...")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    if len(args.input_size) not in (1, 2) or min(args.input_size) < 1:
+        raise SystemExit(f"--input-size takes S or H W (positive), got {args.input_size}.")
+    setup_logger(name="ldvc_d2")
+    load_user_modules(args.register)
+    results = [r for config_file in args.config_file for r in analyze_config(config_file, args)]
+    print_report(results)
+    if args.output:
+        write_json_atomic(args.output, {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                                        "tasks": args.tasks, "results": results})
+        print(f"Wrote {args.output}")
     return 0
 
 

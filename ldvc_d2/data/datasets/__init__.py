@@ -1,3 +1,7 @@
-"""Dataset registrations. Every module here registers its datasets when imported."""
+"""Dataset registrations. Every module here registers its datasets when imported; ``folder`` registers
+folders of your own (:func:`register_zero_shot_folder`)."""
 from . import shapes  # noqa: F401
 from . import register_ade, register_coco_stuff, register_context, register_voc  # noqa: F401
+from .folder import load_user_modules, register_zero_shot_folder
+
+__all__ = ["load_user_modules", "register_zero_shot_folder"]

@@ -34,7 +34,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .builtin_classes import class_colors, seen_indices
 
-__all__ = ["ZeroShotSplit", "datasets_root", "load_zero_shot_sem_seg", "register_zero_shot_splits"]
+__all__ = [
+    "ZeroShotSplit", "datasets_root", "load_zero_shot_sem_seg", "register_zero_shot_splits", "set_zero_shot_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +159,23 @@ def register_zero_shot_splits(
             load_zero_shot_sem_seg, name, image_root, sem_seg_root,
             prepare_command=split.prepare_command, image_ext=split.image_ext,
             images_need_labels=split.images_need_labels, expected_count=split.expected_count))
-        MetadataCatalog.get(name).set(
-            stuff_classes=list(split.classes),
-            seen_classes=seen_indices(len(split.classes), split.unseen),
-            unseen_classes=sorted(split.unseen),
-            stuff_colors=[list(c) for c in class_colors(len(split.classes))],
-            ignore_label=255,
-            evaluator_type="zero_shot_sem_seg",
-            image_root=image_root,
-            sem_seg_root=sem_seg_root,
-        )
+        set_zero_shot_metadata(name, split.classes, split.unseen, image_root, sem_seg_root)
         names.append(name)
     return names
+
+
+def set_zero_shot_metadata(
+    name: str, classes: Sequence[str], unseen: Sequence[int], image_root: str, sem_seg_root: str,
+    ignore_label: int = 255,
+) -> None:
+    """Set the metadata every zero-shot set carries (module docstring) on ``MetadataCatalog.get(name)``."""
+    MetadataCatalog.get(name).set(
+        stuff_classes=list(classes),
+        seen_classes=seen_indices(len(classes), unseen),
+        unseen_classes=sorted(unseen),
+        stuff_colors=[list(c) for c in class_colors(len(classes))],
+        ignore_label=ignore_label,
+        evaluator_type="zero_shot_sem_seg",
+        image_root=image_root,
+        sem_seg_root=sem_seg_root,
+    )

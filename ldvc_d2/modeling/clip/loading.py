@@ -70,10 +70,11 @@ def _create(model_name: str, pretrained: str, cache_dir: Optional[str], quick_ge
         raise RuntimeError(
             f"Could not obtain the weights of open_clip model '{model_name}' with pretrained tag "
             f"'{pretrained}' ({type(e).__name__}: {e}). If this machine is offline, download them on "
-            f"a connected machine, e.g. python -c \"import open_clip; open_clip.create_model("
-            f"'{model_name}', pretrained='{pretrained}', cache_dir='clip_weights')\", copy the file "
-            f"and set MODEL.LDVC.CLIP_PRETRAINED to its path (or MODEL.LDVC.CLIP_CACHE_DIR to the "
-            f"copied cache folder)."
+            f"a connected machine, e.g. python -c \"import open_clip; print(open_clip.download_pretrained("
+            f"open_clip.get_pretrained_cfg('{model_name}', '{pretrained}'), cache_dir='clip_weights'))\" "
+            f"(it prints the file's path), copy the folder 'clip_weights' here and set "
+            f"MODEL.LDVC.CLIP_CACHE_DIR to it (keeping the tag; README, 'CLIP weights and offline use'), "
+            f"or set MODEL.LDVC.CLIP_PRETRAINED to the copied file."
         ) from e
 
 

@@ -14,7 +14,7 @@ normalisation (as written in the paper). Choices where the paper is silent: the 
 zero-initialised, so training starts from CLIP's own dense features; the MLP is Linear-GELU-Linear
 with MODEL.LCTD.MLP_RATIO hidden width.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -59,14 +59,21 @@ class LCTDBlock(nn.Module):
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
         )
 
-    def forward(self, v: torch.Tensor, v_j: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """v: B×(h·w)×d; v_j: B×width×h×w intermediate CLIP tokens; text: B×C×d (T_new)."""
+    def forward(
+        self, v: torch.Tensor, v_j: torch.Tensor, text: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """v: B×(h·w)×d; v_j: B×width×h×w intermediate CLIP tokens; text: B×C×d (T_new).
+
+        Returns B×(h·w)×d, and with ``return_attention`` also the cross-attention weights of eq. (6)
+        averaged over heads, B×(h·w)×C (each image token's softmax over the classes)."""
         h, w = v_j.shape[-2:]
         v = v + self.skip(v_j).flatten(2).transpose(1, 2)  # (4)
         v = v + self.self_attn(self.norm_sa(v), h, w)  # (5)
         kv = self.norm_kv(text)
-        v = v + self.cross_attn(self.norm_q(v), kv, kv, need_weights=False)[0]  # (6)
-        return v + self.mlp(self.norm_mlp(v))  # (7)
+        attended, attn = self.cross_attn(self.norm_q(v), kv, kv, need_weights=return_attention)
+        v = v + attended  # (6)
+        v = v + self.mlp(self.norm_mlp(v))  # (7)
+        return (v, attn) if return_attention else v
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -75,7 +82,11 @@ class LCTDHead(nn.Module):
 
     ``forward(features, text)`` takes the backbone's output dict (``dense`` B×d×h×w, ``global`` B×d,
     ``intermediate``: N tensors B×width×h×w) and class embeddings ``text`` C×d, and returns logits
-    B×C×h×w.
+    B×C×h×w. ``forward(..., return_attention=True)`` returns ``(logits, attentions)``: one B×C×h×w
+    tensor per block, the head-averaged cross-attention of eq. (6) (queries are the image tokens,
+    keys the classes; it sums to 1 over C at every pixel) — the maps of the paper's Figs. 1 and 5,
+    drawn by ``tools/visualize_attention.py``. Other heads that implement the same argument work
+    with that tool.
     """
 
     @configurable
@@ -125,7 +136,9 @@ class LCTDHead(nn.Module):
             return text.unsqueeze(0).expand(global_feat.shape[0], -1, -1)
         return self.text_adapter(text, global_feat)
 
-    def forward(self, features: Dict[str, object], text: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: Dict[str, object], text: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
         dense = features["dense"]
         intermediate: List[torch.Tensor] = features["intermediate"]
         if len(intermediate) != len(self.blocks):
@@ -136,6 +149,12 @@ class LCTDHead(nn.Module):
         b, d, h, w = dense.shape
         t_new = self.adapt_text(text, features["global"])
         v = dense.flatten(2).transpose(1, 2)
+        attentions: List[torch.Tensor] = []
         for block, v_j in zip(self.blocks, intermediate):
-            v = block(v, v_j, t_new)
-        return torch.einsum("bcd,bld->bcl", t_new, v).view(b, -1, h, w)  # (13)
+            if return_attention:
+                v, attn = block(v, v_j, t_new, return_attention=True)
+                attentions.append(attn.transpose(1, 2).reshape(b, -1, h, w))
+            else:
+                v = block(v, v_j, t_new)
+        logits = torch.einsum("bcd,bld->bcl", t_new, v).view(b, -1, h, w)  # (13)
+        return (logits, attentions) if return_attention else logits

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Segment your own images with any vocabulary: colour overlay with legend, label map, scores.
+
+    python demo/demo.py --config-file configs/demo.yaml --input img1.jpg photos/ "more/*.png" \\
+        --output out/ --classes "cat,sofa,lamp" --opts MODEL.WEIGHTS output/demo/model_final.pth
+
+The vocabulary is one of: --classes (comma-separated), --vocabulary-file (one name per line,
+blank lines and '#' comments skipped) or --dataset-classes NAME (a registered dataset's classes; its
+seen classes then get the seen-score calibration, as in evaluation). Per input image ``<stem>``:
+
+* ``<stem>_overlay.png``: the prediction over the image (Detectron2's Visualizer) with a legend of
+  the predicted classes and their share of the image;
+* ``<stem>_labels.png``: the raw label map, pixel = class index in the vocabulary; 8-bit when there
+  are at most 255 classes (unlabelled = 255), else 16-bit (unlabelled = 65535). Pixels are
+  unlabelled only with --threshold;
+* with --save-scores: ``<stem>_scores.npy`` (C×H×W float16 sigmoid scores) and/or
+  ``<stem>_scores.png`` (one heat map per class).
+
+``vocabulary.json`` in the output folder records the class order, colours and the unlabelled
+value. Files are written under a temporary name and renamed when complete. An unreadable image is
+reported (naming the file) and skipped; the exit status is then 1.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import List
+
+import numpy as np
+from tqdm import tqdm
+
+import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from ldvc_d2.data import load_user_modules
+from ldvc_d2.predictor import UNLABELED, OpenVocabPredictor, add_vocabulary_arguments, load_config, vocabulary_from_args
+from ldvc_d2.utils import write_json_atomic, write_npy_atomic, write_png_atomic
+from ldvc_d2.utils.visualization import draw_map_grid, draw_overlay, vocabulary_colors
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+logger = logging.getLogger("ldvc_d2.demo")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Example:\n" + __doc__.split("\n\n")[1])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config, e.g. configs/demo.yaml")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="image files, folders (their images) or glob patterns")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    add_vocabulary_arguments(parser)
+    parser.add_argument("--save-scores", nargs="?", const="both", choices=["npy", "png", "both"],
+                        help="also save per-class score maps: .npy, a grid .png, or both (the default when "
+                             "given without a value)")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="pixels whose best score is below this are unlabelled (default 0: label every pixel)")
+    parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the overlay colours")
+    parser.add_argument("--register", action="append", default=[], metavar="FILE",
+                        help="Python file registering datasets of your own (for --dataset-classes); repeatable")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. --opts MODEL.WEIGHTS output/demo/model_final.pth")
+    return parser
+
+
+def expand_inputs(patterns: List[str]) -> List[str]:
+    """Files as given, folders -> their images (sorted), glob patterns -> their matches (sorted)."""
+    files = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"--input folder '{pattern}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        elif os.path.exists(pattern):
+            found = [pattern]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not found:
+                raise FileNotFoundError(f"--input '{pattern}': no such file, and no file matches it as a pattern.")
+        files += found
+    stems = {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in stems and os.path.abspath(stems[stem]) != os.path.abspath(f):
+            raise ValueError(f"--input '{stems[stem]}' and '{f}' would write the same outputs '{stem}_*'; "
+                             "rename one or run them separately.")
+        stems[stem] = f
+    return list(dict.fromkeys(files))
+
+
+def load_image(path: str) -> np.ndarray:
+    """H×W×3 uint8 RGB (EXIF orientation applied); ValueError naming the file when unreadable."""
+    try:
+        return read_image(path, format="RGB")
+    except Exception as e:  # PIL raises several types for unreadable / truncated files
+        raise ValueError(f"Cannot read image '{path}' ({type(e).__name__}: {e}).") from e
+
+
+def label_png(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 H×W labels (UNLABELED = -1) -> uint8 (<= 255 classes, unlabelled 255) or uint16 (65535)."""
+    dtype = np.uint8 if num_classes <= 255 else np.uint16
+    return np.where(labels == UNLABELED, np.iinfo(dtype).max, labels).astype(dtype)
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="ldvc_d2")
+    setup_logger(name="fvcore")
+    load_user_modules(args.register)
+    names, seen, colors = vocabulary_from_args(args)
+    if len(colors) != len(names):
+        colors = vocabulary_colors(len(names))
+    files = expand_inputs(args.input)
+    predictor = OpenVocabPredictor(load_config(args.config_file, args.opts), input_format="RGB")
+    os.makedirs(args.output, exist_ok=True)
+    unlabeled = int(label_png(np.array([UNLABELED]), len(names))[0])
+    write_json_atomic(os.path.join(args.output, "vocabulary.json"), {
+        "class_names": names, "colors": [list(c) for c in colors], "seen_classes": seen,
+        "unlabeled_value": unlabeled, "config_file": args.config_file, "weights": predictor.cfg.MODEL.WEIGHTS,
+    })
+    failed = []
+    for path in tqdm(files, desc="demo", unit="image"):
+        stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
+        try:
+            image = load_image(path)
+        except ValueError as e:
+            logger.error(f"{e} Skipped.")
+            failed.append(path)
+            continue
+        out = predictor(image, names, seen_classes=seen, score_threshold=args.threshold)
+        labels = out["labels"].numpy()
+        write_png_atomic(stem + "_overlay.png", draw_overlay(image, labels, names, colors, alpha=args.alpha))
+        write_png_atomic(stem + "_labels.png", label_png(labels, len(names)))
+        scores = out["sem_seg"].numpy()
+        if args.save_scores in ("npy", "both"):
+            write_npy_atomic(stem + "_scores.npy", scores.astype(np.float16))
+        if args.save_scores in ("png", "both"):
+            grid = draw_map_grid(image, [("input", scores)], names, title=f"{os.path.basename(path)}: class scores",
+                                 colorbar_label="sigmoid score")
+            write_png_atomic(stem + "_scores.png", grid)
+    done = len(files) - len(failed)
+    logger.info(f"Wrote the results of {done} image(s) to '{args.output}'.")
+    if failed:
+        logger.error(f"{len(failed)} image(s) could not be read: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

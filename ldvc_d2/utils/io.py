@@ -1,0 +1,54 @@
+"""Atomic file writes: every output is written under a temporary name in its folder, then renamed.
+
+An interrupted run (Ctrl-C, out of memory, a full disk) never leaves a half-written PNG, ``.npy``
+or JSON file under the final name; ``os.replace`` is atomic within one file system.
+"""
+import contextlib
+import json
+import os
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["atomic_path", "write_json_atomic", "write_npy_atomic", "write_png_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path`` (same extension, so writers infer the format);
+    rename it to ``path`` when the block succeeds, remove it when it fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{stem}.tmp{os.getpid()}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_png_atomic(path: str, array: np.ndarray) -> None:
+    """H×W (uint8 or uint16, single channel) or H×W×3 uint8 (RGB) array -> PNG."""
+    if array.dtype == np.uint16 and array.ndim == 2:
+        image = Image.fromarray(array)  # mode I;16: a 16-bit greyscale PNG
+    elif array.dtype == np.uint8 and array.ndim in (2, 3):
+        image = Image.fromarray(array)
+    else:
+        raise ValueError(f"Cannot write a {array.dtype} array of shape {array.shape} as PNG '{path}'.")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_npy_atomic(path: str, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")

@@ -1,0 +1,95 @@
+"""tools/analyze_model.py: parameter counts, fvcore FLOPs (with attention handles), speed/memory, JSON."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+
+from tests.conftest import REPO, tiny_cfg
+from tests.scripts import load_script
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_script("tools/analyze_model.py")
+
+
+def test_parameter_table_matches_an_independent_sum(tool):
+    model = build_model(tiny_cfg())
+    for depth in (1, 2, 4):
+        table = tool.parameter_table(model, depth)
+        assert sum(r["total"] for r in table.values()) == sum(p.numel() for p in model.parameters())
+        assert sum(r["trainable"] for r in table.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    table = tool.parameter_table(model, 1)
+    assert set(table) == {"backbone", "sem_seg_head"}
+    assert table["sem_seg_head"]["trainable"] == sum(p.numel() for p in model.sem_seg_head.parameters())
+    prompts = model.backbone.visual.prompts.numel() + model.backbone.text.prompts.numel()
+    assert table["backbone"]["trainable"] == prompts
+
+
+def test_attention_flop_handles_count_the_matrix_products(tool):
+    class SDPA(torch.nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 5)
+    from fvcore.nn import FlopCountAnalysis
+
+    flops = FlopCountAnalysis(SDPA(), (q, k, v)).set_op_handle(**tool.FLOP_HANDLES)
+    assert flops.total() == 2 * 3 * 10 * 7 * (8 + 5)  # Q K^T and weights x V, multiply-adds
+    class FastPathMHA(torch.nn.Module):
+        """nn.MultiheadAttention's eval fast path (frozen CLIP runs it), called explicitly."""
+
+        def __init__(self):
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x):
+            m = self.mha
+            return torch._native_multi_head_attention(x, x, x, 16, 4, m.in_proj_weight, m.in_proj_bias,
+                                                      m.out_proj.weight, m.out_proj.bias, None, False, True, None)[0]
+
+    x = torch.randn(2, 10, 16)
+    module = FastPathMHA().eval().requires_grad_(False)
+    fast = FlopCountAnalysis(module, (x,)).set_op_handle(**tool.FLOP_HANDLES)
+    fast.unsupported_ops_warnings(False)
+    assert set(fast.by_operator()) == {"_native_multi_head_attention"}
+    # fvcore's own handles on the slow path (linear + bmm) of the same layer: the same multiply-adds
+    slow = FlopCountAnalysis(module.mha.train(), (x, x, x))
+    slow.unsupported_ops_warnings(False)
+    slow.uncalled_modules_warnings(False)
+    assert fast.total() == slow.total() == 4 * 2 * 10 * 16 * 16 + 2 * 2 * 10 * 10 * 16
+
+
+def test_run_on_the_tiny_model_writes_valid_json(tool, tmp_path, capsys):
+    out = str(tmp_path / "analysis" / "result.json")
+    config = os.path.join(REPO, "configs/demo.yaml")
+    rc = tool.main(["--config-file", config, "--components", "model", "backbone", "--input-size", "64",
+                    "--iters", "2", "--warmup", "1", "--output", out])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "GFLOPs cold" in printed and "peak memory:" in printed
+    with open(out) as f:
+        data = json.load(f)
+    assert os.listdir(os.path.dirname(out)) == ["result.json"]
+    model_row, backbone_row = data["results"]
+    assert (model_row["component"], backbone_row["component"]) == ("model", "backbone")
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    assert model_row["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert model_row["parameters"]["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert backbone_row["parameters"]["total"] == sum(p.numel() for p in model.backbone.parameters())
+    assert model_row["num_classes"] == 16 and model_row["input_size"] == [64, 64]
+    for row in (model_row, backbone_row):
+        cold, warm = row["flops"]["cold"], row["flops"]["warm"]
+        assert cold["total"] > warm["total"] > 0
+        # cold = warm + the text encoder over the 16 class names
+        assert cold["total"] - warm["total"] == cold["by_module"]["backbone.text"]
+        assert "backbone.text" not in warm["by_module"]
+        for state in ("cold", "warm"):
+            speed = row["speed"][state]
+            assert speed["images_per_s"] > 0 and speed["peak_memory_mb"] > 0 and speed["memory_kind"]
+    assert model_row["flops"]["warm"]["total"] > backbone_row["flops"]["warm"]["total"]
+    assert model_row["flops"]["warm"]["by_module"]["sem_seg_head"] > 0

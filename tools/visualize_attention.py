@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Cross-attention maps between image features and class embeddings (LDVC Figs. 1 and 5).
+
+    python tools/visualize_attention.py --config-file configs/demo.yaml --input image.png \\
+        --classes "plain red shape,striped blue shape" --output out/attention.png \\
+        --opts MODEL.WEIGHTS output/demo/model_final.pth
+
+For one image and a class list, the grid shows, per class, where the image tokens attend to that
+class in the cross-attention (eq. 6) of the last decoder block (--block to choose another): the
+head-averaged attention weights, queries = image tokens, keys = classes, so at every pixel the
+maps of all classes sum to 1. When the head has LCSA, the grid has two blocks of panels, LCSA on
+(routing to the top-m windows) and off (global self-attention), with the same weights: only the
+attention routing changes. The image is resized as in testing and passed once, whole.
+
+Any semantic head whose ``forward(features, text, return_attention=True)`` returns
+``(logits, [B×C×h×w per layer])`` works: LCTDHead, and ZegCLIPHead, whose maps are its layers'
+head-averaged attention logits of the class queries over the image (its mask predictions; the
+colour scale then spans their range).
+"""
+import argparse
+import contextlib
+import inspect
+import logging
+import os
+import sys
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from ldvc_d2.data import load_user_modules
+from ldvc_d2.modeling.heads import LocalConsensusSelfAttention
+from ldvc_d2.predictor import OpenVocabPredictor, add_vocabulary_arguments, load_config, vocabulary_from_args
+from ldvc_d2.utils import write_png_atomic
+from ldvc_d2.utils.visualization import draw_map_grid
+
+logger = logging.getLogger("ldvc_d2.visualize_attention")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Example:\n" + __doc__.split("\n\n")[1])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", required=True, metavar="IMAGE", help="one image file")
+    parser.add_argument("--output", required=True, metavar="FILE_OR_DIR",
+                        help="PNG file, or a folder (then <folder>/<image stem>_attention.png)")
+    add_vocabulary_arguments(parser)
+    parser.add_argument("--block", type=int, default=-1, help="decoder block/layer to show (default -1: the last)")
+    parser.add_argument("--self-attention", choices=["both", "lcsa", "global"], default="both",
+                        help="with an LCSA head: LCSA on and off (both), or one of them")
+    parser.add_argument("--columns", type=int, default=6, help="panels per line of the grid")
+    parser.add_argument("--vmax", type=float, help="top of the colour scale (default: the largest weight shown)")
+    parser.add_argument("--register", action="append", default=[], metavar="FILE",
+                        help="Python file registering datasets of your own (for --dataset-classes); repeatable")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. --opts MODEL.WEIGHTS output/demo/model_final.pth")
+    return parser
+
+
+def supports_attention(head: torch.nn.Module) -> bool:
+    return "return_attention" in inspect.signature(head.forward).parameters
+
+
+@torch.no_grad()
+def attention_maps(model: torch.nn.Module, image: torch.Tensor, class_names: Sequence[str]) -> List[torch.Tensor]:
+    """Cross-attention maps of every decoder block for one image: a list of C×H×W tensors.
+
+    ``image``: 3×H×W uint8 in the model's input format, already resized. The steps are the model's
+    own for one whole-image window (LDVC._window_scores): normalise, pad to the patch × window
+    multiple, backbone, class embeddings (cached), head; the maps are upsampled by the patch size
+    like the logits and the padding is cut off.
+    """
+    head = model.sem_seg_head
+    if not supports_attention(head):
+        raise TypeError(f"The semantic head {type(head).__name__} has no 'return_attention' argument: it cannot "
+                        "return attention maps. Heads that do: LCTDHead (and the ZegCLIP-style baseline head).")
+    h, w = image.shape[-2:]
+    padded = model._pad(model._normalize(image), 0.0)[None]
+    features = model.backbone(padded)
+    _, attentions = head(features, model.text_features(list(class_names)), return_attention=True)
+    stride = model.backbone.size_divisibility
+    return [F.interpolate(a.float(), scale_factor=stride, mode="bilinear", align_corners=False)[0, :, :h, :w]
+            for a in attentions]
+
+
+@contextlib.contextmanager
+def lcsa_routing(model: torch.nn.Module, topk: Optional[int]) -> Iterator[None]:
+    """Temporarily set every LCSA module's top-m (None = global self-attention); same weights."""
+    modules = [m for m in model.modules() if isinstance(m, LocalConsensusSelfAttention)]
+    saved = [m.topk for m in modules]
+    for m in modules:
+        m.topk = topk
+    try:
+        yield
+    finally:
+        for m, k in zip(modules, saved):
+            m.topk = k
+
+
+def attention_blocks(model: torch.nn.Module, image: torch.Tensor, class_names: Sequence[str], *, block: int,
+                     mode: str, topk: int) -> List[Tuple[str, torch.Tensor]]:
+    """[(label, C×H×W maps of decoder block ``block``)] for LCSA on/off (heads with LCSA) or as built."""
+    def maps() -> torch.Tensor:
+        per_block = attention_maps(model, image, class_names)
+        if not -len(per_block) <= block < len(per_block):
+            raise ValueError(f"--block {block}: the head has {len(per_block)} blocks "
+                             f"(use 0..{len(per_block) - 1} or -1).")
+        return per_block[block]
+
+    has_lcsa = any(isinstance(m, LocalConsensusSelfAttention) for m in model.modules())
+    if not has_lcsa:
+        return [(type(model.sem_seg_head).__name__, maps())]
+    out = []
+    if mode in ("both", "lcsa"):
+        with lcsa_routing(model, topk):
+            out.append((f"LCSA on (top-{topk} windows)", maps()))
+    if mode in ("both", "global"):
+        with lcsa_routing(model, None):
+            out.append(("LCSA off (global self-attention)", maps()))
+    return out
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="ldvc_d2")
+    setup_logger(name="fvcore")
+    load_user_modules(args.register)
+    names, _, _ = vocabulary_from_args(args)
+    cfg = load_config(args.config_file, args.opts)
+    predictor = OpenVocabPredictor(cfg, input_format="RGB")
+    model = predictor.model
+    try:
+        rgb = read_image(args.input, format="RGB")
+    except Exception as e:  # PIL raises several types for unreadable files
+        raise ValueError(f"Cannot read image '{args.input}' ({type(e).__name__}: {e}).") from e
+    resized = predictor.resize.get_transform(rgb).apply_image(rgb)
+    model_input = resized[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else resized
+    image = torch.as_tensor(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
+    blocks = attention_blocks(model, image, names, block=args.block, mode=args.self_attention,
+                              topk=cfg.MODEL.LCTD.TOPK_WINDOWS)
+    output = args.output
+    if os.path.isdir(output) or output.endswith(os.sep):
+        output = os.path.join(output, os.path.splitext(os.path.basename(args.input))[0] + "_attention.png")
+    stacked = torch.stack([m for _, m in blocks])
+    softmax = bool((stacked >= 0).all()) and torch.allclose(stacked.sum(dim=1), torch.ones(()), atol=1e-4)
+    vmin = 0.0 if softmax or stacked.min() >= 0 else float(stacked.min())
+    vmax = args.vmax or float(stacked.max())
+    where = "last block" if args.block == -1 else f"block {args.block}"
+    what = ("cross-attention image tokens -> classes, heads averaged, sums to 1 over classes" if softmax
+            else f"attention maps as {type(model.sem_seg_head).__name__} returns them")
+    grid = draw_map_grid(resized, [(label, m.cpu().numpy()) for label, m in blocks], names, columns=args.columns,
+                         vmin=vmin, vmax=vmax, title=f"{os.path.basename(args.input)}: {what} ({where})",
+                         colorbar_label="attention weight" if softmax else "attention")
+    write_png_atomic(output, grid)
+    logger.info(f"Wrote '{output}' ({len(blocks)} block(s) x {len(names)} classes).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
