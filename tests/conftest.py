@@ -1,4 +1,5 @@
 """Shared fixtures: small randomly initialised CLIP models (no downloads) and configs."""
+import logging
 import os
 
 import pytest
@@ -10,6 +11,17 @@ from ldvc_d2 import add_ldvc_config
 from ldvc_d2.modeling.clip import build_clip_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _ldvc_logs_reach_caplog():
+    """Tools run in-process call setup_logger(name="ldvc_d2"), which stops propagation to the root
+    logger where pytest's caplog listens; restore it for every test."""
+    logger = logging.getLogger("ldvc_d2")
+    saved = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

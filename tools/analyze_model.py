@@ -72,10 +72,9 @@ def parameter_table(model: nn.Module, depth: int = 2, prefix: str = "") -> "Orde
 # ---------------------------------------------------------------------------------------------- what runs
 def clear_text_cache(model: nn.Module) -> None:
     """Forget the model's cached class embeddings (LDVC keeps them per class list in eval mode)."""
-    cache = getattr(model, "_text_cache", None)
-    if cache is None:
+    if not hasattr(model, "clear_text_cache"):
         raise TypeError(f"{type(model).__name__} has no text-feature cache; the cold/warm measurements need LDVC.")
-    cache.clear()
+    model.clear_text_cache()
 
 
 class ModelInference(nn.Module):
@@ -102,7 +101,7 @@ class BackboneInference(nn.Module):
             self.text = None if cold else model.backbone.encode_text(self.class_names)  # computed once
 
     def forward(self, image: torch.Tensor):
-        x = self.model._pad(self.model._normalize(image), 0.0)[None]  # as LDVC pads a window
+        x = self.model.preprocess(image)  # as LDVC pads a window
         dense = self.model.backbone(x)["dense"]
         if not self.cold:
             return dense  # (dense, self.text): the cached embeddings are a constant, not an output

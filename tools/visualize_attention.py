@@ -80,7 +80,7 @@ def attention_maps(model: torch.nn.Module, image: torch.Tensor, class_names: Seq
         raise TypeError(f"The semantic head {type(head).__name__} has no 'return_attention' argument: it cannot "
                         "return attention maps. Heads that do: LCTDHead (and the ZegCLIP-style baseline head).")
     h, w = image.shape[-2:]
-    padded = model._pad(model._normalize(image), 0.0)[None]
+    padded = model.preprocess(image)
     features = model.backbone(padded)
     _, attentions = head(features, model.text_features(list(class_names)), return_attention=True)
     stride = model.backbone.size_divisibility

@@ -179,12 +179,21 @@ class LDVC(nn.Module):
         return self.pixel_mean.device
 
     def train(self, mode: bool = True):
-        self._text_cache.clear()  # prompts change while training
+        self.clear_text_cache()  # prompts change while training
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
-        self._text_cache.clear()  # new prompts
+        self.clear_text_cache()  # new prompts
         return super().load_state_dict(*args, **kwargs)
+
+    def clear_text_cache(self) -> None:
+        """Forget the class embeddings cached in eval mode (one entry per class list and device)."""
+        self._text_cache.clear()
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """One 3×H×W image (input format, 0-255) -> the normalised, padded 1×3×H'×W' tensor that one
+        inference window feeds to the backbone (H', W' multiples of patch size × LCSA window)."""
+        return self._pad(self._normalize(image), 0.0)[None]
 
     def text_features(self, class_names: List[str]) -> torch.Tensor:
         """C×d class embeddings; cached per class list (and device) in eval mode."""
@@ -253,7 +262,7 @@ class LDVC(nn.Module):
     def _window_scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Sigmoid scores C×H×W of one normalised crop of any size."""
         h, w = image.shape[-2:]
-        logits = self._logits(self._pad(image, 0.0)[None], text)
+        logits = self._logits(self._pad(image, 0.0)[None], text)  # = preprocess() of an unnormalised image
         logits = F.interpolate(logits, scale_factor=self.backbone.size_divisibility, mode="bilinear",
                                align_corners=False)
         return logits[0, :, :h, :w].sigmoid()
