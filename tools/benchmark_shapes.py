@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The shapes zero-shot benchmark: several methods, same split and budget, several seeds, one table.
 
-    python tools/benchmark_shapes.py                       # 3 seeds, all variants, ~20 min on 2 cores
+    python tools/benchmark_shapes.py                       # 3 seeds, all 4 variants, ~50 min on 2 cores
     python tools/benchmark_shapes.py --seeds 0 1 2 3 4 --variants ldvc no_language
 
 Each run is `train_net.py --config-file configs/shapes/<variant>.yaml SEED <seed>` in its own
