@@ -32,9 +32,7 @@ from tqdm import tqdm
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
-from ldvc_d2.data import load_user_modules
-from ldvc_d2.predictor import UNLABELED, OpenVocabPredictor, add_vocabulary_arguments, load_config, vocabulary_from_args
+from ldvc_d2.predictor import UNLABELED, OpenVocabPredictor, add_vocabulary_arguments, load_config, start_tool
 from ldvc_d2.utils import write_json_atomic, write_npy_atomic, write_png_atomic
 from ldvc_d2.utils.visualization import draw_map_grid, draw_overlay, vocabulary_colors
 
@@ -105,10 +103,7 @@ def label_png(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    setup_logger(name="ldvc_d2")
-    setup_logger(name="fvcore")
-    load_user_modules(args.register)
-    names, seen, colors = vocabulary_from_args(args)
+    names, seen, colors = start_tool(args)
     if len(colors) != len(names):
         colors = vocabulary_colors(len(names))
     files = expand_inputs(args.input)

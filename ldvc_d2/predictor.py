@@ -30,11 +30,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from .config import add_ldvc_config
+from .data import load_user_modules
 from .data.mapper import LDVCTestMapper
 
 __all__ = [
     "OpenVocabPredictor", "UNLABELED", "add_vocabulary_arguments", "check_class_names", "dataset_vocabulary",
-    "load_config", "parse_class_list", "read_vocabulary_file", "vocabulary_from_args",
+    "load_config", "parse_class_list", "read_vocabulary_file", "start_tool", "vocabulary_from_args",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,17 @@ def vocabulary_from_args(args: argparse.Namespace) -> Tuple[List[str], List[int]
     if args.vocabulary_file is not None:
         return read_vocabulary_file(args.vocabulary_file), [], []
     return dataset_vocabulary(args.dataset_classes)
+
+
+def start_tool(args: argparse.Namespace) -> Tuple[List[str], List[int], List[Tuple[int, int, int]]]:
+    """The common start of the command-line tools: loggers, the user's dataset registrations
+    (``--register``), then the vocabulary (:func:`vocabulary_from_args`)."""
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="ldvc_d2")
+    setup_logger(name="fvcore")
+    load_user_modules(args.register)
+    return vocabulary_from_args(args)
 
 
 class OpenVocabPredictor:

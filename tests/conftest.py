@@ -1,4 +1,5 @@
 """Shared fixtures: small randomly initialised CLIP models (no downloads) and configs."""
+import contextlib
 import logging
 import os
 
@@ -7,6 +8,7 @@ import torch
 
 import ldvc_d2  # noqa: F401  (compat shims before any detectron2.data import)
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from ldvc_d2 import add_ldvc_config
 from ldvc_d2.modeling.clip import build_clip_model
 
@@ -45,3 +47,19 @@ def tiny_cfg(config_file: str = "configs/demo.yaml", *opts):
     cfg.merge_from_list(["MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.LDVC.CLIP_PRETRAINED", "",
                          "MODEL.DEVICE", "cpu", *opts])
     return cfg
+
+
+TOY_CLASSES = ["red circle", "green square", "blue star", "yellow triangle", "red square"]
+
+
+@contextlib.contextmanager
+def registered_toy_dataset(name: str):
+    """An empty registered dataset with TOY_CLASSES: seen [0, 1, 3], unseen [2, 4] (metadata only)."""
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(stuff_classes=TOY_CLASSES, seen_classes=[0, 1, 3], unseen_classes=[2, 4],
+                                  ignore_label=255, evaluator_type="zero_shot_sem_seg")
+    try:
+        yield name
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -1,23 +1,17 @@
 """LDVC meta-architecture: training view of the labels, frozen CLIP, inference protocol."""
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from tests.conftest import tiny_cfg
+from tests.conftest import TOY_CLASSES, registered_toy_dataset, tiny_cfg
 
-CLASSES = ["red circle", "green square", "blue star", "yellow triangle", "red square"]
+CLASSES = TOY_CLASSES
 
 
 @pytest.fixture(scope="module")
 def toy_dataset():
-    name = "ldvc_test_toy_meta_arch"
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(stuff_classes=CLASSES, seen_classes=[0, 1, 3], unseen_classes=[2, 4],
-                                  ignore_label=255, evaluator_type="zero_shot_sem_seg")
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    with registered_toy_dataset("ldvc_test_toy_meta_arch") as name:
+        yield name
 
 
 def _model(dataset, *opts):

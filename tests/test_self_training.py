@@ -2,24 +2,17 @@
 pseudo-labels (the arg-max *unseen* class of the model's prediction); seen pixels and ignore keep theirs."""
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 import ldvc_d2.modeling.meta_arch as meta_arch
-from tests.conftest import tiny_cfg
+from tests.conftest import registered_toy_dataset, tiny_cfg  # toy classes: unseen 2 and 4
 
-CLASSES = ["red circle", "green square", "blue star", "yellow triangle", "red square"]  # unseen: 2, 4
 
 
 @pytest.fixture(scope="module")
 def toy():
-    name = "ldvc_test_toy_self_training"
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(stuff_classes=CLASSES, seen_classes=[0, 1, 3], unseen_classes=[2, 4],
-                                  ignore_label=255, evaluator_type="zero_shot_sem_seg")
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    with registered_toy_dataset("ldvc_test_toy_self_training") as name:
+        yield name
 
 
 def _model(dataset, *opts):

@@ -31,10 +31,8 @@ import torch.nn.functional as F
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
-from ldvc_d2.data import load_user_modules
 from ldvc_d2.modeling.heads import LocalConsensusSelfAttention
-from ldvc_d2.predictor import OpenVocabPredictor, add_vocabulary_arguments, load_config, vocabulary_from_args
+from ldvc_d2.predictor import OpenVocabPredictor, add_vocabulary_arguments, load_config, start_tool
 from ldvc_d2.utils import write_png_atomic
 from ldvc_d2.utils.visualization import draw_map_grid
 
@@ -127,10 +125,7 @@ def attention_blocks(model: torch.nn.Module, image: torch.Tensor, class_names: S
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    setup_logger(name="ldvc_d2")
-    setup_logger(name="fvcore")
-    load_user_modules(args.register)
-    names, _, _ = vocabulary_from_args(args)
+    names, _, _ = start_tool(args)
     cfg = load_config(args.config_file, args.opts)
     predictor = OpenVocabPredictor(cfg, input_format="RGB")
     model = predictor.model
