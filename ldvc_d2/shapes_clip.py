@@ -121,7 +121,16 @@ def _build(image_size: int) -> Tuple[torch.nn.Module, object]:
 
 def pretrain_tiny_clip(out_path: str, cfg: PretrainConfig = PretrainConfig(), *, progress: bool = True) -> Dict:
     """Train LDVC-Tiny contrastively on the shapes world, write it to ``out_path`` (atomically) and
-    return its metrics (zero-shot accuracy on held-out images, final loss, time)."""
+    return its metrics (zero-shot accuracy on held-out images, final loss, time).
+
+    The caller's global torch RNG is left as it was: pretraining on first use happens while the
+    LDVC model is being built, and the prompts and head built after it must get the same initial
+    values whether the tiny CLIP was cached or not (otherwise a first run differs from later ones)."""
+    with torch.random.fork_rng(devices=[]):
+        return _pretrain(out_path, cfg, progress)
+
+
+def _pretrain(out_path: str, cfg: PretrainConfig, progress: bool) -> Dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model, tokenizer = _build(cfg.image_size)

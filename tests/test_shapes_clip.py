@@ -53,9 +53,16 @@ def test_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):
     calls = []
     real = shapes_clip.pretrain_tiny_clip
     monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda path, cfg: calls.append(path) or real(path, TINY, progress=False))
+    # first use pretrains inside build_clip_model; the random state after the build (which then
+    # initialises LDVC's prompts and head) must be the same as when the checkpoint is cached
+    torch.manual_seed(0)
+    build_clip_model("LDVC-Tiny", "shapes", cache_dir=str(tmp_path))
+    after_first_use = torch.rand(4)
     path = shapes_clip.ensure_tiny_clip(str(tmp_path))
     assert shapes_clip.ensure_tiny_clip(str(tmp_path)) == path and len(calls) == 1
+    torch.manual_seed(0)
     model, _ = build_clip_model("LDVC-Tiny", "shapes", cache_dir=str(tmp_path))
+    assert torch.equal(torch.rand(4), after_first_use)
     saved = torch.load(path, weights_only=True)["state_dict"]
     assert torch.equal(model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"])
     assert len(calls) == 1
