@@ -3,9 +3,9 @@
 Real CLIP weights cannot be downloaded everywhere, and without an image-text aligned CLIP a
 zero-shot segmenter has nothing to transfer. This module trains the open_clip model ``LDVC-Tiny``
 contrastively on image-caption pairs of the synthetic shapes world (``data/datasets/shapes.py``):
-64×64 images of one or two objects, captions such as "a red circle and a blue star". The captions
-cover *all* 16 classes, unseen ones included, as web captions cover CLIP's concepts; LDVC's
-segmentation training later sees only the seen classes. Its quality is measured as zero-shot
+64×64 images of one or two objects, captions such as "a striped red shape and a plain blue
+shape". The captions cover *all* 16 classes, unseen ones included, as web captions cover CLIP's
+concepts; LDVC's segmentation training later sees only the seen classes. Its quality is measured as zero-shot
 classification accuracy of held-out single-object images against the 16 class names (chance 1/16).
 
 ``MODEL.LDVC.CLIP_MODEL "LDVC-Tiny"`` with ``MODEL.LDVC.CLIP_PRETRAINED "shapes"`` resolves to the
@@ -32,6 +32,7 @@ from .data.datasets.shapes import (
     CLASS_NAMES, GENERATOR_VERSION, SEEN_CLASSES, UNSEEN_CLASSES, make_caption, render_scene,
 )
 from .modeling.clip.loading import register_local_weights
+from .utils.io import atomic_path
 
 __all__ = ["PretrainConfig", "ensure_tiny_clip", "pretrain_tiny_clip", "zero_shot_accuracy", "TINY_CLIP_MODEL"]
 
@@ -157,10 +158,8 @@ def _pretrain(out_path: str, cfg: PretrainConfig, progress: bool) -> Dict:
     metrics = zero_shot_accuracy(model, tokenizer, image_size=cfg.image_size)
     metrics.update(final_loss=float(np.mean(losses[-20:])), seconds=time.perf_counter() - start,
                    config=dataclasses.asdict(cfg))
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    torch.save({"state_dict": model.state_dict(), "ldvc_tiny_clip": metrics}, tmp)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "ldvc_tiny_clip": metrics}, tmp)
     logger.info(f"Tiny CLIP written to {out_path}: zero-shot accuracy {metrics['accuracy']:.1f}% "
                 f"(seen {metrics['accuracy_seen']:.1f}%, unseen {metrics['accuracy_unseen']:.1f}%, "
                 f"chance {metrics['chance']:.1f}%) after {metrics['seconds']:.0f} s.")

@@ -53,6 +53,7 @@ def plot(summary, path: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from ldvc_d2.utils import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(summary)
@@ -65,9 +66,8 @@ def plot(summary, path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def main(argv=None) -> int:
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
 
     import ldvc_d2  # noqa: F401
     from ldvc_d2.shapes_clip import ensure_tiny_clip
+    from ldvc_d2.utils import write_json_atomic
 
     import torch
 
@@ -102,10 +103,7 @@ def main(argv=None) -> int:
         print(f"| {VARIANTS[variant][1]} | " + " | ".join(f"{stats[m][0]:.1f} ± {stats[m][1]:.1f}" for m in METRICS) + " |")
     result = {"seeds": args.seeds, "tiny_clip": clip_metrics, "summary": summary, "runs": runs,
               "configs": {v: VARIANTS[v][0] for v in args.variants}, "overrides": args.opts}
-    tmp = os.path.join(args.output, "benchmark.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(args.output, "benchmark.json"))
+    write_json_atomic(os.path.join(args.output, "benchmark.json"), result)
     plot(summary, os.path.join(args.output, "benchmark.png"), title)
     print(f"Wrote {args.output}/benchmark.json and benchmark.png")
     return 0
