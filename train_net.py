@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ldvc_d2 import add_ldvc_config
-from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper, load_user_modules
+from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper, add_register_argument, load_user_modules
 from ldvc_d2.evaluation import ZeroShotSemSegEvaluator
 from ldvc_d2.modeling.meta_arch import seen_score_calibration
 from ldvc_d2.solver import build_lr_scheduler, build_optimizer
@@ -129,9 +129,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = default_argument_parser()
-    parser.add_argument("--register", action="append", default=[], metavar="FILE",
-                        help="Python file (or module) that registers your own datasets; repeatable "
-                             "(README 'Your own dataset'; the LDVC_DATASETS variable does the same)")
+    add_register_argument(parser)
     args = parser.parse_args()
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

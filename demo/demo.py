@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data.detection_utils import read_image
+from ldvc_d2.data import add_register_argument
 from ldvc_d2.predictor import UNLABELED, OpenVocabPredictor, add_vocabulary_arguments, load_config, start_tool
 from ldvc_d2.utils import write_json_atomic, write_npy_atomic, write_png_atomic
 from ldvc_d2.utils.visualization import draw_map_grid, draw_overlay, vocabulary_colors
@@ -55,8 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.0,
                         help="pixels whose best score is below this are unlabelled (default 0: label every pixel)")
     parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the overlay colours")
-    parser.add_argument("--register", action="append", default=[], metavar="FILE",
-                        help="Python file registering datasets of your own (for --dataset-classes); repeatable")
+    add_register_argument(parser)
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. --opts MODEL.WEIGHTS output/demo/model_final.pth")
     return parser

@@ -47,7 +47,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
-from ldvc_d2.data import load_user_modules
+from ldvc_d2.data import add_register_argument, load_user_modules
 from ldvc_d2.predictor import load_config
 from ldvc_d2.utils import write_json_atomic
 from tabulate import tabulate
@@ -70,13 +70,6 @@ def parameter_table(model: nn.Module, depth: int = 2, prefix: str = "") -> "Orde
 
 
 # ---------------------------------------------------------------------------------------------- what runs
-def clear_text_cache(model: nn.Module) -> None:
-    """Forget the model's cached class embeddings (LDVC keeps them per class list in eval mode)."""
-    if not hasattr(model, "clear_text_cache"):
-        raise TypeError(f"{type(model).__name__} has no text-feature cache; the cold/warm measurements need LDVC.")
-    model.clear_text_cache()
-
-
 class ModelInference(nn.Module):
     """One image through the model's own inference: ``model([{"image", "class_names"}])``."""
 
@@ -86,7 +79,7 @@ class ModelInference(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.cold:
-            clear_text_cache(self.model)
+            self.model.clear_text_cache()
         return self.model([{"image": image, "class_names": self.class_names}])[0]["sem_seg"]
 
 
@@ -311,8 +304,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=2, help="module-name depth of the per-module rows (default 2)")
     parser.add_argument("--load-weights", action="store_true", help="build CLIP with MODEL.LDVC.CLIP_PRETRAINED")
     parser.add_argument("--output", "--json", dest="output", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--register", action="append", default=[], metavar="FILE",
-                        help="Python file registering datasets of your own; repeatable")
+    add_register_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config, KEY VALUE ...")
     return parser
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from ldvc_d2.data import load_user_modules, register_zero_shot_folder
+from ldvc_d2.data import add_register_argument, load_user_modules, register_zero_shot_folder
 from ldvc_d2.data.datasets.zero_shot_sem_seg import UNMATCHED_ENV
 from ldvc_d2.predictor import parse_class_list, read_vocabulary_file
 from ldvc_d2.utils import write_json_atomic
@@ -126,8 +126,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", help="a registered dataset name (e.g. from --register FILE)")
-    parser.add_argument("--register", action="append", default=[], metavar="FILE",
-                        help="Python file registering datasets of your own; repeatable")
+    add_register_argument(parser)
     parser.add_argument("--image-root", help="without --dataset: the image folder")
     parser.add_argument("--label-root", help="without --dataset: the label folder (index PNGs)")
     parser.add_argument("--classes", help='without --dataset: comma-separated class names in label order')

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data.detection_utils import read_image
+from ldvc_d2.data import add_register_argument
 from ldvc_d2.modeling.heads import LocalConsensusSelfAttention
 from ldvc_d2.predictor import OpenVocabPredictor, add_vocabulary_arguments, load_config, start_tool
 from ldvc_d2.utils import write_png_atomic
@@ -53,8 +54,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="with an LCSA head: LCSA on and off (both), or one of them")
     parser.add_argument("--columns", type=int, default=6, help="panels per line of the grid")
     parser.add_argument("--vmax", type=float, help="top of the colour scale (default: the largest weight shown)")
-    parser.add_argument("--register", action="append", default=[], metavar="FILE",
-                        help="Python file registering datasets of your own (for --dataset-classes); repeatable")
+    add_register_argument(parser)
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. --opts MODEL.WEIGHTS output/demo/model_final.pth")
     return parser

@@ -2,6 +2,6 @@
 folders of your own (:func:`register_zero_shot_folder`)."""
 from . import shapes  # noqa: F401
 from . import register_ade, register_coco_stuff, register_context, register_voc  # noqa: F401
-from .folder import load_user_modules, register_zero_shot_folder
+from .folder import add_register_argument, load_user_modules, register_zero_shot_folder
 
-__all__ = ["load_user_modules", "register_zero_shot_folder"]
+__all__ = ["add_register_argument", "load_user_modules", "register_zero_shot_folder"]

@@ -18,6 +18,7 @@ Registrations in a Python file of your own reach every command through the envir
 ``LDVC_DATASETS`` (file paths or module names, separated by ``os.pathsep``): ``import ldvc_d2``
 imports them (:func:`load_user_modules`), also in the worker processes of multi-GPU training.
 """
+import argparse
 import functools
 import importlib
 import importlib.util
@@ -29,7 +30,10 @@ from detectron2.data import DatasetCatalog
 
 from .zero_shot_sem_seg import load_zero_shot_sem_seg, set_zero_shot_metadata
 
-__all__ = ["USER_DATASETS_ENV", "load_user_modules", "load_zero_shot_folder", "register_zero_shot_folder"]
+__all__ = [
+    "USER_DATASETS_ENV", "add_register_argument", "load_user_modules", "load_zero_shot_folder",
+    "register_zero_shot_folder",
+]
 
 USER_DATASETS_ENV = "LDVC_DATASETS"
 _REGISTERED = {}  # name -> the arguments it was registered with (identical re-registration is a no-op)
@@ -118,6 +122,13 @@ def register_zero_shot_folder(
     set_zero_shot_metadata(name, names, unseen, image_root, label_root, ignore_label)
     _REGISTERED[name] = args
     return name
+
+
+def add_register_argument(parser: argparse.ArgumentParser) -> None:
+    """The commands' ``--register FILE`` option (repeatable), read back by :func:`load_user_modules`."""
+    parser.add_argument("--register", action="append", default=[], metavar="FILE",
+                        help=f"Python file (or module) that registers datasets of your own; repeatable "
+                             f"(README 'Your own dataset'; the {USER_DATASETS_ENV} variable does the same)")
 
 
 def load_user_modules(specs: Union[str, Sequence[str], None] = None) -> List[str]:
