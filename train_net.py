@@ -20,24 +20,22 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import DatasetEvaluators, verify_results
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ldvc_d2 import add_ldvc_config
 from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper, add_register_argument, load_user_modules
 from ldvc_d2.evaluation import ZeroShotSemSegEvaluator
-from ldvc_d2.modeling.meta_arch import seen_score_calibration
 from ldvc_d2.solver import build_lr_scheduler, build_optimizer
 
 
 def inference_protocol(cfg) -> str:
-    """One line describing how test predictions are made, logged by the evaluator."""
-    inf = cfg.MODEL.LDVC.INFERENCE
-    how = (f"sliding window {inf.CROP_SIZE}x{inf.CROP_SIZE} stride {inf.STRIDE}" if inf.MODE == "slide"
-           else "whole image")
-    calib = seen_score_calibration(cfg)
-    return (f"{how}, short side {cfg.INPUT.MIN_SIZE_TEST}, seen-score calibration {calib}, "
-            f"trained on {cfg.MODEL.LDVC.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
+    """One line describing how test predictions are made, logged by the evaluator: the method's own
+    description (``describe_protocol`` of the registered meta-architecture)."""
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    describe = getattr(arch, "describe_protocol", None)
+    return describe(cfg) if describe is not None else f"{cfg.MODEL.META_ARCHITECTURE}, short side {cfg.INPUT.MIN_SIZE_TEST}"
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 The predictor is Detectron2's ``DefaultPredictor`` for a model whose classes are chosen per call:
 it builds the model from a config, loads ``MODEL.WEIGHTS``, resizes the image as the test mapper
 does (short side INPUT.MIN_SIZE_TEST, long side at most INPUT.MAX_SIZE_TEST) and runs the model's
-own inference (``LDVC.forward`` with a ``"class_names"`` input: sliding window or whole image,
+own inference (``ZeroShotSegmentor.forward`` with a ``"class_names"`` input: sliding window or whole image,
 sigmoid scores resized back to the input size). Any class list works; the text embeddings of a
 list are computed once and cached by the model.
 
@@ -43,7 +43,7 @@ UNLABELED = -1  # label of pixels whose best score is below the threshold
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """The LDVC config of ``config_file`` with ``opts`` (KEY VALUE ...) merged; a CUDA device is
+    """The config of ``config_file`` with ``opts`` (KEY VALUE ...) merged; a CUDA device is
     replaced by the CPU, with a warning, when there is none."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file '{config_file}' does not exist (see configs/).")
@@ -149,7 +149,7 @@ class OpenVocabPredictor:
     """Builds the model of ``cfg``, loads ``cfg.MODEL.WEIGHTS`` and segments images with any class list.
 
     Args:
-        cfg: an LDVC config (:func:`load_config`).
+        cfg: a config of any method (:func:`load_config`).
         input_format: channel order of the images given to ``__call__``: "BGR" (cv2.imread, the
             Detectron2 convention) or "RGB" (PIL).
     """

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 from PIL import Image
 
-from ldvc_d2.modeling.heads import LCTDHead, LocalConsensusSelfAttention
+from ldvc_d2.modeling.ldvc import LCTDHead, LocalConsensusSelfAttention
 from tests.conftest import REPO, tiny_cfg
 from tests.scripts import load_script
 

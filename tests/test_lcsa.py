@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ldvc_d2.modeling.heads.lcsa import LocalConsensusSelfAttention
+from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention
 
 
 def _plain_attention(module, x):

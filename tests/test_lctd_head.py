@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldvc_d2.modeling.heads import LCTDBlock, LCTDHead, TextAdapter
+from ldvc_d2.modeling import LCTDBlock, LCTDHead, TextAdapter
 from tests.conftest import tiny_cfg
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-import ldvc_d2.modeling.meta_arch as meta_arch
+import ldvc_d2.modeling.decoder_segmentor as meta_arch
 from tests.conftest import registered_toy_dataset, tiny_cfg  # toy classes: unseen 2 and 4
 
 

@@ -19,7 +19,7 @@ PROMPTS = {  # variant -> config overrides
 HEADS = {
     "lctd_lcsa": ["MODEL.SEM_SEG_HEAD.NAME", "LCTDHead"],
     "lctd_global": ["MODEL.SEM_SEG_HEAD.NAME", "LCTDHead", "MODEL.LCTD.SELF_ATTENTION", "global"],
-    "zegclip": ["MODEL.SEM_SEG_HEAD.NAME", "ZegCLIPHead", "MODEL.ZEGCLIP.NUM_HEADS", "4"],
+    "zegclip": ["MODEL.META_ARCHITECTURE", "ZegCLIP", "MODEL.SEM_SEG_HEAD.NAME", "ZegCLIPHead", "MODEL.ZEGCLIP.NUM_HEADS", "4"],
 }
 
 

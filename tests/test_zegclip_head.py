@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from ldvc_d2.modeling.heads.zegclip import ZegCLIPHead
+from ldvc_d2.modeling.zegclip import ZegCLIPHead
 from tests.conftest import tiny_cfg
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Parameters, FLOPs, throughput and peak memory of LDVC configs, in the Detectron2 tools style.
+"""Parameters, FLOPs, throughput and peak memory of any method's configs, in the Detectron2 tools style.
 
     python tools/analyze_model.py --config-file configs/demo.yaml
     python tools/analyze_model.py --config-file configs/voc.yaml --config-file configs/zegclip/voc.yaml \\
@@ -94,7 +94,7 @@ class BackboneInference(nn.Module):
             self.text = None if cold else model.backbone.encode_text(self.class_names)  # computed once
 
     def forward(self, image: torch.Tensor):
-        x = self.model.preprocess(image)  # as LDVC pads a window
+        x = self.model.preprocess(image)  # as the segmentor pads a window
         dense = self.model.backbone(x)["dense"]
         if not self.cold:
             return dense  # (dense, self.text): the cached embeddings are a constant, not an output
@@ -218,9 +218,13 @@ def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str,
     inference = cfg.MODEL.LDVC.INFERENCE
     results = []
     for component in args.components:
+        if component == "backbone" and not hasattr(model, "backbone"):
+            raise ValueError(f"{config_file}: {cfg.MODEL.META_ARCHITECTURE} has no CLIP backbone module to measure on "
+                             "its own; use --components model.")
         module = model if component == "model" else model.backbone
         result: Dict[str, object] = OrderedDict(
-            config=config_file, component=component, head=cfg.MODEL.SEM_SEG_HEAD.NAME, clip=cfg.MODEL.LDVC.CLIP_MODEL,
+            config=config_file, component=component, method=cfg.MODEL.META_ARCHITECTURE,
+            head=cfg.MODEL.SEM_SEG_HEAD.NAME if hasattr(model, "sem_seg_head") else None, clip=cfg.MODEL.LDVC.CLIP_MODEL,
             device=str(device), num_classes=len(names), input_size=[height, width],
             inference=(f"sliding window {inference.CROP_SIZE} stride {inference.STRIDE}"
                        if component == "model" and inference.MODE == "slide" else "one whole-image pass"),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data.detection_utils import read_image
 from ldvc_d2.data import add_register_argument
-from ldvc_d2.modeling.heads import LocalConsensusSelfAttention
+from ldvc_d2.modeling.ldvc import LocalConsensusSelfAttention
 from ldvc_d2.predictor import OpenVocabPredictor, add_vocabulary_arguments, load_config, start_tool
 from ldvc_d2.utils import write_png_atomic
 from ldvc_d2.utils.visualization import draw_map_grid
@@ -69,11 +69,14 @@ def attention_maps(model: torch.nn.Module, image: torch.Tensor, class_names: Seq
     """Cross-attention maps of every decoder block for one image: a list of C×H×W tensors.
 
     ``image``: 3×H×W uint8 in the model's input format, already resized. The steps are the model's
-    own for one whole-image window (LDVC._window_scores): normalise, pad to the patch × window
+    own for one whole-image window (ZeroShotSegmentor._window_scores): normalise, pad to the patch × window
     multiple, backbone, class embeddings (cached), head; the maps are upsampled by the patch size
     like the logits and the padding is cut off.
     """
-    head = model.sem_seg_head
+    head = getattr(model, "sem_seg_head", None)
+    if head is None:
+        raise TypeError(f"{type(model).__name__} has no decoder head, so there are no cross-attention maps to draw; "
+                        "this tool draws the maps of LDVC's LCTDHead and ZegCLIP's head.")
     if not supports_attention(head):
         raise TypeError(f"The semantic head {type(head).__name__} has no 'return_attention' argument: it cannot "
                         "return attention maps. Heads that do: LCTDHead (and the ZegCLIP-style baseline head).")

@@ -1,7 +1,19 @@
-"""Model: prompted CLIP backbone, LCTD head (and ZegCLIP's head, the baseline), loss and the LDVC meta-architecture (registered on import)."""
-from .backbone import PromptedCLIPBackbone
-from .heads import LCTDHead, LocalConsensusSelfAttention, TextAdapter, ZegCLIPHead
-from .losses import focal_dice_loss
-from .meta_arch import LDVC
+"""Models, each method in its own folder over shared parts (registered on import).
 
-__all__ = ["LDVC", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone", "TextAdapter", "ZegCLIPHead", "focal_dice_loss"]
+Shared: ``clip/`` (open_clip towers: loading, prompted vision/text encoders), ``backbone.py``
+(PromptedCLIPBackbone), ``segmentor.py`` (ZeroShotSegmentor: class lists, text cache, slide/whole
+inference, calibration, protocol line), ``decoder_segmentor.py`` (prompted CLIP + decoder head, the
+pipeline LDVC and ZegCLIP share), ``text_adapter.py``, ``losses.py``. Methods: ``ldvc/``, ``zegclip/``.
+"""
+from .backbone import PromptedCLIPBackbone
+from .decoder_segmentor import CLIPDecoderSegmentor
+from .ldvc import LDVC, LCTDBlock, LCTDHead, LocalConsensusSelfAttention
+from .losses import focal_dice_loss
+from .segmentor import ZeroShotSegmentor
+from .text_adapter import TextAdapter
+from .zegclip import ZegCLIP, ZegCLIPHead
+
+__all__ = [
+    "CLIPDecoderSegmentor", "LDVC", "LCTDBlock", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone",
+    "TextAdapter", "ZegCLIP", "ZegCLIPHead", "ZeroShotSegmentor", "focal_dice_loss",
+]

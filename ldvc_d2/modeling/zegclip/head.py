@@ -34,7 +34,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from .text_adapter import TextAdapter
+from ..text_adapter import TextAdapter
 
 __all__ = ["ZegCLIPCrossAttention", "ZegCLIPDecoderLayer", "ZegCLIPHead"]
 
@@ -105,6 +105,7 @@ class ZegCLIPHead(nn.Module):
     def __init__(self, *, dim: int, num_layers: int, num_heads: int = 8, mlp_dim: int = 2048,
                  dropout: float = 0.1, attn_dropout: float = 0.1, unused_self_attention: bool = True):
         super().__init__()
+        self.token_divisibility = 1  # any token grid
         self.relationship = TextAdapter(dim)
         self.layers = nn.ModuleList(
             ZegCLIPDecoderLayer(dim, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,

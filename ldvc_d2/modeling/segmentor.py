@@ -1,37 +1,39 @@
-"""LDVC meta-architecture: class names in, ``sem_seg`` out (LDVC Fig. 2, §3-4).
+"""The zero-shot segmentor every method of the plugin is built on: class names in, ``sem_seg`` out.
 
-Training (paper §4.1): the class list is the training dataset's *seen* classes (inductive), or all
-of its classes (MODEL.LDVC.TRAINING_CLASSES="all": transductive / fully supervised). Labels arrive
-over all classes of the benchmark; the model maps them to indices of its training class list, so an
-unseen pixel becomes ``ignore_label`` (the seen-only view is derived here, never stored on disk).
-Transductive self-training (DESIGN §1.5, ZegCLIP's online scheme, MODEL.LDVC.SELF_TRAINING): all
-class names are known; pixels whose label is an unseen class get, as their label, the unseen class
-with the highest score of the model's own (detached) prediction in the same step, without threshold.
+What LDVC, the ZegCLIP baseline, CLIPtrase (and later DeOP and C2S) share lives here, so that a
+method only says how it scores one window (:meth:`ZeroShotSegmentor.window_scores`), how it embeds
+class names (:meth:`ZeroShotSegmentor.encode_text`) and, if it trains, its losses
+(:meth:`ZeroShotSegmentor.losses`):
 
-Inference (§4.1, DESIGN §1.4): the classes are those of the input (``"class_names"`` in each input
-dict, set by the test data loader from the test dataset's metadata, or given by the user for an
-open vocabulary), else the model's default test classes (the first test dataset's). Scores are
-sigmoid probabilities averaged over sliding windows (or one whole-image pass), optionally
-calibrated by subtracting ``calibration`` from the scores of the seen classes, and resized to the
-original image size, as Detectron2's semantic segmentors return them. Text embeddings do not depend
-on the image: in eval mode they are cached per class list.
+* **Class lists** (LDVC §4.1, DESIGN §1.5): the training classes come from the training dataset's
+  metadata, its *seen* classes (inductive) or all of them (MODEL.LDVC.TRAINING_CLASSES "all":
+  transductive / fully supervised). Labels arrive over all classes of the benchmark and are mapped to
+  indices of the training class list, so an unseen pixel becomes ``ignore_label`` (the seen-only view
+  is derived here, never stored on disk).
+* **Inference** (DESIGN §1.4): the classes are those of the input (``"class_names"`` in each input
+  dict, set by the test data loader or given by the user for an open vocabulary), else the model's
+  default test classes (the first test dataset's). Scores are averaged over sliding windows (mmseg's
+  grid) or come from one whole-image pass, optionally calibrated by subtracting ``calibration`` from the
+  scores of the seen classes (ZegCLIP's calibration, inductive models only), and are resized to the
+  original image size, as Detectron2's semantic segmentors return them.
+* **Text cache**: class embeddings do not depend on the image; in eval mode they are cached per class
+  list and device.
+* **Protocol line**: :meth:`ZeroShotSegmentor.describe_protocol` says, from a config, how a method
+  makes its test predictions; the evaluator logs it and writes it next to the metrics.
+
+The shared keys keep the names they had when LDVC was the only method: ``MODEL.LDVC.INFERENCE.*``,
+``MODEL.LDVC.TRAINING_CLASSES``, ``MODEL.LDVC.SEEN_SCORE_CALIBRATION`` (and the CLIP keys
+``MODEL.LDVC.CLIP_*``) apply to every method.
 """
-import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from torch import nn
 
-from .losses import focal_dice_loss
-
-__all__ = ["LDVC", "class_lists_from_metadata", "seen_score_calibration"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ZeroShotSegmentor", "class_lists_from_metadata", "seen_score_calibration", "segmentor_config"]
 
 
 def class_lists_from_metadata(dataset_name: str, training_classes: str = "seen") -> Tuple[List[str], List[int]]:
@@ -61,14 +63,52 @@ def seen_score_calibration(cfg) -> float:
     return cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION if cfg.MODEL.LDVC.TRAINING_CLASSES == "seen" else 0.0
 
 
-@META_ARCH_REGISTRY.register()
-class LDVC(nn.Module):
-    @configurable
+def segmentor_config(cfg, *, trains: bool = True) -> Dict[str, object]:
+    """The :class:`ZeroShotSegmentor` arguments of a config (a method's ``from_config`` adds its own).
+
+    ``trains=False`` (training-free methods) leaves the training class list empty and the
+    calibration at 0: such a model has no seen classes.
+    """
+    c = cfg.MODEL.LDVC
+    train_names, train_ids = None, None
+    if trains:
+        registered = [d for d in cfg.DATASETS.TRAIN if MetadataCatalog.get(d).get("stuff_classes", None) is not None]
+        lists = [class_lists_from_metadata(d, c.TRAINING_CLASSES) for d in registered]
+        if any(other != lists[0] for other in lists[1:]):
+            raise ValueError(f"DATASETS.TRAIN {registered} have different class lists; train on datasets that share one.")
+        train_names, train_ids = lists[0] if lists else (None, None)
+    test_names, test_seen = None, []
+    if cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        test_names = meta.get("stuff_classes", None)
+        test_seen = meta.get("seen_classes", [])
+    return {
+        "train_class_names": train_names,
+        "train_class_ids": train_ids,
+        "test_class_names": test_names,
+        "test_seen_classes": test_seen,
+        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+        "pixel_std": cfg.MODEL.PIXEL_STD,
+        "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        "calibration": seen_score_calibration(cfg) if trains else 0.0,
+        "train_size": tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else (0, 0),
+        "inference_mode": c.INFERENCE.MODE,
+        "crop_size": c.INFERENCE.CROP_SIZE,
+        "stride": c.INFERENCE.STRIDE,
+    }
+
+
+class ZeroShotSegmentor(nn.Module):
+    """Base of every meta-architecture of the plugin (not registered itself).
+
+    Subclasses implement :meth:`encode_text` (C×d class embeddings), :meth:`window_scores` (scores of
+    one padded window) and, if they train, :meth:`losses`; they set ``pad_multiple`` (inputs are padded
+    on the bottom/right to multiples of it) before the first forward.
+    """
+
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        sem_seg_head: nn.Module,
         train_class_names: Optional[List[str]],
         train_class_ids: Optional[List[int]],
         test_class_names: Optional[List[str]] = None,
@@ -76,41 +116,37 @@ class LDVC(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         ignore_label: int = 255,
-        loss_kwargs: Optional[Dict[str, float]] = None,
         calibration: float = 0.0,
         inference_mode: str = "slide",
         crop_size: int = 512,
         stride: int = 426,
-        window_size: int = 1,
+        pad_multiple: int = 1,
         train_size: Sequence[int] = (0, 0),
-        self_training_classes: Sequence[int] = (),
     ):
         """
         Args:
-            train_class_names / train_class_ids: training classes and their indices in the label maps.
+            train_class_names / train_class_ids: training classes and their indices in the label maps
+                (None for training-free methods).
             test_class_names / test_seen_classes: default inference vocabulary and which of it is seen.
             calibration: subtracted from seen-class scores at inference (0 disables).
-            window_size: LCSA window in tokens; inputs are padded to multiples of patch × window.
+            inference_mode / crop_size / stride: "slide" (windows of ``crop_size`` every ``stride``
+                pixels) or "whole" (one pass over the padded image).
+            pad_multiple: inputs are padded to multiples of this (patch size × what the head needs).
             train_size: training crops are padded to at least this (H, W), as mmseg pads every crop
-                to the crop size: the per-image focal mean then does not depend on the batch.
-            self_training_classes: indices (into the training class list) of the unseen classes whose
-                pixels get pseudo-labels (transductive self-training); empty = off.
+                to the crop size: a per-image loss mean then does not depend on the batch.
         """
         super().__init__()
         if inference_mode not in ("slide", "whole"):
             raise ValueError(f"MODEL.LDVC.INFERENCE.MODE must be 'slide' or 'whole', got '{inference_mode}'.")
-        self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
         self.train_class_names = train_class_names
         self.test_class_names = test_class_names
         self.test_seen_classes = list(test_seen_classes)
         self.ignore_label = ignore_label
-        self.loss_kwargs = dict(loss_kwargs or {})
         self.calibration = calibration
         self.inference_mode = inference_mode
         self.crop_size = crop_size
         self.stride = stride
-        self.pad_multiple = backbone.size_divisibility * window_size
+        self.pad_multiple = pad_multiple
         self.train_size = tuple(train_size)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -118,62 +154,30 @@ class LDVC(nn.Module):
         if train_class_ids is not None:
             lut[torch.tensor(train_class_ids, dtype=torch.long)] = torch.arange(len(train_class_ids))
         self.register_buffer("label_lut", lut, False)
-        self.register_buffer("self_training_classes", torch.tensor(list(self_training_classes), dtype=torch.long), False)
         self._text_cache: Dict[Tuple, torch.Tensor] = {}
 
-    @classmethod
-    def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        head = build_sem_seg_head(cfg, backbone.output_shape())
-        c = cfg.MODEL.LDVC
-        registered = [d for d in cfg.DATASETS.TRAIN if MetadataCatalog.get(d).get("stuff_classes", None) is not None]
-        lists = [class_lists_from_metadata(d, c.TRAINING_CLASSES) for d in registered]
-        if any(other != lists[0] for other in lists[1:]):
-            raise ValueError(f"DATASETS.TRAIN {registered} have different class lists; train on datasets that share one.")
-        train_names, train_ids = lists[0] if lists else (None, None)
-        st_classes = []
-        if c.SELF_TRAINING:
-            if c.TRAINING_CLASSES != "all" or not registered:
-                raise ValueError(
-                    "MODEL.LDVC.SELF_TRAINING needs MODEL.LDVC.TRAINING_CLASSES 'all' (the transductive setting "
-                    "knows every class name) and a registered DATASETS.TRAIN."
-                )
-            unseen = MetadataCatalog.get(registered[0]).get("unseen_classes", [])
-            if not len(unseen):
-                raise ValueError(f"MODEL.LDVC.SELF_TRAINING: dataset '{registered[0]}' has no 'unseen_classes' metadata.")
-            st_classes = [train_ids.index(i) for i in unseen]
-        test_names, test_seen = None, []
-        if cfg.DATASETS.TEST:
-            meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-            test_names = meta.get("stuff_classes", None)
-            test_seen = meta.get("seen_classes", [])
-        return {
-            "backbone": backbone,
-            "sem_seg_head": head,
-            "train_class_names": train_names,
-            "train_class_ids": train_ids,
-            "test_class_names": test_names,
-            "test_seen_classes": test_seen,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "loss_kwargs": {
-                "focal_weight": c.LOSS.FOCAL_WEIGHT,
-                "dice_weight": c.LOSS.DICE_WEIGHT,
-                "alpha": c.LOSS.FOCAL_ALPHA,
-                "gamma": c.LOSS.FOCAL_GAMMA,
-                "ignore_as_negative": c.LOSS.IGNORE_AS_NEGATIVE,
-            },
-            "calibration": seen_score_calibration(cfg),
-            "train_size": tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else (0, 0),
-            "inference_mode": c.INFERENCE.MODE,
-            "crop_size": c.INFERENCE.CROP_SIZE,
-            "stride": c.INFERENCE.STRIDE,
-            # LCSA needs whole windows of tokens; other heads only whole patches
-            "window_size": cfg.MODEL.LCTD.WINDOW_SIZE if cfg.MODEL.SEM_SEG_HEAD.NAME == "LCTDHead" else 1,
-            "self_training_classes": st_classes,
-        }
+    # ---- what a method implements ------------------------------------------------------------
+    def encode_text(self, class_names: List[str]) -> torch.Tensor:
+        """C×d class embeddings of ``class_names`` (gradients flow in training)."""
+        raise NotImplementedError
 
+    def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Normalised 1×3×H×W window (H, W multiples of ``pad_multiple``) and C×d class embeddings
+        -> C×H×W per-class scores at the window's resolution."""
+        raise NotImplementedError
+
+    def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement training.")
+
+    @classmethod
+    def describe_protocol(cls, cfg) -> str:
+        """One line saying how test predictions are made (logged and stored by the evaluator)."""
+        inf = cfg.MODEL.LDVC.INFERENCE
+        how = (f"sliding window {inf.CROP_SIZE}x{inf.CROP_SIZE} stride {inf.STRIDE}" if inf.MODE == "slide"
+               else "whole image")
+        return f"{cfg.MODEL.META_ARCHITECTURE}: {how}, short side {cfg.INPUT.MIN_SIZE_TEST}"
+
+    # ---- shared machinery --------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
@@ -190,64 +194,48 @@ class LDVC(nn.Module):
         """Forget the class embeddings cached in eval mode (one entry per class list and device)."""
         self._text_cache.clear()
 
-    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """One 3×H×W image (input format, 0-255) -> the normalised, padded 1×3×H'×W' tensor that one
-        inference window feeds to the backbone (H', W' multiples of patch size × LCSA window)."""
-        return self._pad(self._normalize(image), 0.0)[None]
-
     def text_features(self, class_names: List[str]) -> torch.Tensor:
         """C×d class embeddings; cached per class list (and device) in eval mode."""
         if self.training:
-            return self.backbone.encode_text(class_names)
+            return self.encode_text(class_names)
         key = (tuple(class_names), self.device)
         if key not in self._text_cache:
             with torch.no_grad():
-                self._text_cache[key] = self.backbone.encode_text(list(class_names))
+                self._text_cache[key] = self.encode_text(list(class_names))
         return self._text_cache[key]
 
-    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
-
-    def _logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Normalised B×3×H×W (H, W multiples of ``pad_multiple``) -> B×C×H/p×W/p logits."""
-        return self.sem_seg_head(self.backbone(images), text)
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """One 3×H×W image (input format, 0-255) -> the normalised, padded 1×3×H'×W' tensor that one
+        inference window feeds to the model (H', W' multiples of ``pad_multiple``)."""
+        return self._pad(self._normalize(image), 0.0)[None]
 
     def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Dict[str, torch.Tensor]]]:
         """Detectron2 format: dicts with ``image`` (3×H×W, RGB 0-255) and, in training, ``sem_seg``
         (H×W over all classes of the dataset); at inference optionally ``class_names``, ``seen_classes``
         and ``height``/``width`` (output size). Returns losses, or ``[{"sem_seg": C×height×width}]``."""
         if self.training:
-            return self._forward_train(batched_inputs)
+            return self.losses(batched_inputs)
         return [self._inference_one(x) for x in batched_inputs]
 
-    def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+    def training_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(normalised B×3×H×W images, B×H×W targets as training-class indices or ``ignore_label``),
+        every crop padded on the bottom/right to ``train_size`` (or the largest crop), rounded up to
+        ``pad_multiple``."""
         if not self.train_class_names:
             raise ValueError(
-                "LDVC has no training classes: DATASETS.TRAIN[0] must be a registered dataset with "
-                "stuff_classes/seen_classes metadata."
+                f"{type(self).__name__} has no training classes: DATASETS.TRAIN[0] must be a registered dataset "
+                "with stuff_classes/seen_classes metadata."
             )
-        # crops can be smaller than the crop size: pad all to the crop size (or the largest, rounded)
         h = max(max(x["image"].shape[-2] for x in batched_inputs), self.train_size[0])
         w = max(max(x["image"].shape[-1] for x in batched_inputs), self.train_size[1])
         size = self._padded_size(h, w)
         images = torch.stack([self._pad(self._normalize(x["image"]), 0.0, size) for x in batched_inputs])
         targets = torch.stack([self._pad(x["sem_seg"].to(self.device)[None], self.ignore_label, size)[0]
                                for x in batched_inputs])
-        targets = self.label_lut[targets.long().clamp(0, 255)]
-        logits = self._logits(images, self.text_features(self.train_class_names))
-        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        if len(self.self_training_classes):
-            targets = self.pseudo_label(logits, targets)
-        return focal_dice_loss(logits, targets, ignore_label=self.ignore_label, **self.loss_kwargs)
+        return images, self.label_lut[targets.long().clamp(0, 255)]
 
-    @torch.no_grad()
-    def pseudo_label(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Transductive labels: B×H×W ``targets`` (training-class indices) whose value is one of
-        ``self_training_classes`` become the arg-max of ``logits`` (B×C×H×W) over those classes; all
-        other pixels (seen classes, ignore) keep their label."""
-        unseen = self.self_training_classes
-        pseudo = unseen[logits.detach()[:, unseen].argmax(dim=1)]
-        return torch.where(torch.isin(targets, unseen), pseudo, targets)
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
 
     def _padded_size(self, h: int, w: int) -> Tuple[int, int]:
         m = self.pad_multiple
@@ -260,12 +248,9 @@ class LDVC(nn.Module):
         return F.pad(t, (0, size[1] - w, 0, size[0] - h), value=value)
 
     def _window_scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Sigmoid scores C×H×W of one normalised crop of any size."""
+        """Scores C×H×W of one normalised 3×H×W crop of any size (padded, scored, cropped back)."""
         h, w = image.shape[-2:]
-        logits = self._logits(self._pad(image, 0.0)[None], text)  # = preprocess() of an unnormalised image
-        logits = F.interpolate(logits, scale_factor=self.backbone.size_divisibility, mode="bilinear",
-                               align_corners=False)
-        return logits[0, :, :h, :w].sigmoid()
+        return self.window_scores(self._pad(image, 0.0)[None], text)[:, :h, :w]
 
     @torch.no_grad()
     def _inference_one(self, inputs: Dict) -> Dict[str, torch.Tensor]:

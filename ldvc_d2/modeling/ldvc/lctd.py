@@ -23,7 +23,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from .lcsa import LocalConsensusSelfAttention
-from .text_adapter import TextAdapter
+from ..text_adapter import TextAdapter
 
 __all__ = ["LCTDBlock", "LCTDHead"]
 
@@ -104,6 +104,7 @@ class LCTDHead(nn.Module):
         text_adapter: bool = True,
     ):
         super().__init__()
+        self.token_divisibility = window_size  # LCSA needs whole windows of tokens
         self.text_adapter = TextAdapter(dim) if text_adapter else None
         self.blocks = nn.ModuleList(
             LCTDBlock(
