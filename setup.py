@@ -28,6 +28,7 @@ setup(
         "opencv-python-headless>=5.0",
         "numpy>=2.4",
         "scipy>=1.17",
+        "scikit-learn>=1.9",
         "tqdm>=4.70",
         "Pillow>=13.0",
         "matplotlib>=3.11",

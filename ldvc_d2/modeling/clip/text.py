@@ -16,15 +16,16 @@ CoOp does, and ignores the prefix. With ``num_prompts=0`` the prefix stays as or
 (frozen CLIP with a hand-crafted prompt).
 """
 import hashlib
-from typing import List, Sequence
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .templates import resolve_templates
 from .vision import run_block
 
-__all__ = ["PromptedTextEncoder", "RandomClassEmbedding"]
+__all__ = ["PromptedTextEncoder", "RandomClassEmbedding", "TemplateEnsembleTextEncoder"]
 
 
 def _split_template(template: str):
@@ -149,3 +150,36 @@ class RandomClassEmbedding(nn.Module):
             seed = int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "little")
             vectors.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
         return F.normalize(torch.stack(vectors), dim=-1).to(self._device_probe.device)
+
+
+class TemplateEnsembleTextEncoder(nn.Module):
+    """Frozen CLIP class embeddings averaged over prompt templates (CLIPtrase T4; CLIP's ensembling).
+
+    t_c = normalize(mean_k normalize(E_txt(template_k(c)))), as CLIPtrase's
+    ``clip_self_correlation.py:90-101``. All C·K sentences go through the text tower in chunks of
+    ``chunk_size`` (no per-class loop); the tower is :class:`PromptedTextEncoder` with 0 prompts and
+    the bare template "{}", i.e. CLIP's own text embedding of each filled-in sentence.
+
+    Args:
+        clip_model / tokenizer: as :class:`PromptedTextEncoder`.
+        templates: a set name of ``clip.templates.TEMPLATE_SETS`` ("imagenet80", "vild14") or a list of
+            templates, each with exactly one "{}".
+        chunk_size: sentences per text-tower call (memory bound).
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer, *, templates: Union[str, Sequence[str]] = "imagenet80",
+                 chunk_size: int = 1024):
+        super().__init__()
+        if chunk_size < 1:
+            raise ValueError(f"TemplateEnsembleTextEncoder: chunk_size must be >= 1, got {chunk_size}.")
+        self.templates = resolve_templates(templates)
+        self.chunk_size = chunk_size
+        self.encoder = PromptedTextEncoder(clip_model, tokenizer, num_prompts=0, init="template", template="{}")
+
+    def forward(self, class_names: List[str]) -> torch.Tensor:
+        """class_names: C strings. Returns the C×d template-ensemble embeddings, L2-normalised."""
+        if len(class_names) == 0:
+            raise ValueError("TemplateEnsembleTextEncoder: the list of class names is empty.")
+        texts = [t.replace("{}", c) for c in class_names for t in self.templates]
+        emb = torch.cat([self.encoder(texts[i : i + self.chunk_size]) for i in range(0, len(texts), self.chunk_size)])
+        return F.normalize(emb.reshape(len(class_names), len(self.templates), -1).mean(dim=1), dim=-1)

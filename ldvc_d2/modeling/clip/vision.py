@@ -10,14 +10,24 @@ Tables 4 and 7) adds two trainable pieces, both off by default here: every layer
 through one shared ``Linear(width, width)`` and dropout before entering the layer
 (``prompt_projection``), and the last layer's tokens pass through a LayerNorm (eps 1e-6) before
 CLIP's ``ln_post`` (``final_norm``).
+
+CLIP surgery (SEED_SYSTEMS §1.1): ``forward(images, hooks=[BlockHook, ...])`` lets a block expose the
+q/k/v of its [CLS] and patch tokens (``BlockHook.tap``, a side output) or run with a replaced attention
+(``BlockHook.attn_fn``). Prompt tokens are never part of a tap (q/k/v are per-token, so the prompts do
+not change the [CLS]/patch q/k/v) and are left out of a block whose attention is replaced: that block
+runs on [CLS] + patches only, because the replacements (CLIPtrase, SCLIP, DeOP) are defined over the
+N = 1 + h·w image tokens and would otherwise mix prompts into their self-correlations. With
+``hooks=None`` the plain loop below runs unchanged.
 """
 import math
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
+
+from .surgery import BlockHook, block_qkv, check_block, run_block_with_attention
 
 __all__ = ["PromptedVisionEncoder", "run_block"]
 
@@ -109,12 +119,63 @@ class PromptedVisionEncoder(nn.Module):
         grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
 
-    def forward(self, images: torch.Tensor) -> Dict[str, object]:
+    def _group_hooks(self, hooks: Sequence[BlockHook]) -> Dict[int, List[BlockHook]]:
+        """Hooks by non-negative layer index; checks indices, block types, names and one attn_fn per block."""
+        grouped: Dict[int, List[BlockHook]] = {}
+        names = set()
+        for hook in hooks:
+            if not -self.num_layers <= hook.layer < self.num_layers:
+                raise ValueError(
+                    f"BlockHook layer {hook.layer} does not exist; the image encoder has {self.num_layers} "
+                    f"blocks (valid: -{self.num_layers}..{self.num_layers - 1})."
+                )
+            i = hook.layer % self.num_layers
+            check_block(self.visual.transformer.resblocks[i], f"{type(self.visual).__name__} block {i}")
+            if hook.tap is not None:
+                if hook.name in names or hook.name in ("dense", "global", "intermediate", "tokens"):
+                    raise ValueError(f"BlockHook name '{hook.name}' is used twice or clashes with an output key.")
+                names.add(hook.name)
+            grouped.setdefault(i, []).append(hook)
+        for i, group in grouped.items():
+            if sum(h.attn_fn is not None for h in group) > 1:
+                raise ValueError(f"Two BlockHooks replace the attention of block {i}; give at most one attn_fn.")
+        return grouped
+
+    def _hooked_block(self, i: int, x: torch.Tensor, hooks: List[BlockHook], extras: Dict[str, torch.Tensor],
+                      batch_first: bool) -> torch.Tensor:
+        """Block ``i`` on [CLS]+patch tokens ``x`` (B×(1+hw)×width) with its hooks applied."""
+        block = self.visual.transformer.resblocks[i]
+        taps = [h for h in hooks if h.tap is not None]
+        replace = [h.attn_fn for h in hooks if h.attn_fn is not None]
+        if replace:  # prompts are left out of a replaced block; taps reuse the block's own q/k/v
+
+            def attn_fn(q, k, v):
+                for h in taps:
+                    extras[h.name] = h.tap(q, k, v)
+                return replace[0](q, k, v)
+
+            return run_block_with_attention(block, x, attn_fn)
+        q, k, v = block_qkv(block, x)
+        for h in taps:
+            extras[h.name] = h.tap(q, k, v)
+        n = self.num_prompts
+        if n:
+            x = torch.cat([self.layer_prompts(i, x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        return run_block(block, x, batch_first)[:, n:]
+
+    def forward(
+        self, images: torch.Tensor, hooks: Optional[Sequence[BlockHook]] = None, return_tokens: bool = False
+    ) -> Dict[str, object]:
         """images: normalised B×3×H×W (H, W multiples of the patch size).
 
         Returns ``dense`` B×d×h×w and ``global`` B×d (both L2-normalised, d = CLIP embedding width),
-        and ``intermediate``: list of B×width×h×w raw tokens of ``intermediate_layers``.
+        and ``intermediate``: list of B×width×h×w raw tokens of ``intermediate_layers``. With ``hooks``
+        (see :class:`~ldvc_d2.modeling.clip.surgery.BlockHook`) every output reflects the modified blocks
+        and each tap's result is added under its name. ``return_tokens`` adds ``tokens``: the final
+        B×(1+h·w)×d [CLS]+patch tokens after ln_post and proj, not normalised.
         """
+        grouped = self._group_hooks(hooks) if hooks else {}
+        extras: Dict[str, torch.Tensor] = {}
         v = self.visual
         x = v.conv1(images.to(v.conv1.weight.dtype))
         b, _, h, w = x.shape
@@ -127,11 +188,14 @@ class PromptedVisionEncoder(nn.Module):
         batch_first = getattr(v.transformer, "batch_first", True)
         taps: Dict[int, torch.Tensor] = {}
         for i, block in enumerate(v.transformer.resblocks):
-            if n:
-                x = torch.cat([self.layer_prompts(i, x.dtype).expand(b, -1, -1), x], dim=1)
-            x = run_block(block, x, batch_first)
-            if n:
-                x = x[:, n:]
+            if i in grouped:
+                x = self._hooked_block(i, x, grouped[i], extras, batch_first)
+            else:
+                if n:
+                    x = torch.cat([self.layer_prompts(i, x.dtype).expand(b, -1, -1), x], dim=1)
+                x = run_block(block, x, batch_first)
+                if n:
+                    x = x[:, n:]
             if i in self.intermediate_layers:
                 taps[i] = x[:, 1:].transpose(1, 2).reshape(b, self.width, h, w)
 
@@ -141,4 +205,7 @@ class PromptedVisionEncoder(nn.Module):
         global_feat = F.normalize(x[:, 0], dim=-1)
         dense = F.normalize(x[:, 1:], dim=-1).transpose(1, 2).reshape(b, self.output_dim, h, w)
         intermediate = [taps[i] for i in self.intermediate_layers]
-        return {"dense": dense, "global": global_feat, "intermediate": intermediate}
+        out = {"dense": dense, "global": global_feat, "intermediate": intermediate, **extras}
+        if return_tokens:
+            out["tokens"] = x
+        return out

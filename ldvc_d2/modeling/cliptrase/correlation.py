@@ -1,0 +1,109 @@
+"""CLIPtrase's self-correlation pieces on q/k/v of CLIP blocks (seed 001, SEED_SYSTEMS.md §2.1).
+
+Shapes: q, k, v are B×H×N×d_h (N = 1 + h·w, [CLS] first, as given by ``clip.surgery.block_qkv``);
+"branches" name which of q, k, v enter a formula ("q", "k", "v"; CLIPtrase uses all three, SCLIP's
+correlative self-attention uses ["q", "k"]).
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..clip.surgery import BlockHook
+
+__all__ = [
+    "SelfCorrelationAttention", "check_branches", "cliptrase_hooks", "denoise_correlation", "patch_logits",
+    "self_correlation",
+]
+
+_BRANCHES = ("q", "k", "v")
+
+
+def check_branches(branches: Sequence[str], key: str = "branches") -> Tuple[str, ...]:
+    """Validate a non-empty list of distinct names from ("q", "k", "v"); ``key`` names the config key."""
+    branches = tuple(branches)
+    if not branches or len(set(branches)) != len(branches) or any(b not in _BRANCHES for b in branches):
+        raise ValueError(f"{key} must be distinct entries of ['q', 'k', 'v'] (at least one), got {list(branches)}.")
+    return branches
+
+
+def _pick(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, branches: Sequence[str]) -> List[torch.Tensor]:
+    named: Dict[str, torch.Tensor] = {"q": q, "k": k, "v": v}
+    return [named[b] for b in branches]
+
+
+def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     branches: Sequence[str] = _BRANCHES) -> torch.Tensor:
+    """(T1) R = 1/(|branches|·H) Σ_h Σ_a cos(a_h, a_h): B×N×N, symmetric, diagonal 1, |R| ≤ 1.
+
+    Supplement eq. (1)-(3): per-head cosine self-similarity of each branch, averaged over the branches
+    and the heads (official ``clip_utils/attn2.py:295-308`` per branch, head mean ``:336-340``).
+    """
+    branches = check_branches(branches)
+    total = sum(F.normalize(a, dim=-1) @ F.normalize(a, dim=-1).transpose(-1, -2) for a in _pick(q, k, v, branches))
+    return total.mean(dim=1) / len(branches)
+
+
+class SelfCorrelationAttention:
+    """(T2) Attention of CLIPtrase's last block: A_h = Σ_a softmax(s a_h a_hᵀ), output A_h v_h.
+
+    s = d_h^-1/2 (``scale`` overrides it); rows of A sum to the number of branches (the sum is not
+    renormalised, as ``clip_utils/attn2.py:254-277``). ["q", "k"] is SCLIP's correlative self-attention.
+    Use as ``BlockHook.attn_fn``: maps q, k, v (B×H×N×d_h) to per-head outputs B×H×N×d_h.
+    """
+
+    def __init__(self, branches: Sequence[str] = _BRANCHES, scale: Optional[float] = None):
+        self.branches = check_branches(branches)
+        self.scale = scale
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A: B×H×N×N, each row summing to ``len(branches)``."""
+        s = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        return sum(torch.softmax(s * a @ a.transpose(-1, -2), dim=-1) for a in _pick(q, k, v, self.branches))
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.weights(q, k, v) @ v
+
+
+def denoise_correlation(correlation: torch.Tensor) -> torch.Tensor:
+    """(T6) W_ij = max(0, R_ij − R_0j) over patch indices: (…)×N×N -> (…)×hw×hw.
+
+    Row 0 is the [CLS] token's correlation with every patch; subtracting it removes the "global patch"
+    component (official ``clip_self_correlation.py:148-152``).
+    """
+    return (correlation[..., 1:, 1:] - correlation[..., :1, 1:]).clamp(min=0)
+
+
+def cliptrase_hooks(correlation_layer: int = -2, attention_layer: int = -1,
+                    correlation_branches: Sequence[str] = _BRANCHES,
+                    attention_branches: Sequence[str] = _BRANCHES) -> List[BlockHook]:
+    """The two block hooks of CLIPtrase: a T1 tap named "correlation" and the T2 attention.
+
+    The official code taps block 10 and replaces block 11 of ViT-B/16 (``clip_utils/model.py:248-251``),
+    i.e. layers -2 and -1. Pass the returned list to ``PromptedVisionEncoder.forward(hooks=...)``.
+    """
+    check_branches(correlation_branches, "correlation branches")
+
+    def tap(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self_correlation(q, k, v, correlation_branches)
+
+    return [
+        BlockHook(layer=correlation_layer, tap=tap, name="correlation"),
+        BlockHook(layer=attention_layer, attn_fn=SelfCorrelationAttention(attention_branches)),
+    ]
+
+
+def patch_logits(dense: torch.Tensor, text: torch.Tensor, logit_scale: float, size: Tuple[int, int],
+                 global_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(T5, T5') Class logits of one image: C×H×W.
+
+    dense: d×h×w L2-normalised patch features; text: C×d L2-normalised; ``logit_scale`` = e^{logit_scale}
+    of CLIP (100 for OpenAI). Logits are bilinearly resized to ``size`` (``clip_self_correlation.py:154-158``).
+    With ``global_feat`` (d, the normalised [CLS] feature of the *modified* last block) every class map is
+    multiplied by its image-level logit (VOC20 only in the official code, ``:159-161``).
+    """
+    logits = logit_scale * torch.einsum("dhw,cd->chw", dense, text)
+    logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    if global_feat is not None:
+        logits = logits * (logit_scale * text @ global_feat)[:, None, None]
+    return logits
