@@ -24,22 +24,23 @@ from PIL import Image
 from tqdm import tqdm
 
 IGNORE = 255
+IGNORE16 = 65535  # ignore value of the 16-bit label sets (more than 255 classes)
 INVALID = -1  # lookup-table entry for a source value that must not occur
 _TMP_SUFFIX = ".tmp"
 
 
-def _load_builtin_classes() -> ModuleType:
-    """The project's class lists (``ldvc_d2/data/datasets/builtin_classes.py``), loaded by path: the
-    single source of truth, without importing torch/detectron2 through the ``ldvc_d2`` package."""
+def load_class_module(name: str) -> ModuleType:
+    """A class-list module of ``ldvc_d2/data/datasets/`` (e.g. ``builtin_classes``), loaded by path:
+    the single source of truth, without importing torch/detectron2 through the ``ldvc_d2`` package."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "ldvc_d2", "data",
-                        "datasets", "builtin_classes.py")
-    spec = importlib.util.spec_from_file_location("_ldvc_builtin_classes", path)
+                        "datasets", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_ldvc_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-CLASSES = _load_builtin_classes()
+CLASSES = load_class_module("builtin_classes")
 
 
 class LabelError(ValueError):
@@ -60,13 +61,16 @@ class Job:
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """Parser with the options every script shares: ``--root`` and ``--workers``."""
+    """Parser with the options every script shares: ``--root``, ``--workers``, ``--center-crop``."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
                         help="datasets root (default: $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="worker processes (default: min(8, CPUs)); 1 runs in-process")
+    parser.add_argument("--center-crop", type=int, nargs="+", default=[], metavar="N",
+                        help="also write centre-cropped N x N copies of the evaluation split "
+                             "(image + label) under ROOT/cropN/ (CLIPtrase's protocol: 224, 336)")
     return parser
 
 
@@ -126,9 +130,10 @@ def image_hw(path: str) -> Tuple[int, int]:
         raise LabelError(f"{path}: cannot read image ({e})") from e
 
 
-def make_lut(size: int, mapping: Dict[int, int]) -> np.ndarray:
-    """Lookup table over source values ``0..size-1``: ``mapping`` where given, else INVALID."""
-    lut = np.full(size, INVALID, dtype=np.int16)
+def make_lut(size: int, mapping: Dict[int, int], default: int = INVALID) -> np.ndarray:
+    """Lookup table over source values ``0..size-1``: ``mapping`` where given, else ``default``
+    (INVALID: the value must not occur)."""
+    lut = np.full(size, default, dtype=np.int32)
     for source, target in mapping.items():
         lut[source] = target
     return lut
@@ -145,9 +150,11 @@ def _ranges(values: Iterable[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def apply_lut(label: np.ndarray, lut: np.ndarray, path: str, hint: str = "") -> np.ndarray:
-    """Map source values through ``lut`` to a uint8 index map; a value the table does not allow
-    raises :class:`LabelError` naming ``path``, the values, and the allowed range."""
+def apply_lut(label: np.ndarray, lut: np.ndarray, path: str, hint: str = "",
+              dtype: type = np.uint8) -> np.ndarray:
+    """Map source values through ``lut`` to an index map of ``dtype`` (uint8, or uint16 for sets with
+    more than 255 classes); a value the table does not allow raises :class:`LabelError` naming
+    ``path``, the values, and the allowed range."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise LabelError(f"{path}: label has shape {label.shape}, expected a 2-D map")
@@ -163,20 +170,29 @@ def apply_lut(label: np.ndarray, lut: np.ndarray, path: str, hint: str = "") -> 
         allowed = _ranges(np.flatnonzero(lut != INVALID).tolist())
         raise LabelError(f"{path}: label values {sorted(bad)[:10]} are not valid source ids "
                          f"(allowed: {allowed}). {hint}".rstrip())
-    return lut[label].astype(np.uint8)
+    return lut[label].astype(dtype)
 
 
-def save_png_atomic(label: np.ndarray, path: str) -> None:
-    """Write a uint8 index PNG to a hidden temporary name, then rename it to ``path``."""
+def save_image_atomic(image: Image.Image, path: str) -> None:
+    """Save ``image`` (format from ``path``'s extension) to a hidden temporary name, then rename it
+    to ``path``: an interrupted run never leaves a half-written file under the final name."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
     try:
-        Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).save(tmp, format="PNG")
+        image.save(tmp, format=Image.registered_extensions()[os.path.splitext(name)[1].lower()])
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_png_atomic(label: np.ndarray, path: str) -> None:
+    """Write a uint8 (8-bit) or uint16 (16-bit) index PNG atomically (:func:`save_image_atomic`)."""
+    label = np.asarray(label)
+    if label.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"{path}: labels are written as uint8 or uint16, got {label.dtype}")
+    save_image_atomic(Image.fromarray(np.ascontiguousarray(label)), path)
 
 
 def _run_job(convert: Callable[[Job], np.ndarray], job: Job) -> str:
@@ -205,8 +221,16 @@ def run_jobs(convert: Callable[[Job], np.ndarray], jobs: Sequence[Job], workers:
     returns counts of ``"written"`` and ``"skipped"``. ``convert`` must be picklable (a module-level
     function or a ``functools.partial`` of one). Temp files of an interrupted run are removed
     first, so do not run two preparations of the same folder at once."""
-    _remove_stale_temps({os.path.dirname(j.output) for j in jobs})
-    work = functools.partial(_run_job, convert)
+    return run_parallel(functools.partial(_run_job, convert), jobs, workers, desc,
+                        [os.path.dirname(j.output) for j in jobs])
+
+
+def run_parallel(work: Callable, items: Sequence, workers: int, desc: str,
+                 out_dirs: Iterable[str]) -> Counter:
+    """Call ``work(item)`` for every item (``workers`` processes, tqdm progress); returns the counts
+    of the strings it returns. Stale temp files in ``out_dirs`` are removed first."""
+    _remove_stale_temps(set(out_dirs))
+    jobs = list(items)
     parallel = workers > 1 and len(jobs) > 1
     counts: Counter = Counter()
     with contextlib.ExitStack() as stack:

@@ -6,7 +6,7 @@ Reads (under --root):
   ADEChallengeData2016/annotations/validation/*.png    0 = other/unlabeled, 1..150 = classes
 Writes:
   ADEChallengeData2016/annotations_ldvc/validation/*.png   2,000
-Values: 0 -> 255, 1..150 -> 0..149.
+Values: 0 -> 255, 1..150 -> 0..149. --center-crop N also writes crop<N>/ copies.
 """
 import argparse
 import os
@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from _center_crop import write_center_crops
 from _prep_utils import (IGNORE, Job, apply_lut, base_parser, check_count, folder_jobs, make_lut,
                          read_index_png, run_jobs, run_main, summarize)
 
@@ -37,6 +38,10 @@ def prepare(args: argparse.Namespace) -> None:
         check_count(len(jobs), expected, f"ADE20K {split}")
         counts = run_jobs(convert_ade, jobs, args.workers, f"ADE20K {split}")
         summarize(split, counts, out_dir)
+    ade = "ADEChallengeData2016"
+    write_center_crops(args.root, [(os.path.join(ade, "images", "validation"),
+                                    os.path.join(ade, "annotations_ldvc", "validation"))],
+                       args.center_crop, args.workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -8,6 +8,7 @@ Writes:
   coco/stuffthingmaps_ldvc/{train2017,val2017}/*.png            118,287 / 5,000
 Values: the 171 used ids -> 0..170 in id order (the 11 unused thing ids are removed), 255 -> 255.
 An unused id in a source map is an error: it usually means 1-based (1..182) labels were given.
+--center-crop N also writes crop<N>/ copies of val2017 (the coco_stuff_zs_val_crop<N> sets).
 """
 import argparse
 import os
@@ -15,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from _center_crop import write_center_crops
 from _prep_utils import (CLASSES, IGNORE, Job, apply_lut, base_parser, check_count, folder_jobs,
                          make_lut, read_index_png, run_jobs, run_main, summarize)
 
@@ -41,6 +43,9 @@ def prepare(args: argparse.Namespace) -> None:
         check_count(len(jobs), expected, f"COCO-Stuff {split}")
         counts = run_jobs(convert_coco_stuff, jobs, args.workers, f"COCO-Stuff {split}")
         summarize(split, counts, out_dir)
+    write_center_crops(args.root, [(os.path.join("coco", "val2017"),
+                                    os.path.join("coco", "stuffthingmaps_ldvc", "val2017"))],
+                       args.center_crop, args.workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

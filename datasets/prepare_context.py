@@ -11,16 +11,18 @@ Reads (under --root), without the `detail` API:
 Writes:
   VOCdevkit/VOC2010/annotations_ctx59/{train,val}/*.png   4,996 / 5,104
 Values: the 59 classes (found in labels.txt by name) -> 0..58 in ldvc_d2's order; every other id
-(the 400 rare classes, 0 = unlabeled) -> 255.
+(the 400 rare classes, 0 = unlabeled) -> 255. --center-crop N also writes crop<N>/ copies of val.
+prepare_context60.py and prepare_context459.py reuse this script's reading of the same files.
 """
 import argparse
 import functools
 import os
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from _center_crop import write_center_crops
 from _prep_utils import (CLASSES, IGNORE, Job, LabelError, apply_lut, base_parser, check_count,
                          list_stems, make_lut, read_list, read_mat_field, report_unmatched,
                          run_jobs, run_main, summarize)
@@ -30,8 +32,8 @@ NUM_FULL_CLASSES = 459
 _LINE = re.compile(r"^\s*(\d+)\s*:\s*(.+?)\s*$")
 
 
-def context_lut(labels_txt: str) -> np.ndarray:
-    """Lookup table from 459-class ids (and 0) to 0..58 / 255, matched by name via labels.txt."""
+def read_labels_txt(labels_txt: str) -> Dict[str, int]:
+    """name -> id of PASCAL-Context's ``labels.txt`` (459 lines "id: name")."""
     if not os.path.isfile(labels_txt):
         raise FileNotFoundError(f"'{labels_txt}' (459 lines 'id: name') not found; it ships with "
                                 "PASCAL-Context's trainval.tar.gz, see datasets/README.md")
@@ -45,6 +47,12 @@ def context_lut(labels_txt: str) -> np.ndarray:
                 ids[match.group(2)] = int(match.group(1))
     if len(ids) != NUM_FULL_CLASSES:
         raise LabelError(f"{labels_txt}: {len(ids)} classes, expected {NUM_FULL_CLASSES}")
+    return ids
+
+
+def context_lut(labels_txt: str) -> np.ndarray:
+    """Lookup table from 459-class ids (and 0) to 0..58 / 255, matched by name via labels.txt."""
+    ids = read_labels_txt(labels_txt)
     missing = [name for name in CLASSES.CONTEXT59_CLASSES if name not in ids]
     if missing:
         raise LabelError(f"{labels_txt}: no line for the Context-59 classes {missing}")
@@ -53,10 +61,10 @@ def context_lut(labels_txt: str) -> np.ndarray:
     return make_lut(max(ids.values()) + 1, mapping)
 
 
-def convert_context(lut: np.ndarray, job: Job) -> np.ndarray:
-    """One PASCAL-Context ``LabelMap`` .mat -> 0..58 / 255 index map."""
+def convert_context(lut: np.ndarray, job: Job, dtype: type = np.uint8) -> np.ndarray:
+    """One PASCAL-Context ``LabelMap`` .mat -> index map through ``lut`` (0..58 / 255 for Context-59)."""
     raw = read_mat_field(job.source, "LabelMap")
-    return apply_lut(raw, lut, job.source, "LabelMap holds 0 and the ids of labels.txt.")
+    return apply_lut(raw, lut, job.source, "LabelMap holds 0 and the ids of labels.txt.", dtype)
 
 
 def split_list(ctx: str, split: str) -> Tuple[str, bool]:
@@ -67,7 +75,7 @@ def split_list(ctx: str, split: str) -> Tuple[str, bool]:
     return os.path.join(ctx, "ImageSets", "Main", f"{split}.txt"), False
 
 
-def build_jobs(ctx: str, split: str) -> List[Job]:
+def build_jobs(ctx: str, split: str, out_name: str = "annotations_ctx59") -> List[Job]:
     """One job per listed id; a missing image is an error (see the module docstring for labels)."""
     list_path, is_context_list = split_list(ctx, split)
     ids = read_list(list_path)
@@ -79,7 +87,7 @@ def build_jobs(ctx: str, split: str) -> List[Job]:
     ids = [i for i in ids if i in mats]
     report_unmatched([i for i in ids if i not in images],
                      f"ids of '{list_path}' without an image in 'JPEGImages'", fatal=True)
-    out_dir = os.path.join(ctx, "annotations_ctx59", split)
+    out_dir = os.path.join(ctx, out_name, split)
     return [Job(mats[i], images[i], os.path.join(out_dir, i + ".png")) for i in sorted(ids)]
 
 
@@ -92,6 +100,14 @@ def prepare(args: argparse.Namespace) -> None:
         check_count(len(jobs), expected, f"PASCAL Context {split}")
         counts = run_jobs(convert, jobs, args.workers, f"Context {split}")
         summarize(split, counts, os.path.join(ctx, "annotations_ctx59", split))
+    crop_val(args, "annotations_ctx59")
+
+
+def crop_val(args: argparse.Namespace, out_name: str) -> None:
+    """The ``--center-crop`` copies of the prepared val labels in ``VOC2010/<out_name>/val``."""
+    ctx = os.path.join("VOCdevkit", "VOC2010")
+    val = (os.path.join(ctx, "JPEGImages"), os.path.join(ctx, out_name, "val"))
+    write_center_crops(args.root, [val], args.center_crop, args.workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

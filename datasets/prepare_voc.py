@@ -13,6 +13,7 @@ Writes:
   VOCdevkit/VOC2012/annotations_ldvc/val/*.png        1,449
 Values: VOC id 1..20 -> 0..19, background 0 -> 255, boundary 255 -> 255.
 A label's source is the first found of SegmentationClass, SegmentationClassAug, SBD cls/*.mat.
+--center-crop N also writes crop<N>/ copies of val (the voc20_val_crop<N> sets).
 """
 import argparse
 import os
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from _center_crop import write_center_crops
 from _prep_utils import (IGNORE, Job, apply_lut, base_parser, check_count, list_stems, make_lut,
                          read_index_png, read_list, read_mat_field, report_unmatched,
                          run_jobs, run_main, summarize)
@@ -93,6 +95,9 @@ def prepare(args: argparse.Namespace) -> None:
         jobs = build_jobs(args.root, split, ids, sources)
         counts = run_jobs(convert_voc, jobs, args.workers, f"VOC {split}")
         summarize(split, counts, os.path.dirname(jobs[0].output) if jobs else "(nothing)")
+    voc = os.path.join("VOCdevkit", "VOC2012")
+    val = (os.path.join(voc, "JPEGImages"), os.path.join(voc, "annotations_ldvc", "val"))
+    write_center_crops(args.root, [val], args.center_crop, args.workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,8 +4,10 @@
 Label values follow the dataset specifications (stated here, not taken from the scripts' tables):
 VOC palette PNGs hold VOC ids 0 (background) .. 20 and 255 (boundary); SBD ``cls/*.mat`` files hold
 ``GTcls.Segmentation`` with ids 0..20; COCO-Stuff ``stuffthingmaps`` hold 0-based ids 0..181 without
-the 11 unused thing ids, and 255 (unlabeled). Every generator returns the raw label arrays it wrote,
-so that a test can compute the expected prepared labels itself.
+the 11 unused thing ids, and 255 (unlabeled); PASCAL-Context ``trainval/*.mat`` files hold
+``LabelMap`` with ids 0 (unlabelled) .. 459 of ``labels.txt``; an ADE20K 2021 ``*_seg.png`` encodes
+the object class of a pixel as ``R // 10 * 256 + G`` (B is the instance). Every generator returns
+the raw label arrays it wrote, so that a test can compute the expected prepared labels itself.
 """
 import os
 from typing import Dict, Optional, Sequence, Tuple
@@ -16,8 +18,9 @@ from PIL import Image
 
 __all__ = [
     "COCO_UNUSED_1BASED", "VOC_TRAIN", "VOC_VAL", "SBD_TRAIN", "SBD_VAL", "VOC_EXTRA",
-    "coco_used_ids", "coco_contiguous", "make_coco_stuff_tree", "make_voc_tree", "voc_expected",
-    "write_image", "write_lines", "write_png",
+    "coco_used_ids", "coco_contiguous", "make_ade_full_tree", "make_coco_stuff_tree",
+    "make_context_full_tree", "make_voc_tree", "voc_expected", "write_image", "write_lines",
+    "write_png",
 ]
 
 # COCO's 1-based ids that name no class (the spec's statement, independent of the scripts).
@@ -40,10 +43,11 @@ def write_image(path: str, h: int, w: int, color: Tuple[int, int, int] = (90, 12
     Image.new("RGB", (w, h), color).save(path, format="JPEG")
 
 
-def write_png(path: str, array: np.ndarray, palette: bool = False) -> None:
-    """``array`` as a single-channel uint8 PNG; ``palette``: a VOC-style "P" PNG (pixel = index)."""
+def write_png(path: str, array: np.ndarray, palette: bool = False, dtype: type = np.uint8) -> None:
+    """``array`` as a single-channel ``dtype`` (uint8 or uint16: 16-bit) PNG; ``palette``: a
+    VOC-style "P" PNG (pixel = index)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    image = Image.fromarray(np.asarray(array).astype(np.uint8))
+    image = Image.fromarray(np.asarray(array).astype(dtype))
     if palette:
         image.putpalette([(i * 37) % 256 for i in range(768)])
         assert image.mode == "P"
@@ -163,4 +167,49 @@ def make_coco_stuff_tree(
     for split, names in (unlabeled_images or {}).items():
         for name in names:
             write_image(os.path.join(coco, split, f"{name}.jpg"), 4, 4)
+    return raw
+
+
+# --------------------------------------------------------------------------- PASCAL Context (full)
+def make_context_full_tree(
+    root: str, val_ids: Sequence[str], names: Sequence[str], seed: int = 4,
+    stamp: Sequence[int] = (0, 1, 256, 459),
+) -> Dict[str, np.ndarray]:
+    """PASCAL Context 2010 under ``root``: ``labels.txt`` naming ids 1..459 ``names`` in order,
+    ``trainval/<id>.mat`` LabelMaps (uint16, ids 0..459, starting with ``stamp``), images, and
+    ``ImageSets/SegmentationContext/val.txt``. Image k is (5 + k) x 7. Returns id -> LabelMap."""
+    assert len(names) == 459
+    rng, ctx = np.random.default_rng(seed), os.path.join(root, "VOCdevkit", "VOC2010")
+    os.makedirs(os.path.join(ctx, "trainval"), exist_ok=True)
+    with open(os.path.join(ctx, "labels.txt"), "w") as f:
+        f.write("".join(f"{i}: {n}\n" for i, n in enumerate(names, 1)))
+    raw: Dict[str, np.ndarray] = {}
+    for k, i in enumerate(val_ids):
+        raw[i] = _stamp(rng.integers(0, 460, size=(5 + k, 7)).astype(np.uint16), stamp)
+        scipy.io.savemat(os.path.join(ctx, "trainval", i + ".mat"), {"LabelMap": raw[i]})
+        write_image(os.path.join(ctx, "JPEGImages", i + ".jpg"), 5 + k, 7)
+    write_lines(os.path.join(ctx, "ImageSets", "SegmentationContext", "val.txt"), val_ids)
+    return raw
+
+
+# ------------------------------------------------------------------------------- ADE20K 2021 (full)
+def make_ade_full_tree(
+    root: str, sizes: Dict[str, Tuple[int, int]], values: Sequence[int], seed: int = 5,
+) -> Dict[str, np.ndarray]:
+    """ADE20K 2021 validation images under ``root/ADE20K_2021_17_01/images/ADE/validation/<scene>/``
+    (two scene folders) with their ``*_seg.png``: ``sizes`` maps an image name (``ADE_val_...``) to
+    (h, w); object classes are drawn from ``values`` (which all occur in the first image when it is
+    large enough). Returns name -> class map (int)."""
+    rng = np.random.default_rng(seed)
+    base = os.path.join(root, "ADE20K_2021_17_01", "images", "ADE", "validation")
+    raw: Dict[str, np.ndarray] = {}
+    for k, (name, (h, w)) in enumerate(sizes.items()):
+        folder = os.path.join(base, f"scene{k % 2}", "sub")
+        classes = rng.choice(np.asarray(values), size=(h, w))
+        raw[name] = _stamp(classes, values) if h * w >= len(values) else classes
+        seg = np.stack([raw[name] // 256 * 10 + rng.integers(0, 10, size=(h, w)),  # R: class // 256
+                        raw[name] % 256, rng.integers(0, 256, size=(h, w))], axis=-1)
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(seg.astype(np.uint8), "RGB").save(os.path.join(folder, f"{name}_seg.png"))
+        write_image(os.path.join(folder, f"{name}.jpg"), h, w)
     return raw

@@ -156,3 +156,99 @@ def test_label_without_image_is_an_error(tmp_path):
     register_voc.register_all_voc(str(tmp_path), prefix)
     with pytest.raises(FileNotFoundError, match=r"1 images \(labels present\).*2007_000129\.jpg"):
         DatasetCatalog.get(prefix + "voc_zs_val")
+
+
+# ------------------------------------------------------------------- CLIPtrase's benchmarks
+# name: (classes, ignore label, background index, first / last class name)
+CLIPTRASE_SETS = {
+    "voc21_val": (21, 255, 0, "background", "tvmonitor"),
+    "context60_val": (60, 255, 0, "background", "wood"),
+    "coco_object_val": (81, 255, 80, "person", "background"),
+    "context459_val": (459, 65535, None, "accordion", "wool"),
+    "ade_full_val": (847, 65535, None, "wall", "adding machine, totalizer, totaliser"),
+}
+CROP_BASES = ["voc20_val", "voc21_val", "context59_val", "context60_val", "context459_val",
+              "coco_stuff_zs_val", "coco_object_val", "ade150_val", "ade_full_val"]
+
+
+@pytest.mark.parametrize("name", sorted(CLIPTRASE_SETS))
+def test_cliptrase_sets_are_all_unseen_with_their_labels(name):
+    n, ignore, background, first, last = CLIPTRASE_SETS[name]
+    meta = MetadataCatalog.get(name)
+    assert len(meta.stuff_classes) == n == len(set(meta.stuff_classes)) == len(meta.stuff_colors)
+    assert len({tuple(c) for c in meta.stuff_colors}) == n  # distinct colours past 255 classes
+    assert (meta.stuff_classes[0], meta.stuff_classes[-1]) == (first, last)
+    assert meta.seen_classes == [] and meta.unseen_classes == list(range(n))
+    assert meta.ignore_label == ignore and not 0 <= ignore < n
+    assert meta.evaluator_type == "zero_shot_sem_seg" and len(meta.prompt_class_names) == n
+    assert meta.get("background_class") == background
+    if background is None:
+        assert meta.get("background_names") is None
+    else:
+        assert meta.stuff_classes[background] == meta.prompt_class_names[background] == "background"
+
+
+def test_official_background_words_and_prompt_names():
+    voc21, ctx60, coco = (MetadataCatalog.get(n) for n in ("voc21_val", "context60_val",
+                                                            "coco_object_val"))
+    assert len(voc21.background_names) == 33 and voc21.background_names[:3] == ["background", "sky", "wall"]
+    assert ctx60.background_names == ["background"]
+    assert len(coco.background_names) == 107 and coco.background_names[0] == "textile"
+    assert set(builtin_classes.COCO_STUFF_CLASSES[80:]) <= set(coco.background_names)
+    for name in ("voc20_val", "voc_zs_val", "voc21_val_crop224"):  # 'tv', not 'tvmonitor'
+        meta = MetadataCatalog.get(name)
+        assert meta.prompt_class_names[-1] == "tv" and meta.stuff_classes[-1] == "tvmonitor"
+    ctx = MetadataCatalog.get("context59_val")
+    table = ctx.stuff_classes.index("table")
+    assert ctx.prompt_class_names[table] == "diningtable"
+    assert MetadataCatalog.get("context60_val").prompt_class_names[table + 1] == "diningtable"
+    assert MetadataCatalog.get("ade150_val").prompt_class_names[7] == "bed "
+    coco_stuff = MetadataCatalog.get("coco_stuff_zs_val")
+    assert coco_stuff.prompt_class_names == coco_stuff.stuff_classes
+
+
+@pytest.mark.parametrize("base", CROP_BASES)
+@pytest.mark.parametrize("size", [224, 336])
+def test_center_crop_variants(base, size):
+    meta, crop = MetadataCatalog.get(base), MetadataCatalog.get(f"{base}_crop{size}")
+    assert crop.center_crop == size and meta.get("center_crop") is None
+    for key in ("stuff_classes", "seen_classes", "unseen_classes", "ignore_label", "prompt_class_names"):
+        assert crop.get(key) == meta.get(key), key
+    root = os.path.join(datasets_root(), "")
+    for key in ("image_root", "sem_seg_root"):
+        assert crop.get(key) == os.path.join(datasets_root(), f"crop{size}", meta.get(key)[len(root):])
+
+
+@pytest.mark.parametrize("suite, name, folder, command", [
+    ("voc", "voc21_val", "annotations_voc21/val", "python datasets/prepare_voc21.py"),
+    ("context59", "context60_val", "annotations_ctx60/val", "python datasets/prepare_context60.py"),
+    ("context59", "context459_val", "annotations_ctx459/val", "python datasets/prepare_context459.py"),
+    ("coco_stuff", "coco_object_val", "coco_object_ldvc/val2017", "python datasets/prepare_coco_object.py"),
+    ("ade150", "ade_full_val", "annotations_ldvc/validation", "python datasets/prepare_ade_full.py"),
+    ("voc", "voc20_val_crop336", "crop336/VOCdevkit", "python datasets/prepare_voc.py --center-crop 336"),
+])
+def test_new_sets_name_their_prepare_command(tmp_path, suite, name, folder, command):
+    test_missing_label_folder_names_folder_and_command(tmp_path, suite, name, folder, command)
+
+
+def test_16bit_and_crop_sets_load_from_prepared_trees(tmp_path):
+    ctx = tmp_path / "VOCdevkit" / "VOC2010"
+    _write(str(ctx / "JPEGImages" / "2008_000002.jpg"), image=(7, 5))
+    _write(str(ctx / "annotations_ctx459" / "val" / "2008_000002.png"),
+           label=np.full((5, 7), 458, np.uint16))
+    crop = tmp_path / "crop224" / "VOCdevkit" / "VOC2010"
+    Image.new("RGB", (224, 224)).save(_mkdirs(crop / "JPEGImages") / "2008_000002.png")
+    _write(str(crop / "annotations_ctx459" / "val" / "2008_000002.png"),
+           label=np.full((224, 224), 65535, np.uint16))
+    prefix = _prefix()
+    register_context.register_all_context(str(tmp_path), prefix)
+    for name, image in (("context459_val", ctx / "JPEGImages" / "2008_000002.jpg"),
+                        ("context459_val_crop224", crop / "JPEGImages" / "2008_000002.png")):
+        (record,) = DatasetCatalog.get(prefix + name)
+        assert record["file_name"] == str(image)
+        assert np.array(Image.open(record["sem_seg_file_name"])).max() in (458, 65535)
+
+
+def _mkdirs(path):
+    os.makedirs(path, exist_ok=True)
+    return path

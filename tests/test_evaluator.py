@@ -212,3 +212,84 @@ def test_bad_ground_truth_labels_name_file(dataset):
     inputs, outputs = _predictions(dataset)
     with pytest.raises(ValueError, match=r"gt_0\.png.*\[7\]"):
         evaluator.process(inputs[:1], outputs[:1])
+
+
+def test_present_rule_hand_computed_confusion_matrix():
+    # The matrix of test_hand_computed_confusion_matrix: class c (2) is predicted once but absent
+    # from the ground truth (mmseg: IoU 0, counted), class d (3) is absent from both (NaN).
+    conf = np.array([[6, 1, 1, 0, 0], [2, 4, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0],
+                     [5, 0, 3, 0, 0]])
+    names = ["a", "b", "c", "d"]
+    mmseg = zero_shot_metrics(conf, [0, 2], [1, 3], names, miou_rule="mmseg")
+    present = zero_shot_metrics(conf, [0, 2], [1, 3], names, miou_rule="present")
+    # "present" (detectron2, CLIPtrase): IoU-c is left out like IoU-d.
+    assert math.isnan(present["IoU-c"]) and math.isnan(present["IoU-d"]) and mmseg["IoU-c"] == 0.0
+    assert present["mIoU"] == pytest.approx((60 + 400 / 7) / 2)  # 58.57, mmseg: 39.05
+    assert mmseg["mIoU"] == pytest.approx((60 + 400 / 7) / 3)
+    assert present["mIoU(S)"] == pytest.approx(60.0) and mmseg["mIoU(S)"] == pytest.approx(30.0)
+    assert present["mIoU(U)"] == pytest.approx(400 / 7)
+    assert present["hIoU"] == pytest.approx(2 * 60 * (400 / 7) / (60 + 400 / 7))
+    for key in ("pAcc", "mAcc", "fwIoU", "IoU-a", "IoU-b"):  # only the GT-absent classes change
+        assert present[key] == pytest.approx(mmseg[key]), key
+    with pytest.raises(ValueError, match="miou_rule 'macro'"):
+        zero_shot_metrics(conf, [0, 2], [1, 3], names, miou_rule="macro")
+
+
+def test_evaluator_present_rule_is_named_in_log_and_json(dataset, tmp_path, caplog):
+    inputs, outputs = _predictions(dataset)
+    results = {}
+    for rule in ("mmseg", "present"):
+        evaluator = ZeroShotSemSegEvaluator(dataset, distributed=False, output_dir=str(tmp_path / rule),
+                                            miou_rule=rule)
+        evaluator.process(inputs, outputs)
+        with caplog.at_level("INFO"):
+            results[rule] = evaluator.evaluate()["sem_seg"]
+        saved = json.loads((tmp_path / rule / "sem_seg_metrics.json").read_text())
+        assert saved["miou_rule"] == rule and f"mIoU rule '{rule}'" in caplog.text
+    ref = _reference_metrics(dataset, outputs)
+    # "sky" (3) is predicted but never in the ground truth: present leaves it out of mIoU and mIoU(S).
+    assert results["present"]["mIoU"] == pytest.approx(
+        np.mean([ref[f"IoU-{CLASSES[c]}"] for c in GT_CLASSES]))
+    assert results["present"]["mIoU(S)"] == pytest.approx(np.mean([ref["IoU-road"], ref["IoU-tree"]]))
+    assert results["mmseg"]["mIoU"] == pytest.approx(ref["mIoU"]) != results["present"]["mIoU"]
+    with pytest.raises(ValueError, match="TEST.MIOU_RULE"):
+        ZeroShotSemSegEvaluator(dataset, miou_rule="Present")
+
+
+def test_16bit_labels_with_ignore_65535(tmp_path):
+    """A 300-class set with 16-bit PNG labels (values above 255) and ignore label 65535."""
+    rng, num_classes, present = np.random.default_rng(3), 300, [0, 256, 299]
+    records, gts = [], []
+    for i, (h, w) in enumerate(SIZES):
+        gt = rng.choice(present + [65535], size=(h, w)).astype(np.uint16)
+        Image.fromarray(gt).save(tmp_path / f"gt16_{i}.png")
+        records.append({"file_name": f"img16_{i}.jpg", "sem_seg_file_name": str(tmp_path / f"gt16_{i}.png")})
+        gts.append(np.array(Image.open(tmp_path / f"gt16_{i}.png")).astype(np.int64))
+    name = f"ldvc_test_evaluator16_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=[f"c{k}" for k in range(num_classes)], seen_classes=[],
+                                  unseen_classes=list(range(num_classes)), ignore_label=65535)
+    try:
+        evaluator = ZeroShotSemSegEvaluator(name, distributed=False, miou_rule="present")
+        preds = []
+        for record, gt in zip(records, gts):
+            pred = rng.choice(present + [1, 298], size=gt.shape)  # 1 and 298: never in the gt
+            preds.append(pred)
+            scores = torch.zeros(num_classes, *gt.shape)
+            scores.scatter_(0, torch.as_tensor(pred)[None], 1.0)
+            evaluator.process([{"file_name": record["file_name"]}], [{"sem_seg": scores}])
+        res = evaluator.evaluate()["sem_seg"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    valid = [g != 65535 for g in gts]
+    assert evaluator.conf_matrix[-1].sum() == sum((~v).sum() for v in valid)
+    ious = []
+    for c in present:  # independent per-pixel IoU of the classes present in the ground truth
+        tp = sum(((g == c) & (p == c) & v).sum() for g, p, v in zip(gts, preds, valid))
+        union = sum((((g == c) | (p == c)) & v).sum() for g, p, v in zip(gts, preds, valid))
+        ious.append(100 * tp / union)
+        assert res[f"IoU-c{c}"] == pytest.approx(ious[-1])
+    assert res["mIoU"] == pytest.approx(np.mean(ious)) and math.isnan(res["IoU-c298"])
+    n_valid = sum(v.sum() for v in valid)
+    assert res["pAcc"] == pytest.approx(100 * sum(((g == p) & v).sum() for g, p, v in zip(gts, preds, valid)) / n_valid)

@@ -10,13 +10,21 @@ detectron2's ``SemSegEvaluator``:
 * a class that is predicted but absent from the ground truth has IoU 0 and *counts* in the means
   (detectron2 leaves out every class absent from the ground truth, so its mIoU is higher on small or
   partial evaluation sets; on the full VOC / COCO-Stuff validation sets the two agree).
+
+``miou_rule="present"`` selects detectron2's rule instead, which CLIPtrase's evaluation script also
+uses (``configs/metric.py``: ``mean_iu = nanmean(iu[hist.sum(axis=1) > 0])``): the IoU of every
+class absent from the ground truth is NaN, whether predicted or not. On PASCAL Context-459 and
+ADE20K-full many classes never occur in the validation ground truth, so the two rules differ a lot.
 """
 from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "zero_shot_metrics", "harmonic_iou"]
+__all__ = ["MIOU_RULES", "confusion_matrix", "zero_shot_metrics", "harmonic_iou"]
+
+# How classes absent from the ground truth enter the IoU means (module docstring).
+MIOU_RULES = ("mmseg", "present")
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_label: int) -> np.ndarray:
@@ -57,6 +65,7 @@ def zero_shot_metrics(
     seen: Sequence[int],
     unseen: Sequence[int],
     class_names: Sequence[str],
+    miou_rule: str = "mmseg",
 ) -> "OrderedDict[str, float]":
     """Compute pAcc, mAcc, fwIoU, mIoU, mIoU(S), mIoU(U), hIoU and per-class IoU / accuracy.
 
@@ -66,6 +75,9 @@ def zero_shot_metrics(
             (ignored pixels, see :func:`confusion_matrix`) are dropped.
         seen, unseen: class indices into ``class_names``; either may be empty.
         class_names: names used for the ``IoU-<name>`` / ``ACC-<name>`` keys.
+        miou_rule: ``"mmseg"`` (a class absent from the ground truth but predicted has IoU 0) or
+            ``"present"`` (its IoU is NaN: every mean is over the classes present in the ground
+            truth, as detectron2 and CLIPtrase compute it); see the module docstring.
 
     Returns:
         Ordered dict of percentages. ``mIoU(U)`` and ``hIoU`` are NaN when there are no unseen
@@ -73,6 +85,8 @@ def zero_shot_metrics(
         pAcc is over all non-ignored pixels; mAcc and fwIoU use the classes present in the ground
         truth (accuracy is undefined for the others).
     """
+    if miou_rule not in MIOU_RULES:
+        raise ValueError(f"miou_rule {miou_rule!r} is not one of {MIOU_RULES}")
     num_classes = len(class_names)
     conf = np.asarray(conf_matrix, dtype=np.float64)
     if conf.shape == (num_classes + 1, num_classes + 1):
@@ -88,6 +102,8 @@ def zero_shot_metrics(
     union = gt_pixels + pred_pixels - tp
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
+        if miou_rule == "present":
+            iou = np.where(gt_pixels > 0, iou, np.nan)
         acc = np.where(gt_pixels > 0, tp / gt_pixels, np.nan)
     total = gt_pixels.sum()
     freq = gt_pixels / total if total > 0 else np.zeros_like(gt_pixels)

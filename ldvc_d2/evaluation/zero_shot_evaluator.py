@@ -3,12 +3,10 @@
 Seen and unseen classes are always evaluated *jointly*: the prediction is an arg-max over all test
 classes and every metric comes from one confusion matrix over all of them (never novel-only).
 """
-import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -20,11 +18,16 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .metrics import confusion_matrix, zero_shot_metrics
+from ..utils.io import write_json_atomic
+from .metrics import MIOU_RULES, confusion_matrix, zero_shot_metrics
 
 __all__ = ["ZeroShotSemSegEvaluator"]
 
 _SUMMARY_KEYS = ("pAcc", "mIoU", "mIoU(S)", "mIoU(U)", "hIoU")
+_RULE_TEXT = {
+    "mmseg": "a predicted class absent from the ground truth counts as IoU 0",
+    "present": "means over the classes present in the ground truth",
+}
 
 
 class ZeroShotSemSegEvaluator(DatasetEvaluator):
@@ -46,6 +49,12 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
     and absent from the ground truth has IoU 0 and counts. detectron2's ``SemSegEvaluator`` instead
     leaves out every class absent from the ground truth, so it reports a higher mIoU on small or
     partial evaluation sets. With no unseen classes, ``mIoU(U)`` and ``hIoU`` are NaN.
+    ``miou_rule="present"`` selects that detectron2 rule (also CLIPtrase's); the log line and
+    ``sem_seg_metrics.json`` name the rule used (the metrics dict keeps its float-only keys, which
+    detectron2's hooks and ``print_csv_format`` require).
+
+    Labels may be 8- or 16-bit PNGs and ``ignore_label`` any value outside ``0..C-1`` (e.g. 65535
+    for PASCAL Context-459 and ADE20K-full, which have more than 255 classes).
     """
 
     def __init__(
@@ -55,6 +64,8 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         *,
         protocol: str = "",
+        miou_rule: str = "mmseg",
+        weights: Optional[Dict[str, Any]] = None,
     ) -> None:
         """
         Args:
@@ -64,12 +75,22 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
             output_dir: where to write ``sem_seg_metrics.json``; ``None`` writes nothing.
             protocol: how the predictions were made (e.g. "sliding window 512x512 stride 426,
                 short side 512"), logged and saved next to the numbers so they can be compared.
+            miou_rule: ``"mmseg"`` (default) or ``"present"``, how classes absent from the ground
+                truth enter the IoU means (:mod:`ldvc_d2.evaluation.metrics`); config key
+                ``TEST.MIOU_RULE``.
+            weights: what the evaluated model's weights are (file, sha256, load status, as
+                :class:`ldvc_d2.checkpoint.Checkpointer` records them), saved in the report; ``None``
+                (null): the weights in memory, e.g. at the end of a training run.
         """
+        if miou_rule not in MIOU_RULES:
+            raise ValueError(f"miou_rule {miou_rule!r} is not one of {MIOU_RULES} (config key TEST.MIOU_RULE)")
         self._logger = logging.getLogger(__name__)
         self._dataset_name = dataset_name
         self._distributed = distributed
         self._output_dir = output_dir
         self._protocol = protocol
+        self._miou_rule = miou_rule
+        self._weights = weights
 
         meta = MetadataCatalog.get(dataset_name)
         self._class_names: List[str] = list(self._require(meta, "stuff_classes", "list of class names"))
@@ -136,8 +157,11 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
 
     def _load_gt(self, gt_file: str) -> np.ndarray:
         """Read an index PNG as an (H, W) int64 array, rejecting RGB maps and unknown labels."""
-        with PathManager.open(gt_file, "rb") as f:
-            gt = np.asarray(Image.open(f), dtype=np.int64)
+        try:
+            with PathManager.open(gt_file, "rb") as f:
+                gt = np.asarray(Image.open(f), dtype=np.int64)
+        except OSError as e:  # unreadable, truncated or not an image
+            raise ValueError(f"Ground truth '{gt_file}' cannot be read ({type(e).__name__}: {e}).") from e
         if gt.ndim != 2:
             raise ValueError(
                 f"Ground truth '{gt_file}' has shape {gt.shape}; expected a single-channel index PNG "
@@ -185,7 +209,7 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
             conf = np.sum([c for c, _ in gathered], axis=0)
             num_images = sum(n for _, n in gathered)
 
-        metrics = zero_shot_metrics(conf, self._seen, self._unseen, self._class_names)
+        metrics = zero_shot_metrics(conf, self._seen, self._unseen, self._class_names, self._miou_rule)
         self._log(metrics, num_images)
         if self._output_dir:
             self._save(metrics, conf, num_images)
@@ -195,8 +219,8 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
         self._logger.info(
             f"Zero-shot evaluation of '{self._dataset_name}': {num_images} images, "
             f"{self._num_classes} classes ({len(self._seen)} seen, {len(self._unseen)} unseen, "
-            f"evaluated jointly), ignore label {self._ignore_label}, "
-            f"protocol: {self._protocol or 'not given'}"
+            f"evaluated jointly), ignore label {self._ignore_label}, mIoU rule '{self._miou_rule}' "
+            f"({_RULE_TEXT[self._miou_rule]}), protocol: {self._protocol or 'not given'}"
         )
         table = tabulate(
             [[f"{metrics[k]:.2f}" for k in _SUMMARY_KEYS]],
@@ -205,7 +229,7 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
             stralign="center",
             disable_numparse=True,
         )
-        self._logger.info("Semantic segmentation results (%):\n" + table)
+        self._logger.info(f"Semantic segmentation results (%, mIoU rule '{self._miou_rule}'):\n" + table)
 
     def _save(self, metrics: Dict[str, float], conf: np.ndarray, num_images: int) -> None:
         """Write ``sem_seg_metrics.json`` atomically (NaN written as null, which JSON allows)."""
@@ -215,8 +239,10 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
         report = {
             "dataset": self._dataset_name,
             "protocol": self._protocol,
+            "weights": self._weights,
             "num_images": num_images,
             "ignore_label": self._ignore_label,
+            "miou_rule": self._miou_rule,
             "class_names": self._class_names,
             "seen_classes": self._seen,
             "unseen_classes": self._unseen,
@@ -227,12 +253,5 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
         }
         os.makedirs(self._output_dir, exist_ok=True)
         path = os.path.join(self._output_dir, "sem_seg_metrics.json")
-        fd, tmp_path = tempfile.mkstemp(prefix=".sem_seg_metrics.", suffix=".tmp", dir=self._output_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(report, f, indent=1)
-            os.replace(tmp_path, path)
-        except BaseException:
-            os.unlink(tmp_path)
-            raise
+        write_json_atomic(path, report)  # mode 0644 (umask), like every other output
         self._logger.info(f"Wrote {path}")

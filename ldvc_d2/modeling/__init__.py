@@ -3,9 +3,10 @@
 Shared: ``clip/`` (open_clip towers: loading, prompted vision/text encoders), ``backbone.py``
 (PromptedCLIPBackbone), ``segmentor.py`` (ZeroShotSegmentor: class lists, text cache, slide/whole
 inference, calibration, protocol line), ``decoder_segmentor.py`` (prompted CLIP + decoder head, the
-pipeline LDVC and ZegCLIP share), ``text_adapter.py``, ``losses.py``. Methods: ``ldvc/``, ``zegclip/``.
+pipeline LDVC and ZegCLIP share), ``text_adapter.py``, ``losses.py``. Methods: ``ldvc/``, ``zegclip/``, ``cliptrase/``.
 """
 from .backbone import PromptedCLIPBackbone
+from .cliptrase import CLIPtrase
 from .decoder_segmentor import CLIPDecoderSegmentor
 from .ldvc import LDVC, LCTDBlock, LCTDHead, LocalConsensusSelfAttention
 from .losses import focal_dice_loss
@@ -14,6 +15,6 @@ from .text_adapter import TextAdapter
 from .zegclip import ZegCLIP, ZegCLIPHead
 
 __all__ = [
-    "CLIPDecoderSegmentor", "LDVC", "LCTDBlock", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone",
+    "CLIPDecoderSegmentor", "CLIPtrase", "LDVC", "LCTDBlock", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone",
     "TextAdapter", "ZegCLIP", "ZegCLIPHead", "ZeroShotSegmentor", "focal_dice_loss",
 ]

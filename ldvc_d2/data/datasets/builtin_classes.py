@@ -12,7 +12,10 @@ __all__ = [
     "COCO_STUFF_CLASSES", "COCO_STUFF_UNSEEN_NAMES", "COCO_STUFF_UNSEEN",
     "COCO_STUFF_UNUSED_IDS", "COCO_STUFF_NUM_IDS",
     "CONTEXT59_CLASSES", "CONTEXT59_UNSEEN_NAMES", "CONTEXT59_UNSEEN",
-    "ADE150_CLASSES", "check_split", "seen_indices", "class_colors",
+    "ADE150_CLASSES", "BACKGROUND", "VOC21_CLASSES", "CONTEXT60_CLASSES", "COCO_OBJECT_CLASSES",
+    "VOC_PROMPT_NAMES", "CONTEXT59_PROMPT_NAMES", "ADE150_PROMPT_NAMES", "VOC21_BACKGROUND_NAMES",
+    "CONTEXT60_BACKGROUND_NAMES", "COCO_OBJECT_BACKGROUND_NAMES",
+    "check_split", "seen_indices", "class_colors",
 ]
 
 # PASCAL VOC 2012, 20 object classes; background (VOC id 0) is ignored. Label k = VOC id k + 1.
@@ -101,6 +104,41 @@ ADE150_CLASSES: Tuple[str, ...] = (
     "clock", "flag",
 )
 
+# --------------------------------------------------------------------- benchmarks with background
+# CLIPtrase's VOC-21, Context-60 and COCO-Object count "background" as a class. Label 0 is background
+# in VOC-21 (VOC id 0; 1..20 = the VOC classes, 255 boundary) and Context-60 (everything outside the 59
+# classes; 1..59 = Context-59 + 1). COCO-Object keeps the 80 COCO-Stuff thing indices 0..79 and puts
+# background (all 91 stuff classes) last, at 80; 255 (unlabelled) stays ignored.
+BACKGROUND = "background"
+VOC21_CLASSES: Tuple[str, ...] = (BACKGROUND,) + VOC_CLASSES
+CONTEXT60_CLASSES: Tuple[str, ...] = (BACKGROUND,) + CONTEXT59_CLASSES
+COCO_OBJECT_CLASSES: Tuple[str, ...] = COCO_STUFF_CLASSES[:80] + (BACKGROUND,)
+
+# The class names CLIPtrase's official code prompts with (configs/dataset_cfg.py, MIT), where they
+# differ from the dataset's names above; registered as metadata ``prompt_class_names``. COCO-Stuff,
+# COCO-Object, Context-459 and ADE-full use the dataset's names. ADE150's "bed " (trailing space) is
+# the official string; CLIP's tokenizer gives it the same tokens as "bed".
+VOC_PROMPT_NAMES: Tuple[str, ...] = VOC_CLASSES[:-1] + ("tv",)
+CONTEXT59_PROMPT_NAMES: Tuple[str, ...] = tuple(
+    "diningtable" if n == "table" else n for n in CONTEXT59_CLASSES)
+ADE150_PROMPT_NAMES: Tuple[str, ...] = tuple("bed " if n == "bed" else n for n in ADE150_CLASSES)
+
+# The official code's background words (metadata ``background_names``): each gets a text embedding,
+# and a pixel whose arg-max is any of them is background. VOC-21's list is kept as the code evaluates
+# it: 33 words with "bed" twice and "beachhill" (a missing comma joins 'beach' 'hill').
+VOC21_BACKGROUND_NAMES: Tuple[str, ...] = (
+    "background", "sky", "wall", "white", "tree", "wood", "grass", "road", "trail", "sea", "river",
+    "water", "box", "signboard", "mountain", "sands", "bed", "bed", "building", "cloud", "lamp",
+    "door", "window", "wardrobe", "ceiling", "shelf", "curtain", "stair", "floor", "ground",
+    "beachhill", "rail", "fence",
+)
+CONTEXT60_BACKGROUND_NAMES: Tuple[str, ...] = (BACKGROUND,)
+# 16 coarse stuff words, then the 91 COCO-Stuff stuff names in label order (107 words).
+COCO_OBJECT_BACKGROUND_NAMES: Tuple[str, ...] = (
+    "textile", "building", "furniture", "structural", "floor", "ceiling", "sky", "ground", "water",
+    "food", "solid", "wall", "window", "desk", "lamp", "wardrobe",
+) + COCO_STUFF_CLASSES[80:]
+
 
 def check_split(
     classes: Sequence[str], unseen: Sequence[int], unseen_names: Sequence[str], num: int
@@ -122,8 +160,9 @@ def seen_indices(num_classes: int, unseen: Sequence[int]) -> List[int]:
 
 def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
     """Distinct RGB colours, class k gets PASCAL VOC palette entry k + 1 (so VOC classes keep their
-    familiar colours; the palette's 255 non-black entries are all distinct)."""
-    assert num_classes <= 255, "the VOC palette has 255 non-black colours"
+    familiar colours). The palette rule spreads the 24 bits of k + 1 over R, G, B, so it stays
+    distinct past 255 entries (Context-459, ADE-full)."""
+    assert num_classes < 2 ** 24, "the VOC palette rule gives 2**24 - 1 distinct colours"
     colors: List[Tuple[int, int, int]] = []
     for k in range(1, num_classes + 1):
         rgb = [0, 0, 0]
@@ -141,7 +180,11 @@ _SPLITS: Dict[str, tuple] = {
     "coco_stuff": (COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN, COCO_STUFF_UNSEEN_NAMES, 171),
     "context59": (CONTEXT59_CLASSES, CONTEXT59_UNSEEN, CONTEXT59_UNSEEN_NAMES, 59),
     "ade150": (ADE150_CLASSES, (), (), 150),
+    "voc21": (VOC21_CLASSES, (), (), 21),
+    "context60": (CONTEXT60_CLASSES, (), (), 60),
+    "coco_object": (COCO_OBJECT_CLASSES, (), (), 81),
 }
 for _name, _split in _SPLITS.items():
     check_split(*_split)
 assert COCO_STUFF_NUM_IDS - len(COCO_STUFF_UNUSED_IDS) == len(COCO_STUFF_CLASSES)
+assert len(VOC21_BACKGROUND_NAMES) == 33 and len(COCO_OBJECT_BACKGROUND_NAMES) == 107

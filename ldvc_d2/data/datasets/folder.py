@@ -55,6 +55,27 @@ def load_zero_shot_folder(
                                   images_need_labels=images_need_labels)
 
 
+def _check_class_names(class_names: Sequence[str], name: str) -> List[str]:
+    """Stripped names; a string instead of a list, empty names and names CLIP cannot tell apart
+    (equal up to case and spaces, as its tokenizer sees them) are errors."""
+    if isinstance(class_names, str):
+        raise TypeError(f"dataset '{name}': class_names is the string {class_names!r}; give a list of names, "
+                        "e.g. ['road', 'car'] (a string would make one class per character).")
+    names = [str(c).strip() for c in class_names]
+    if not names or any(not c for c in names):
+        raise ValueError(f"dataset '{name}': class_names must be a non-empty list of non-empty names.")
+    first = {}
+    for i, c in enumerate(names):
+        key = " ".join(c.split()).lower()
+        if key in first:
+            j = first[key]
+            same = "appear more than once" if names[j] == c else "differ only in case or spaces, which CLIP ignores"
+            raise ValueError(f"dataset '{name}': class names {j} ('{names[j]}') and {i} ('{c}') {same}; "
+                             "give each class once.")
+        first[key] = i
+    return names
+
+
 def _class_indices(unseen: Sequence[Union[int, str]], class_names: Sequence[str], name: str) -> List[int]:
     out = []
     for u in unseen:
@@ -86,7 +107,8 @@ def register_zero_shot_folder(
     Args:
         class_names: all classes, in label order (label value k = ``class_names[k]``).
         unseen_classes: names or indices of the classes held out from training ("seen" = the rest);
-            empty for a fully supervised set. Evaluation is always over all classes.
+            empty for a fully supervised set. Evaluation is always over all classes. A set whose
+            classes are all unseen can be evaluated (mIoU(S) is then NaN) but not trained on inductively.
         ignore_label: label value that is not a class (not trained, not evaluated). Keep 255 unless
             you also set MODEL.SEM_SEG_HEAD.IGNORE_VALUE to it; it must not be a class index.
         image_ext: extension of the images (".jpg", ".png", ...).
@@ -96,17 +118,13 @@ def register_zero_shot_folder(
     Touches no file (like the benchmarks' registrations): folders are read when the dataset is used.
     Registering a name again with the same arguments does nothing; with others it is an error.
     """
-    names = [str(c).strip() for c in class_names]
-    if not names or any(not c for c in names):
-        raise ValueError(f"dataset '{name}': class_names must be a non-empty list of non-empty names.")
-    dupes = sorted({c for c in names if names.count(c) > 1})
-    if dupes:
-        raise ValueError(f"dataset '{name}': class names {dupes} appear more than once.")
+    names = _check_class_names(class_names, name)
+    if len(names) > 255:
+        raise ValueError(f"dataset '{name}': {len(names)} classes, but folder labels are 8-bit PNGs whose values are "
+                         "class indices 0..254 plus the ignore label, so at most 255 classes (merge or drop some).")
     if 0 <= ignore_label < len(names) or not 0 <= ignore_label <= 255:
         raise ValueError(f"dataset '{name}': ignore_label {ignore_label} must be in {len(names)}..255, outside the "
                          f"class indices 0..{len(names) - 1}.")
-    if len(names) > 255:
-        raise ValueError(f"dataset '{name}': {len(names)} classes; labels are 8-bit PNGs, so at most 255 classes.")
     if not image_ext.startswith("."):
         image_ext = "." + image_ext
     unseen = _class_indices(unseen_classes, names, name)

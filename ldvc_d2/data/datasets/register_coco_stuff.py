@@ -8,13 +8,21 @@ Sets (name: images; seen / unseen class indices; use):
 * ``coco_stuff_zs_train_seen``: train2017, 118,287; 156 / 15 (DESIGN §3); zero-shot training
 * ``coco_stuff_zs_val``: val2017, 5,000; 156 / 15; zero-shot evaluation
 * ``coco_stuff_full_train``: train2017; all / none; fully supervised upper bound
+* ``coco_object_val``: val2017; none / all of 81 = the 80 thing classes (labels 0..79, as in
+  COCO-Stuff) + background (80: all 91 stuff classes); 255 (unlabelled) ignored; CLIPtrase's
+  COCO-Object, clean conversion (datasets/README.md describes the official code's variant)
+* ``coco_stuff_zs_val_crop224`` / ``_crop336``, ``coco_object_val_crop224`` / ``_crop336``: the
+  centre-crop protocol (CLIPtrase's COCO-Stuff-171 mIoU is the mIoU over all classes of the former)
 
-Labels are the contiguous 0-170 index PNGs written by ``datasets/prepare_coco_stuff.py``.
+Labels are the contiguous 0-170 index PNGs written by ``datasets/prepare_coco_stuff.py`` and, for
+COCO-Object, the 0-80 PNGs ``datasets/prepare_coco_object.py`` derives from them.
 """
 from typing import List, Optional, Sequence
 
-from .builtin_classes import COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN
-from .zero_shot_sem_seg import ZeroShotSplit, register_zero_shot_splits
+from .builtin_classes import (COCO_OBJECT_BACKGROUND_NAMES, COCO_OBJECT_CLASSES, COCO_STUFF_CLASSES,
+                              COCO_STUFF_UNSEEN)
+from .zero_shot_sem_seg import (CENTER_CROP_SIZES, ZeroShotSplit, center_crop_variant,
+                                register_zero_shot_splits)
 
 __all__ = ["COCO_STUFF_SPLITS", "register_all_coco_stuff"]
 
@@ -27,11 +35,18 @@ def _split(name: str, subset: str, unseen: Sequence[int], count: int) -> ZeroSho
                          _PREPARE, count, images_need_labels=True)
 
 
+_ZS_VAL = _split("coco_stuff_zs_val", "val2017", COCO_STUFF_UNSEEN, 5000)
+_OBJECT_VAL = ZeroShotSplit(
+    "coco_object_val", "coco/val2017", "coco/coco_object_ldvc/val2017", COCO_OBJECT_CLASSES,
+    tuple(range(len(COCO_OBJECT_CLASSES))), "python datasets/prepare_coco_object.py", 5000,
+    images_need_labels=True, background_class=len(COCO_OBJECT_CLASSES) - 1,
+    background_names=COCO_OBJECT_BACKGROUND_NAMES)
 COCO_STUFF_SPLITS = (
     _split("coco_stuff_zs_train_seen", "train2017", COCO_STUFF_UNSEEN, 118287),
-    _split("coco_stuff_zs_val", "val2017", COCO_STUFF_UNSEEN, 5000),
+    _ZS_VAL,
     _split("coco_stuff_full_train", "train2017", (), 118287),
-)
+    _OBJECT_VAL,
+) + tuple(center_crop_variant(s, n) for s in (_ZS_VAL, _OBJECT_VAL) for n in CENTER_CROP_SIZES)
 
 
 def register_all_coco_stuff(root: Optional[str] = None, prefix: str = "") -> List[str]:

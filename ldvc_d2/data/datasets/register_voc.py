@@ -9,13 +9,19 @@ Sets (name: images; seen / unseen class indices; use):
 * ``voc_zs_val``: val, 1,449; 0-14 / 15-19; zero-shot evaluation
 * ``voc_full_train``: train_aug; all / none; fully supervised upper bound
 * ``voc20_val``: val; none / all; cross-dataset evaluation of a model trained on COCO-Stuff
+* ``voc21_val``: val; none / all of 21 = background (label 0) + the 20 classes; CLIPtrase's VOC-21
+* ``voc20_val_crop224`` / ``_crop336``, ``voc21_val_crop224`` / ``_crop336``: the centre-crop protocol
 
-Labels are the full 20-class index PNGs written by ``datasets/prepare_voc.py``.
+Labels are the full 20-class index PNGs written by ``datasets/prepare_voc.py`` (background and
+boundary 255) and, for VOC-21, the VOC ids as they are (0 background, 1..20, 255 boundary) written by
+``datasets/prepare_voc21.py``. Every set carries ``prompt_class_names`` with CLIPtrase's "tv".
 """
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-from .builtin_classes import VOC_CLASSES, VOC_UNSEEN
-from .zero_shot_sem_seg import ZeroShotSplit, register_zero_shot_splits
+from .builtin_classes import (BACKGROUND, VOC21_BACKGROUND_NAMES, VOC21_CLASSES, VOC_CLASSES,
+                              VOC_PROMPT_NAMES, VOC_UNSEEN)
+from .zero_shot_sem_seg import (CENTER_CROP_SIZES, ZeroShotSplit, center_crop_variant,
+                                register_zero_shot_splits)
 
 __all__ = ["VOC_SPLITS", "register_all_voc"]
 
@@ -24,14 +30,25 @@ _LABELS = "VOCdevkit/VOC2012/annotations_ldvc"
 _PREPARE = "python datasets/prepare_voc.py"
 _ALL = tuple(range(len(VOC_CLASSES)))
 
+
+def _voc20(name: str, label_dir: str, unseen: Sequence[int], count: int) -> ZeroShotSplit:
+    return ZeroShotSplit(name, _IMAGES, f"{_LABELS}/{label_dir}", VOC_CLASSES, unseen, _PREPARE, count,
+                         prompt_class_names=VOC_PROMPT_NAMES)
+
+
+_VOC20_VAL = _voc20("voc20_val", "val", _ALL, 1449)
+_VOC21_VAL = ZeroShotSplit(
+    "voc21_val", _IMAGES, "VOCdevkit/VOC2012/annotations_voc21/val", VOC21_CLASSES,
+    tuple(range(len(VOC21_CLASSES))), "python datasets/prepare_voc21.py", 1449,
+    prompt_class_names=(BACKGROUND,) + VOC_PROMPT_NAMES, background_class=0,
+    background_names=VOC21_BACKGROUND_NAMES)
 VOC_SPLITS = (
-    ZeroShotSplit("voc_zs_train_seen", _IMAGES, f"{_LABELS}/train_aug", VOC_CLASSES, VOC_UNSEEN,
-                  _PREPARE, 10582),
-    ZeroShotSplit("voc_zs_val", _IMAGES, f"{_LABELS}/val", VOC_CLASSES, VOC_UNSEEN, _PREPARE, 1449),
-    ZeroShotSplit("voc_full_train", _IMAGES, f"{_LABELS}/train_aug", VOC_CLASSES, (), _PREPARE,
-                  10582),
-    ZeroShotSplit("voc20_val", _IMAGES, f"{_LABELS}/val", VOC_CLASSES, _ALL, _PREPARE, 1449),
-)
+    _voc20("voc_zs_train_seen", "train_aug", VOC_UNSEEN, 10582),
+    _voc20("voc_zs_val", "val", VOC_UNSEEN, 1449),
+    _voc20("voc_full_train", "train_aug", (), 10582),
+    _VOC20_VAL,
+    _VOC21_VAL,
+) + tuple(center_crop_variant(s, n) for s in (_VOC20_VAL, _VOC21_VAL) for n in CENTER_CROP_SIZES)
 
 
 def register_all_voc(root: Optional[str] = None, prefix: str = "") -> List[str]:

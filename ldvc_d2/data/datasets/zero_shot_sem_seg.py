@@ -7,9 +7,16 @@ training view from the metadata:
 * ``stuff_classes``: all class names of the benchmark, in label order;
 * ``seen_classes`` / ``unseen_classes``: sorted lists of indices into ``stuff_classes``
   (fully supervised sets: all seen, none unseen; cross-dataset sets: none seen, all unseen);
-* ``ignore_label`` = 255, ``evaluator_type`` = ``"zero_shot_sem_seg"``;
+* ``ignore_label``: 255, or 65535 for the 16-bit sets (Context-459, ADE-full);
+  ``evaluator_type`` = ``"zero_shot_sem_seg"``;
 * ``stuff_colors``: one RGB triple per class (VOC palette order);
-* ``image_root`` / ``sem_seg_root``: the image folder and the prepared index-PNG label folder.
+* ``image_root`` / ``sem_seg_root``: the image folder and the prepared index-PNG label folder;
+* ``prompt_class_names``: one name per class, the words a paper's text encoder was given (e.g. VOC
+  "tv" for "tvmonitor" in CLIPtrase's code); equal to ``stuff_classes`` unless a benchmark says
+  otherwise. ``stuff_classes`` stay the dataset's names (results tables, per-class IoU keys);
+* only where a class stands for "background": ``background_class`` (its index) and
+  ``background_names`` (the words whose text embeddings together stand for it);
+* only on the centre-crop variants ``<name>_crop<n>``: ``center_crop`` = n.
 
 Dataset dicts are ``{"file_name", "sem_seg_file_name", "image_id"}`` (no height/width: reading 118k
 image headers at start-up is slow, and detectron2 falls back to the decoded image size), one per
@@ -24,6 +31,7 @@ splits whose image folder holds exactly that split (COCO-Stuff, ADE20K) an image
 one too. Set the environment variable ``LDVC_UNMATCHED_FILES=warn`` (read when the dataset is
 loaded) to log a warning with the counts and the first names instead, and keep the matched pairs.
 """
+import dataclasses
 import functools
 import logging
 import os
@@ -35,12 +43,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .builtin_classes import class_colors, seen_indices
 
 __all__ = [
-    "ZeroShotSplit", "datasets_root", "load_zero_shot_sem_seg", "register_zero_shot_splits", "set_zero_shot_metadata",
+    "CENTER_CROP_SIZES", "ZeroShotSplit", "center_crop_variant", "datasets_root", "load_zero_shot_sem_seg",
+    "register_zero_shot_splits", "set_zero_shot_metadata",
 ]
 
 logger = logging.getLogger(__name__)
 
 UNMATCHED_ENV = "LDVC_UNMATCHED_FILES"
+CENTER_CROP_SIZES = (224, 336)  # CLIPtrase's centre-crop protocol (SEED_SYSTEMS 2.2)
 _SHOW = 5  # how many unmatched names an error or warning lists
 
 
@@ -51,6 +61,8 @@ class ZeroShotSplit:
     ``images_need_labels``: the image folder holds exactly this split, so an image without a label
     is an error (False where the folder is shared by several splits, e.g. VOC's JPEGImages).
     ``expected_count``: the number of images of the full dataset; a different count is logged.
+    The other fields are the optional metadata of the module docstring (``ignore_label`` 255 unless
+    the labels are 16-bit; ``prompt_class_names`` None = ``classes``).
     """
 
     name: str
@@ -62,6 +74,21 @@ class ZeroShotSplit:
     expected_count: int
     image_ext: str = ".jpg"
     images_need_labels: bool = False
+    ignore_label: int = 255
+    prompt_class_names: Optional[Sequence[str]] = None
+    background_class: Optional[int] = None
+    background_names: Sequence[str] = ()
+    center_crop: Optional[int] = None
+
+
+def center_crop_variant(split: ZeroShotSplit, size: int) -> ZeroShotSplit:
+    """``split`` centre-cropped to ``size`` x ``size``: ``<name>_crop<size>``, read from the copies
+    under ``crop<size>/`` that ``<prepare command> --center-crop <size>`` writes (lossless PNG
+    images; short side resized to ``size``, bicubic for images, nearest for labels)."""
+    return dataclasses.replace(
+        split, name=f"{split.name}_crop{size}", image_dir=f"crop{size}/{split.image_dir}",
+        label_dir=f"crop{size}/{split.label_dir}", image_ext=".png",
+        prepare_command=f"{split.prepare_command} --center-crop {size}", center_crop=size)
 
 
 def datasets_root() -> str:
@@ -159,7 +186,10 @@ def register_zero_shot_splits(
             load_zero_shot_sem_seg, name, image_root, sem_seg_root,
             prepare_command=split.prepare_command, image_ext=split.image_ext,
             images_need_labels=split.images_need_labels, expected_count=split.expected_count))
-        set_zero_shot_metadata(name, split.classes, split.unseen, image_root, sem_seg_root)
+        set_zero_shot_metadata(
+            name, split.classes, split.unseen, image_root, sem_seg_root, split.ignore_label,
+            prompt_class_names=split.prompt_class_names, background_class=split.background_class,
+            background_names=split.background_names, center_crop=split.center_crop)
         names.append(name)
     return names
 
@@ -167,9 +197,23 @@ def register_zero_shot_splits(
 def set_zero_shot_metadata(
     name: str, classes: Sequence[str], unseen: Sequence[int], image_root: str, sem_seg_root: str,
     ignore_label: int = 255,
+    *,
+    prompt_class_names: Optional[Sequence[str]] = None,
+    background_class: Optional[int] = None,
+    background_names: Sequence[str] = (),
+    center_crop: Optional[int] = None,
 ) -> None:
-    """Set the metadata every zero-shot set carries (module docstring) on ``MetadataCatalog.get(name)``."""
+    """Set the metadata every zero-shot set carries (module docstring) on ``MetadataCatalog.get(name)``;
+    the optional keys only when given."""
+    prompt = list(classes if prompt_class_names is None else prompt_class_names)
+    if len(prompt) != len(classes):
+        raise ValueError(f"dataset '{name}': {len(prompt)} prompt_class_names for {len(classes)} classes")
+    optional = {"background_class": background_class, "center_crop": center_crop}
+    if background_class is not None:
+        optional["background_names"] = list(background_names or [classes[background_class]])
     MetadataCatalog.get(name).set(
+        prompt_class_names=prompt,
+        **{k: v for k, v in optional.items() if v is not None},
         stuff_classes=list(classes),
         seen_classes=seen_indices(len(classes), unseen),
         unseen_classes=sorted(unseen),

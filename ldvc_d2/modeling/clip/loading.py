@@ -5,10 +5,14 @@ weights (``MODEL.LDVC.CLIP_PRETRAINED``): an open_clip pretrained tag such as ``
 checkpoint file, or ``""`` for random initialisation (tests, and the tiny models of this project).
 Model configs shipped in ``model_configs/`` (``LDVC-Tiny``) are registered with open_clip on import.
 """
+import contextlib
 import logging
 import os
+import socket
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -59,23 +63,87 @@ def _check_request(model_name: str, pretrained: str) -> None:
             )
 
 
-def _create(model_name: str, pretrained: str, cache_dir: Optional[str], quick_gelu: bool) -> torch.nn.Module:
+def _hub_reachable(model_name: str, tag: str, timeout: float = 3.0) -> bool:
+    """Whether the host serving a pretrained tag accepts a connection within ``timeout`` seconds."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.get("hf_hub") else cfg.get("url", "")
+    host = urlparse(url).hostname
+    if not host:
+        return True
     try:
-        return open_clip.create_model(
-            model_name, pretrained=pretrained or None, cache_dir=cache_dir, force_quick_gelu=quick_gelu
-        )
-    except Exception as e:  # network errors come in many types (OSError, HTTPError, hub errors...)
-        if not pretrained or _is_local_path(pretrained):
-            raise
-        raise RuntimeError(
-            f"Could not obtain the weights of open_clip model '{model_name}' with pretrained tag "
-            f"'{pretrained}' ({type(e).__name__}: {e}). If this machine is offline, download them on "
-            f"a connected machine, e.g. python -c \"import open_clip; print(open_clip.download_pretrained("
-            f"open_clip.get_pretrained_cfg('{model_name}', '{pretrained}'), cache_dir='clip_weights'))\" "
-            f"(it prints the file's path), copy the folder 'clip_weights' here and set "
-            f"MODEL.LDVC.CLIP_CACHE_DIR to it (keeping the tag; README, 'CLIP weights and offline use'), "
-            f"or set MODEL.LDVC.CLIP_PRETRAINED to the copied file."
-        ) from e
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_if_unreachable(model_name: str, tag: str) -> Iterator[bool]:
+    """Hugging Face's offline mode for the block when the weights' host is unreachable: the local cache
+    answers at once, instead of the hub client retrying with back-off for about a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _hub_reachable(model_name, tag):
+        yield bool(constants.HF_HUB_OFFLINE)
+        return
+    logger.info(f"The host of '{model_name}' / '{tag}' is unreachable: using the local weights cache only.")
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _file_readable(path: str) -> bool:
+    """Whether a checkpoint file can be read at all (its tensors need not fit any model)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt"):
+                return True
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return True
+    except Exception as e:  # readable files that weights_only refuses, or TorchScript archives, still count
+        return any(s in str(e) for s in ("Unsupported global", "TorchScript"))
+
+
+def _local_file_error(model_name: str, path: str, e: Exception) -> RuntimeError:
+    """The error for a local CLIP file open_clip could not load: unreadable, or of another model."""
+    text = str(e)
+    wrong_model = _file_readable(path)
+    what = (f"it holds the weights of another architecture than '{model_name}' (set MODEL.LDVC.CLIP_MODEL "
+            "to the model the file was saved from)" if wrong_model else
+            "it is corrupt, truncated or not a CLIP checkpoint (copy it again)")
+    return RuntimeError(f"MODEL.LDVC.CLIP_PRETRAINED: cannot load CLIP checkpoint '{path}': {what}. "
+                        f"({type(e).__name__}: {text.splitlines()[0] if text else ''})")
+
+
+def _create(model_name: str, pretrained: str, cache_dir: Optional[str], quick_gelu: bool) -> torch.nn.Module:
+    if not pretrained or _is_local_path(pretrained):
+        try:
+            return open_clip.create_model(model_name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
+        except Exception as e:  # torch.load / load_state_dict raise many types for bad files
+            if not pretrained:
+                raise
+            raise _local_file_error(model_name, pretrained, e) from e
+    with _offline_if_unreachable(model_name, pretrained) as offline:
+        try:
+            return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
+                                          force_quick_gelu=quick_gelu)
+        except Exception as e:  # network errors come in many types (OSError, HTTPError, hub errors...)
+            error = e
+    raise RuntimeError(
+        f"Could not obtain the weights of open_clip model '{model_name}' with pretrained tag '{pretrained}' "
+        f"({type(error).__name__}: {error}){' (offline: no connection to its host)' if offline else ''}. "
+        f"If this machine is offline, download them on "
+        f"a connected machine, e.g. python -c \"import open_clip; print(open_clip.download_pretrained("
+        f"open_clip.get_pretrained_cfg('{model_name}', '{pretrained}'), cache_dir='clip_weights'))\" "
+        f"(it prints the file's path), copy the folder 'clip_weights' here and set "
+        f"MODEL.LDVC.CLIP_CACHE_DIR to it (keeping the tag; README, 'CLIP weights and offline use'), "
+        f"or set MODEL.LDVC.CLIP_PRETRAINED to the copied file. HF_HUB_OFFLINE=1 skips the connection probe."
+    ) from error
 
 
 def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[str] = None) -> Tuple[torch.nn.Module, Any]:

@@ -72,7 +72,8 @@ TEMPLATE_SETS: Dict[str, Tuple[str, ...]] = {"imagenet80": IMAGENET_80, "vild14"
 
 
 def resolve_templates(templates: Union[str, Sequence[str]]) -> List[str]:
-    """A set name of :data:`TEMPLATE_SETS` or an explicit list -> list of templates, each with one ``{}``."""
+    """A set name of :data:`TEMPLATE_SETS`, or a list of templates and set names (a config list such as
+    ``["imagenet80"]`` or ``["a photo of a {}.", "vild14"]``) -> list of templates, each with one ``{}``."""
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
             raise ValueError(
@@ -80,7 +81,8 @@ def resolve_templates(templates: Union[str, Sequence[str]]) -> List[str]:
                 "templates such as ['a photo of a {}.']."
             )
         return list(TEMPLATE_SETS[templates])
-    result = list(templates)
+    result = [t for entry in templates
+              for t in (TEMPLATE_SETS[entry] if isinstance(entry, str) and entry in TEMPLATE_SETS else [entry])]
     if not result:
         raise ValueError("The list of prompt templates is empty; give at least one template with '{}'.")
     bad = [t for t in result if not isinstance(t, str) or t.count("{}") != 1]

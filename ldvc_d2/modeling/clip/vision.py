@@ -50,6 +50,8 @@ class PromptedVisionEncoder(nn.Module):
         prompt_projection / prompt_dropout: ZegCLIP's shared prompt projection (Linear, Kaiming-normal
             fan-out init as VPT) and the dropout after it (needs ``num_prompts`` > 0).
         final_norm: ZegCLIP's trainable LayerNorm on the last layer's tokens before ``ln_post``.
+        pos_interpolation: how the positional grid is resized to other inputs, "bilinear" or
+            "bicubic" (:meth:`positional_embedding`).
     """
 
     def __init__(
@@ -61,8 +63,12 @@ class PromptedVisionEncoder(nn.Module):
         prompt_projection: bool = False,
         prompt_dropout: float = 0.0,
         final_norm: bool = False,
+        pos_interpolation: str = "bilinear",
     ):
         super().__init__()
+        if pos_interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"Positional-embedding interpolation must be 'bilinear' or 'bicubic', got '{pos_interpolation}'.")
+        self.pos_interpolation = pos_interpolation
         if not isinstance(visual, VisionTransformer):
             raise NotImplementedError(
                 f"PromptedVisionEncoder needs an open_clip VisionTransformer, got {type(visual).__name__}"
@@ -110,13 +116,21 @@ class PromptedVisionEncoder(nn.Module):
         return p.to(dtype)
 
     def positional_embedding(self, h: int, w: int) -> torch.Tensor:
-        """CLIP's positional embedding with its grid part bilinearly resized to ``h×w``: (1+h*w)×width."""
+        """CLIP's positional embedding with its grid part resized to ``h×w``: (1+h*w)×width.
+
+        "bilinear" (LDVC/ZegCLIP: to the exact size) or "bicubic" as CLIPtrase's official code
+        (``clip_utils/model.py:291-309``, DINO's trick: scale factors (h+0.1)/gh, (w+0.1)/gw).
+        """
         pos = self.visual.positional_embedding
         gh, gw = self.visual.grid_size
         if (h, w) == (gh, gw):
             return pos
         grid = pos[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+        if self.pos_interpolation == "bicubic":
+            grid = F.interpolate(grid, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic",
+                                 align_corners=False)
+        else:
+            grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
 
     def _group_hooks(self, hooks: Sequence[BlockHook]) -> Dict[int, List[BlockHook]]:

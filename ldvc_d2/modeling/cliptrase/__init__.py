@@ -8,6 +8,7 @@ T7-T10 for one image in :func:`refine_with_regions`. Class embeddings (T4) come 
 ``clip.TemplateEnsembleTextEncoder``.
 """
 from .clustering import REFERENCE_POINTS, cluster_patches, dbscan_parameters
+from .meta_arch import CLIPtrase, ClassEmbeddings
 from .correlation import (
     SelfCorrelationAttention, check_branches, cliptrase_hooks, denoise_correlation, patch_logits, self_correlation,
 )
@@ -16,7 +17,7 @@ from .regions import (
 )
 
 __all__ = [
-    "REFERENCE_POINTS", "RegionVote", "SelfCorrelationAttention", "check_branches", "cliptrase_hooks",
+    "CLIPtrase", "ClassEmbeddings", "REFERENCE_POINTS", "RegionVote", "SelfCorrelationAttention", "check_branches", "cliptrase_hooks",
     "cluster_maps", "cluster_patches", "collapse_background", "dbscan_parameters", "denoise_correlation",
     "patch_logits", "refine_with_regions", "region_map", "self_correlation", "vote_hard", "vote_soft",
 ]

@@ -1,0 +1,152 @@
+"""The CLIPtrase meta-architecture (training-free) on random-weight tiny CLIPs: scores against independent
+computations (open_clip's own forward for the plain-CLIP row, the vote functions for the hard vote),
+background words, the protocol line, training refused, and --eval-only through train_net.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+
+from ldvc_d2.modeling.cliptrase import CLIPtrase, ClassEmbeddings, refine_with_regions, vote_hard
+from ldvc_d2.modeling.cliptrase.correlation import denoise_correlation
+from tests.conftest import REPO, TOY_CLASSES, tiny_cfg
+
+BASE = "configs/cliptrase/shapes.yaml"
+
+
+def _model(*opts) -> CLIPtrase:
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(BASE, *opts)).eval()
+    assert isinstance(model, CLIPtrase)
+    return model
+
+
+def _image(h=64, w=96, seed=0):
+    return torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_plain_clip_row_equals_open_clip_patch_text_softmax():
+    """ATTENTION_BRANCHES [] and CLUSTER False: softmax over classes of e^s · normalize(ln_post(tokens) @ proj)
+    · t, computed here with open_clip's own VisionTransformer.forward (output_tokens)."""
+    model = _model("MODEL.CLIPTRASE.ATTENTION_BRANCHES", "[]", "MODEL.CLIPTRASE.CLUSTER", "False")
+    assert model.hooks == []
+    image = _image(64, 64)  # the tiny tower's native 8×8 grid: no positional resize
+    out = model([{"image": image, "class_names": TOY_CLASSES}])[0]["sem_seg"]
+
+    tower = model.visual.visual
+    tower.output_tokens = True
+    try:
+        x = (image.float() - model.pixel_mean) / model.pixel_std
+        _, tokens = tower(x[None])
+    finally:
+        tower.output_tokens = False
+    feats = F.normalize(tokens[0] @ tower.proj, dim=-1)  # hw×d
+    text = model.text(TOY_CLASSES)
+    logits = model.logit_scale * (feats @ text.T).T.reshape(len(TOY_CLASSES), 8, 8)
+    logits = F.interpolate(logits[None], size=(64, 64), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(out, logits.softmax(dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_hard_vote_scores_are_region_fractions_whose_argmax_is_the_majority():
+    # a radius that puts every patch in clusters (a random tower has no structure to find)
+    model = _model("MODEL.CLIPTRASE.DBSCAN_EPS", "3.0", "MODEL.CLIPTRASE.DBSCAN_MIN_SAMPLES", "2",
+                   "MODEL.CLIPTRASE.DBSCAN_SCALE", "fixed")
+    images = model.preprocess(_image(64, 64))
+    text = model.text_features(TOY_CLASSES)
+    out = model.visual(images, hooks=model.hooks)
+    assert "correlation" in out and out["correlation"].shape == (1, 65, 65)
+    weights = denoise_correlation(out["correlation"][0])
+    logits = model.logit_scale * torch.einsum("dhw,cd->chw", out["dense"][0], text.weights)
+    logits = F.interpolate(logits[None], size=(64, 64), mode="bilinear", align_corners=False)[0]
+    vote = refine_with_regions(logits, weights, (8, 8), eps=3.0, min_samples=2, vote="hard")
+    assert vote.regions is not None
+    scores = model.window_scores(images, text)
+    assert scores.shape == (len(TOY_CLASSES), 64, 64)
+    assert torch.equal(scores.argmax(dim=0), vote_hard(logits.argmax(dim=0), vote.regions))
+    torch.testing.assert_close(scores.sum(dim=0), torch.ones(64, 64))
+    for r in vote.regions.unique():  # constant inside a region, = the share of its pixels per class
+        inside = scores[:, vote.regions == r]
+        assert torch.equal(inside, inside[:, :1].expand_as(inside))
+        share = torch.bincount(logits.argmax(dim=0)[vote.regions == r], minlength=len(TOY_CLASSES)).float()
+        torch.testing.assert_close(inside[:, 0], share / share.sum())
+
+    no_cluster = _model("MODEL.CLIPTRASE.DBSCAN_EPS", "1e-6", "MODEL.CLIPTRASE.DBSCAN_SCALE", "fixed")
+    torch.testing.assert_close(no_cluster.window_scores(images, text), logits.softmax(dim=0))  # K = 0 (T8)
+
+
+def test_fractions_and_background_collapse_on_planted_labels():
+    """_vote_fractions against a hand count, _collapse_probs: background = max over its words."""
+    labels = torch.tensor([[0, 0, 1, 1], [0, 2, 1, 1]])
+    regions = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+    frac = CLIPtrase._vote_fractions(labels, regions, 3)
+    torch.testing.assert_close(frac[:, 0, 0], torch.tensor([0.75, 0.0, 0.25]))
+    torch.testing.assert_close(frac[:, 0, 3], torch.tensor([0.0, 1.0, 0.0]))
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1)  # 3 classes (background = 0) + 1 extra word
+    out = CLIPtrase._collapse_probs(probs, ClassEmbeddings(torch.zeros(4, 2), 3, 0))
+    torch.testing.assert_close(out.flatten(), torch.tensor([0.4, 0.2, 0.3]))
+    logits = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1)
+    assert int(CLIPtrase._pixel_labels(logits, ClassEmbeddings(torch.zeros(4, 2), 3, 0))) == 0
+
+
+def test_background_words_expand_the_background_entry():
+    words = ["background", "sky", "wall"]
+    model = _model("MODEL.CLIPTRASE.BACKGROUND_WORDS", str(words))
+    names = ["background", "red circle", "blue star"]
+    emb = model.encode_text(names)
+    assert (emb.num_classes, emb.background, emb.weights.shape[0]) == (3, 0, 5)
+    torch.testing.assert_close(emb.weights, model.text(["background", "red circle", "blue star", "sky", "wall"]))
+    scores = model([{"image": _image(), "class_names": names}])[0]["sem_seg"]
+    assert scores.shape == (3, 64, 96)
+    no_bg = model.encode_text(TOY_CLASSES)  # no background entry: nothing appended
+    assert (no_bg.background, no_bg.weights.shape[0]) == (-1, len(TOY_CLASSES))
+
+
+def test_grid_scaled_dbscan_and_slide_inference_run_on_any_size():
+    model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", "grid", "MODEL.LDVC.INFERENCE.MODE", "slide",
+                   "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "48")
+    out = model([{"image": _image(70, 100), "class_names": TOY_CLASSES, "height": 35, "width": 50}])[0]["sem_seg"]
+    assert out.shape == (len(TOY_CLASSES), 35, 50) and torch.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_training_is_a_clear_error_and_nothing_is_trainable():
+    model = _model()
+    assert not any(p.requires_grad for p in model.parameters())
+    model.train()
+    with pytest.raises(RuntimeError, match="training-free"):
+        model([{"image": _image(), "sem_seg": torch.zeros(64, 96, dtype=torch.long)}])
+
+
+def test_protocol_line_describes_the_method():
+    cfg = tiny_cfg(BASE, "MODEL.CLIPTRASE.VOTE", "soft")
+    line = CLIPtrase.describe_protocol(cfg)
+    assert "CLIPtrase" in line and "soft vote" in line and "training-free" in line
+
+
+def test_unknown_settings_are_errors_naming_the_key():
+    with pytest.raises(ValueError, match="MODEL.CLIPTRASE.VOTE"):
+        _model("MODEL.CLIPTRASE.VOTE", "majority")
+    with pytest.raises(ValueError, match="MODEL.CLIPTRASE.ATTENTION_BRANCHES"):
+        _model("MODEL.CLIPTRASE.ATTENTION_BRANCHES", "['q', 'x']")
+    with pytest.raises(ValueError, match="DBSCAN_SCALE"):
+        _model("MODEL.CLIPTRASE.DBSCAN_SCALE", "auto")
+
+
+def test_eval_only_through_train_net_on_shapes_without_weights(tmp_path):
+    """The shapes world, a random tiny CLIP, no MODEL.WEIGHTS: metrics and the protocol line are written."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, BASE), "--eval-only",
+         "MODEL.LDVC.CLIP_PRETRAINED", "", "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "DETECTRON2_DATASETS": os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics_file = next(out.rglob("sem_seg_metrics.json"))
+    metrics = json.loads(metrics_file.read_text())
+    text = json.dumps(metrics)
+    assert "CLIPtrase" in text and "hIoU" in text
