@@ -17,8 +17,9 @@ seen classes then get the seen-score calibration, as in evaluation). Per input i
   ``<stem>_scores.png`` (one heat map per class).
 
 ``vocabulary.json`` in the output folder records the class order, colours and the unlabelled
-value. Files are written under a temporary name and renamed when complete. An unreadable image is
-reported (naming the file) and skipped; the exit status is then 1.
+value. Files are written under a temporary name and renamed when complete. An unreadable image, or one
+too elongated for the test resize, is reported (naming the file) and skipped; the exit status is then
+1. 16-bit greyscale images are scaled to 8 bits; overlays are at most 4096 pixels long.
 """
 import argparse
 import glob
@@ -31,13 +32,15 @@ import numpy as np
 from tqdm import tqdm
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
-from detectron2.data.detection_utils import read_image
 from ldvc_d2.data import add_register_argument
+from ldvc_d2.data.image_io import read_image
 from ldvc_d2.predictor import UNLABELED, OpenVocabPredictor, add_vocabulary_arguments, load_config, start_tool
 from ldvc_d2.utils import write_json_atomic, write_npy_atomic, write_png_atomic
 from ldvc_d2.utils.visualization import draw_map_grid, draw_overlay, vocabulary_colors
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OVERLAY_MIN_SIDE = 384  # small images are drawn enlarged to this short side, so class names stay legible
+OVERLAY_MAX_SIDE = 4096  # ... but never beyond this long side (a 1x1000 image would otherwise take GBs)
 logger = logging.getLogger("ldvc_d2.demo")
 
 
@@ -88,11 +91,16 @@ def expand_inputs(patterns: List[str]) -> List[str]:
 
 
 def load_image(path: str) -> np.ndarray:
-    """H×W×3 uint8 RGB (EXIF orientation applied); ValueError naming the file when unreadable."""
-    try:
-        return read_image(path, format="RGB")
-    except Exception as e:  # PIL raises several types for unreadable / truncated files
-        raise ValueError(f"Cannot read image '{path}' ({type(e).__name__}: {e}).") from e
+    """H×W×3 uint8 RGB (EXIF orientation applied, 16-bit grey scaled to 8 bits); ValueError naming the
+    file when unreadable."""
+    return read_image(path, format="RGB")
+
+
+def overlay_min_side(height: int, width: int) -> float:
+    """The ``min_side`` for draw_overlay: enlarge small images to OVERLAY_MIN_SIDE, but keep the long
+    side within OVERLAY_MAX_SIDE (never shrinking below the image's own size)."""
+    short, long = min(height, width), max(height, width)
+    return min(float(OVERLAY_MIN_SIDE), short * max(1.0, OVERLAY_MAX_SIDE / long))
 
 
 def label_png(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -113,19 +121,22 @@ def main(argv=None) -> int:
     write_json_atomic(os.path.join(args.output, "vocabulary.json"), {
         "class_names": names, "colors": [list(c) for c in colors], "seen_classes": seen,
         "unlabeled_value": unlabeled, "config_file": args.config_file, "weights": predictor.cfg.MODEL.WEIGHTS,
+        "weights_status": predictor.weights_status,  # file, sha256, load status
     })
     failed = []
     for path in tqdm(files, desc="demo", unit="image"):
         stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
         try:
             image = load_image(path)
-        except ValueError as e:
-            logger.error(f"{e} Skipped.")
+            out = predictor(image, names, seen_classes=seen, score_threshold=args.threshold)
+        except ValueError as e:  # unreadable, or an aspect ratio the test resize cannot handle
+            logger.error(f"Image '{path}' skipped: {e}")
             failed.append(path)
             continue
-        out = predictor(image, names, seen_classes=seen, score_threshold=args.threshold)
         labels = out["labels"].numpy()
-        write_png_atomic(stem + "_overlay.png", draw_overlay(image, labels, names, colors, alpha=args.alpha))
+        overlay = draw_overlay(image, labels, names, colors, alpha=args.alpha,
+                               min_side=overlay_min_side(*image.shape[:2]))
+        write_png_atomic(stem + "_overlay.png", overlay)
         write_png_atomic(stem + "_labels.png", label_png(labels, len(names)))
         scores = out["sem_seg"].numpy()
         if args.save_scores in ("npy", "both"):
@@ -137,7 +148,7 @@ def main(argv=None) -> int:
     done = len(files) - len(failed)
     logger.info(f"Wrote the results of {done} image(s) to '{args.output}'.")
     if failed:
-        logger.error(f"{len(failed)} image(s) could not be read: {', '.join(failed)}")
+        logger.error(f"{len(failed)} image(s) could not be segmented: {', '.join(failed)}")
         return 1
     return 0
 

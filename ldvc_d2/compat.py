@@ -14,16 +14,12 @@ Shims (applied by :func:`apply`, which ``import ldvc_d2`` calls before detectron
   NumPy 1.24. detectron2 v0.6 uses them in ``SemSegEvaluator``, ``Visualizer`` (``np.bool``),
   ``build.py`` (class histogram) and the Pascal VOC loader.
 * ``fvcore.common.checkpoint.Checkpointer._load_file``: since PyTorch 2.6, ``torch.load`` defaults to
-  ``weights_only=True``, which refuses the NumPy objects that detectron2's trainer writes into its
-  own checkpoints (fvcore, used by every detectron2 version, does not pass the argument), so
-  ``--resume`` fails. The shim tries ``weights_only=True`` first and, only for a file that needs
-  it, loads with ``weights_only=False`` and logs a warning naming the file: point MODEL.WEIGHTS only
-  at checkpoints you trust. This shim applies to current detectron2 too (the cause is fvcore).
+  ``weights_only=True``, which refuses the NumPy arrays and scalars that detectron2 checkpoints may
+  hold (fvcore, used by every detectron2 version, does not pass the argument). The shim loads through
+  :func:`ldvc_d2.checkpoint.load_checkpoint_file`: ``weights_only=True`` plus an allow-list of exactly
+  those NumPy types; anything else is refused with an error naming the file and the type (README,
+  "Trusting files"). This applies to current detectron2 too (the cause is fvcore).
 """
-import inspect
-import logging
-import pickle
-
 import numpy as np
 from PIL import Image
 
@@ -48,23 +44,18 @@ def _patch_numpy() -> None:
 
 
 def _patch_torch_load() -> None:
-    import torch
     from fvcore.common.checkpoint import Checkpointer
 
-    if "weights_only" not in inspect.signature(torch.load).parameters:
-        return  # PyTorch < 1.13: torch.load has no such restriction.
     if getattr(Checkpointer._load_file, "_ldvc_compat", False):
         return
 
     def _load_file(self, f: str):
-        try:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError:
-            logging.getLogger(__name__).warning(
-                f"{f} holds Python objects besides tensors (a detectron2 training checkpoint); loading "
-                "it with weights_only=False. Only load checkpoints you trust."
-            )
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+        from .checkpoint import CheckpointLoadError, load_checkpoint_file  # imports detectron2: not at shim time
+
+        data = load_checkpoint_file(f)
+        if not isinstance(data, dict):
+            raise CheckpointLoadError(f"Checkpoint '{f}' holds a {type(data).__name__}, not a dict of weights.")
+        return data
 
     _load_file._ldvc_compat = True
     Checkpointer._load_file = _load_file

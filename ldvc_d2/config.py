@@ -113,6 +113,10 @@ def add_ldvc_config(cfg: CN) -> None:
     cfg.MODEL.CLIPTRASE.BACKGROUND_WORDS = []
     cfg.MODEL.CLIPTRASE.POS_INTERPOLATION = "bicubic"  # positional grid resize: "bicubic" (official code) or "bilinear"
 
+    # Test vocabulary: False = each test dataset's stuff_classes; True = its prompt_class_names metadata where
+    # registered (the exact names a paper's code prompted with, e.g. VOC 'tv'; CLIPtrase parity configs)
+    cfg.DATASETS.PROMPT_CLASS_NAMES = False
+
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD", over the trainable parameters only
     cfg.SOLVER.BASE_LR = 2e-4  # [1.3]
     cfg.SOLVER.WEIGHT_DECAY = 0.01  # [1.3]

@@ -24,12 +24,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from .config import add_ldvc_config
+from .checkpoint import Checkpointer, training_free
+from .config import add_ldvc_config, load_config_file, validate_config
 from .data import load_user_modules
 from .data.mapper import LDVCTestMapper
 
@@ -43,14 +43,16 @@ UNLABELED = -1  # label of pixels whose best score is below the threshold
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """The config of ``config_file`` with ``opts`` (KEY VALUE ...) merged; a CUDA device is
-    replaced by the CPU, with a warning, when there is none."""
+    """The config of ``config_file`` (read safely: :func:`~ldvc_d2.config.load_config_file`) with
+    ``opts`` (KEY VALUE ...) merged and checked for inference (:func:`~ldvc_d2.config.validate_config`);
+    a CUDA device is replaced by the CPU, with a warning, when there is none."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file '{config_file}' does not exist (see configs/).")
     cfg = get_cfg()
     add_ldvc_config(cfg)
-    cfg.merge_from_file(config_file)
+    load_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
+    validate_config(cfg, training=False)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"
@@ -95,8 +97,12 @@ def read_vocabulary_file(path: str) -> List[str]:
     """One class name per line; blank lines and lines starting with ``#`` are skipped."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Vocabulary file '{path}' does not exist; it should hold one class name per line.")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Vocabulary file '{path}' is not UTF-8 text (byte {e.start}: {e.reason}); save it as "
+                         "UTF-8, one class name per line.") from None
     return check_class_names([line for line in lines if line and not line.startswith("#")],
                              f"vocabulary file '{path}'")
 
@@ -160,13 +166,16 @@ class OpenVocabPredictor:
         self.cfg = cfg.clone()
         self.input_format = input_format
         self.model = build_model(self.cfg).eval()
+        self.weights_status = {"weights": "", "sha256": None, "status": "not loaded (no file given)"}
         weights = self.cfg.MODEL.WEIGHTS
         if weights:
             if "://" not in weights and not os.path.isfile(weights):
                 raise FileNotFoundError(f"MODEL.WEIGHTS '{weights}' does not exist. Train a model first (train_net.py) "
                                         "and pass its output/<run>/model_final.pth.")
-            DetectionCheckpointer(self.model).load(weights)
-        else:
+            checkpointer = Checkpointer(self.model, partial_load=self.cfg.MODEL.WEIGHTS_PARTIAL_LOAD)
+            checkpointer.load(weights)
+            self.weights_status = checkpointer.load_status  # file, sha256, "complete" / "partial: ..."
+        elif not training_free(self.cfg):
             logger.warning("MODEL.WEIGHTS is empty: the prompts and the decoder are untrained (random), so the "
                            "predictions are meaningless. Pass MODEL.WEIGHTS output/<run>/model_final.pth.")
         self.resize = LDVCTestMapper(self.cfg).resize  # the test protocol's resize
@@ -200,7 +209,13 @@ class OpenVocabPredictor:
             raise ValueError(f"seen_classes {bad} are not indices into the {len(names)} class names.")
         rgb = self._to_rgb(image)
         height, width = rgb.shape[:2]
-        resized = self.resize.get_transform(rgb).apply_image(rgb)
+        resize = self.resize.get_transform(rgb)
+        if min(resize.new_h, resize.new_w) < 1:
+            raise ValueError(
+                f"An image of {width}x{height} pixels is too elongated: the test resize (short side "
+                f"{self.cfg.INPUT.MIN_SIZE_TEST}, long side at most {self.cfg.INPUT.MAX_SIZE_TEST}) makes it "
+                f"{resize.new_w}x{resize.new_h}. Crop it, or pad it to a less extreme aspect ratio.")
+        resized = resize.apply_image(rgb)
         if self.cfg.INPUT.FORMAT == "BGR":
             resized = resized[:, :, ::-1]
         inputs = {"image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),

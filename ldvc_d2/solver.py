@@ -1,5 +1,6 @@
 """Optimizer and LR schedule of LDVC (paper §4.1, following ZegCLIP): AdamW over the trainable
-parameters only, poly decay (power 0.9) after a linear warm-up, no weight decay on norm layers."""
+parameters only, poly decay (power 0.9) to SOLVER.POLY_LR_MIN after a linear warm-up; norm layers get
+SOLVER.WEIGHT_DECAY_NORM (ZegCLIP: the same 0.01 as every other parameter)."""
 import logging
 from typing import Dict, List
 
@@ -10,7 +11,7 @@ from fvcore.common.param_scheduler import ParamScheduler
 from tabulate import tabulate
 from torch import nn
 
-__all__ = ["PolyParamScheduler", "build_lr_scheduler", "build_optimizer", "param_groups"]
+__all__ = ["PolyParamScheduler", "build_lr_scheduler", "build_optimizer", "param_groups", "poly_end_factor", "warmup_fraction"]
 
 logger = logging.getLogger(__name__)
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -24,6 +25,16 @@ class PolyParamScheduler(ParamScheduler):
 
     def __call__(self, where: float) -> float:
         return self.end + (1.0 - self.end) * (1.0 - where) ** self.power
+
+
+def poly_end_factor(cfg) -> float:
+    """SOLVER.POLY_LR_MIN (an absolute lr, as mmseg's ``min_lr``) as a fraction of SOLVER.BASE_LR: mmseg's
+    ``(base - min) * (1 - t) ** power + min`` is ``base * PolyParamScheduler(power, min / base)(t)``."""
+    if not 0.0 <= cfg.SOLVER.POLY_LR_MIN <= cfg.SOLVER.BASE_LR:
+        raise ValueError(
+            f"SOLVER.POLY_LR_MIN ({cfg.SOLVER.POLY_LR_MIN}) must lie in [0, SOLVER.BASE_LR={cfg.SOLVER.BASE_LR}]."
+        )
+    return cfg.SOLVER.POLY_LR_MIN / cfg.SOLVER.BASE_LR if cfg.SOLVER.BASE_LR > 0 else 0.0
 
 
 def param_groups(model: nn.Module, cfg) -> List[Dict]:
@@ -75,15 +86,35 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return maybe_add_gradient_clipping(cfg, opt)
 
 
+def warmup_fraction(cfg) -> float:
+    """SOLVER.WARMUP_ITERS as a fraction of SOLVER.MAX_ITER, at most SOLVER.WARMUP_MAX_FRACTION.
+
+    The warm-up ramps to the poly value at its end; a warm-up as long as the run ramps towards the
+    end-of-schedule lr (POLY_LR_MIN, ~0), so the run would train at ~0 without a word. Clamped with a
+    warning instead (e.g. a 40-iteration test of a config with 50 warm-up iterations: 20)."""
+    max_iter, limit = max(cfg.SOLVER.MAX_ITER, 1), cfg.SOLVER.WARMUP_MAX_FRACTION
+    if not 0.0 < limit <= 1.0:
+        raise ValueError(f"SOLVER.WARMUP_MAX_FRACTION must lie in (0, 1], got {limit}.")
+    fraction = cfg.SOLVER.WARMUP_ITERS / max_iter
+    if fraction > limit:
+        logger.warning(
+            f"SOLVER.WARMUP_ITERS ({cfg.SOLVER.WARMUP_ITERS}) is {fraction:.0%} of SOLVER.MAX_ITER ({max_iter}): "
+            f"the lr would ramp towards its end-of-schedule value. Warm-up clamped to {int(limit * max_iter)} "
+            f"iterations (SOLVER.WARMUP_MAX_FRACTION {limit})."
+        )
+        return int(limit * max_iter) / max_iter
+    return fraction
+
+
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         from detectron2.solver import build_lr_scheduler as d2_build
 
         return d2_build(cfg, optimizer)
     sched = WarmupParamScheduler(
-        PolyParamScheduler(cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_END),
+        PolyParamScheduler(cfg.SOLVER.POLY_LR_POWER, poly_end_factor(cfg)),
         cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / max(cfg.SOLVER.MAX_ITER, 1), 1.0),
+        warmup_fraction(cfg),
         cfg.SOLVER.WARMUP_METHOD,
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

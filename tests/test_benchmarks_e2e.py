@@ -26,7 +26,7 @@ FAST = ["MODEL.DEVICE", "cpu", "MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.LDVC
         "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "(64, 64)",
         "INPUT.TRAIN_SCALE", "(256, 64)", "INPUT.MIN_SIZE_TEST", "64",
         "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "48"]
-PROTOCOL = ("sliding window 64x64 stride 48, short side 64, seen-score calibration 0.1, "
+PROTOCOL = ("LDVC: sliding window 64x64 stride 48, short side 64, seen-score calibration 0.1, "
             "trained on seen classes of ['{train}']")
 COPYPASTE_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU", "mIoU(S)", "mIoU(U)", "hIoU")
 
@@ -157,7 +157,8 @@ def test_train_then_eval_only(prepared, tmp_path):
     protocol = PROTOCOL.format(train=bench.train_set)
     n, n_unseen = bench.num_classes, len(bench.unseen_names)
     assert (f"Zero-shot evaluation of '{bench.val_set}': 3 images, {n} classes ({n - n_unseen} "
-            f"seen, {n_unseen} unseen, evaluated jointly), ignore label 255, protocol: {protocol}"
+            f"seen, {n_unseen} unseen, evaluated jointly), ignore label 255, mIoU rule 'mmseg' (a predicted class "
+            f"absent from the ground truth counts as IoU 0), protocol: {protocol}"
             ) in log, log[-3000:]
 
     with open(os.path.join(out, "inference", bench.val_set, "sem_seg_metrics.json")) as f:

@@ -150,3 +150,69 @@ def test_eval_only_through_train_net_on_shapes_without_weights(tmp_path):
     metrics = json.loads(metrics_file.read_text())
     text = json.dumps(metrics)
     assert "CLIPtrase" in text and "hIoU" in text
+
+
+def _config_names():
+    folder = os.path.join(REPO, "configs", "cliptrase")
+    return sorted(f for f in os.listdir(folder) if f.endswith(".yaml") and not f.startswith("Base"))
+
+
+@pytest.mark.parametrize("name", _config_names())
+def test_every_config_names_a_registered_set_and_the_official_settings(name):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    cfg = tiny_cfg(f"configs/cliptrase/{name}")
+    assert cfg.MODEL.META_ARCHITECTURE == "CLIPtrase" and not cfg.DATASETS.TRAIN
+    dataset = cfg.DATASETS.TEST[0]
+    assert dataset in DatasetCatalog.list() and MetadataCatalog.get(dataset).get("stuff_classes")
+    c = cfg.MODEL.CLIPTRASE
+    for size, eps, min_samples in ((224, 0.7, 3), (336, 1.1, 7)):
+        if name.endswith(f"_{size}.yaml"):  # the official script's pairs, the crop set, whole-image pass
+            assert (c.DBSCAN_EPS, c.DBSCAN_MIN_SAMPLES, c.DBSCAN_SCALE) == (eps, min_samples, "fixed")
+            assert dataset.endswith(f"_crop{size}") and cfg.INPUT.MIN_SIZE_TEST == size
+            assert cfg.MODEL.LDVC.INFERENCE.MODE == "whole" and cfg.TEST.MIOU_RULE == "present"
+            assert c.IMAGE_LEVEL_REWEIGHT == name.startswith("voc20")
+    assert list(cfg.MODEL.PIXEL_MEAN) == ([123.675, 116.28, 103.53] if name.startswith("shapes")
+                                          else [122.771, 116.746, 104.094])
+
+
+def test_voc21_uses_the_official_names_and_background_words():
+    from detectron2.data import MetadataCatalog
+
+    model = build_model(tiny_cfg("configs/cliptrase/voc21_224.yaml")).eval()
+    meta = MetadataCatalog.get("voc21_val_crop224")
+    names = list(meta.prompt_class_names)
+    assert "tv" in names and model.background_words == list(meta.background_names)
+    emb = model.encode_text(names)
+    assert emb.background == names.index("background")
+    assert emb.weights.shape[0] == len(names) + len(meta.background_names) - 1
+
+
+def test_open_vocabulary_without_weights_predictor_and_demo(tmp_path, caplog):
+    """OpenVocabPredictor and demo/demo.py with a CLIPtrase config and no MODEL.WEIGHTS: no crash, no
+    'untrained' warning, labels = argmax of the probabilities."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    from ldvc_d2.predictor import OpenVocabPredictor, load_config
+
+    opts = ["MODEL.LDVC.CLIP_PRETRAINED", ""]
+    cfg = load_config(os.path.join(REPO, BASE), opts)
+    torch.manual_seed(0)
+    predictor = OpenVocabPredictor(cfg, input_format="RGB")
+    assert "untrained" not in caplog.text
+    rgb = _image(40, 60).permute(1, 2, 0).numpy()
+    out = predictor(rgb, ["sky", "wall", "red circle"])
+    assert out["sem_seg"].shape == (3, 40, 60) and torch.equal(out["labels"], out["sem_seg"].argmax(dim=0))
+
+    spec = importlib.util.spec_from_file_location("ldvc_demo", os.path.join(REPO, "demo", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    rc = demo.main(["--config-file", os.path.join(REPO, BASE), "--input", str(tmp_path / "img.png"),
+                    "--output", str(tmp_path / "out"), "--classes", "sky,wall,red circle", "--opts", *opts])
+    assert rc == 0
+    with Image.open(tmp_path / "out" / "img_labels.png") as im:
+        assert np.asarray(im).shape == (40, 60)

@@ -20,8 +20,16 @@ def test_configs_exist():
 def test_config_builds_a_model(config):
     cfg = tiny_cfg(config, "MODEL.LCTD.NUM_HEADS", "4")
     model = build_model(cfg)
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
+    if cfg.MODEL.META_ARCHITECTURE not in ("LDVC", "ZegCLIP"):  # training-free methods have their own tests
+        return
     assert model.backbone.visual.num_prompts == cfg.MODEL.LDVC.VISUAL_PROMPTS
-    if cfg.MODEL.LDVC.CLASS_EMBEDDINGS == "text":
+    if cfg.MODEL.LDVC.TEXT_TEMPLATES:
+        from ldvc_d2.modeling.clip.templates import resolve_templates
+
+        assert model.backbone.text.templates == resolve_templates(cfg.MODEL.LDVC.TEXT_TEMPLATES)
+        assert not any(p.requires_grad for p in model.backbone.text.parameters())
+    elif cfg.MODEL.LDVC.CLASS_EMBEDDINGS == "text":
         assert model.backbone.text.num_prompts == cfg.MODEL.LDVC.TEXT_PROMPTS
     else:
         assert not any(p.requires_grad for p in model.backbone.text.parameters())
@@ -62,9 +70,19 @@ def test_zegclip_baseline_settings():
     for path, prompts in (("configs/zegclip/voc.yaml", 10), ("configs/zegclip/coco_stuff.yaml", 100)):
         c = _cfg(path)
         assert c.MODEL.SEM_SEG_HEAD.NAME == "ZegCLIPHead" and c.MODEL.LDVC.VISUAL_PROMPTS == prompts
-        assert c.MODEL.LDVC.TEXT_PROMPTS == 0 and c.MODEL.LDVC.TEXT_PROMPT_TEMPLATE == "a photo of a {}."
+        assert c.MODEL.META_ARCHITECTURE == "ZegCLIP" and c.MODEL.LDVC.TEXT_PROMPTS == 0
         assert c.MODEL.LDVC.VISUAL_PROMPT_PROJECTION and c.MODEL.LDVC.VISUAL_FINAL_NORM
         assert (c.MODEL.ZEGCLIP.NUM_LAYERS, c.MODEL.ZEGCLIP.NUM_HEADS) == (3, 8)
+    # ZegCLIP's text (get_embedding.ipynb): VOC one template without full stop, COCO-Stuff 15 averaged
+    voc, coco = _cfg("configs/zegclip/voc.yaml"), _cfg("configs/zegclip/coco_stuff.yaml")
+    assert voc.MODEL.LDVC.TEXT_PROMPT_TEMPLATE == "a photo of a {}" and not voc.MODEL.LDVC.TEXT_TEMPLATES
+    from ldvc_d2.modeling.clip.templates import resolve_templates
+
+    assert list(coco.MODEL.LDVC.TEXT_TEMPLATES) == ["zegclip15"]
+    templates = resolve_templates(coco.MODEL.LDVC.TEXT_TEMPLATES)
+    assert len(templates) == len(set(templates)) == 15 and all(t.count("{}") == 1 for t in templates)
+    assert templates[0] == "a photo of a {}." and templates[-1] == "This is one {} in the scene."
+    assert _cfg("configs/ablations/table4_components/baseline.yaml").MODEL.LDVC.TEXT_TEMPLATES == ["zegclip15"]
 
 
 def test_ablation_tables_change_one_thing_each():
@@ -81,11 +99,21 @@ def test_ablation_tables_change_one_thing_each():
     assert _cfg(f"{a}table6_text_init/hand_crafted.yaml").MODEL.LDVC.TEXT_PROMPT_INIT == "template"
     assert _cfg(f"{a}table4_components/vlpt_lctd_global.yaml").MODEL.LCTD.SELF_ATTENTION == "global"
     assert _cfg(f"{a}table4_components/vlpt.yaml").MODEL.SEM_SEG_HEAD.NAME == "ZegCLIPHead"
-    for head in ("zegclip", "lctd"):
+    for head in ("zegclip", "lctd_global", "lctd"):
         for p, v, t in (("frozen", 0, 0), ("vpt", 100, 0), ("vlpt", 100, 6)):
             c = _cfg(f"{a}table7_decoders/{head}_{p}.yaml")
-            assert c.MODEL.SEM_SEG_HEAD.NAME == {"zegclip": "ZegCLIPHead", "lctd": "LCTDHead"}[head]
+            assert c.MODEL.SEM_SEG_HEAD.NAME == ("ZegCLIPHead" if head == "zegclip" else "LCTDHead")
+            assert c.MODEL.META_ARCHITECTURE == ("ZegCLIP" if head == "zegclip" else "LDVC")
             assert (c.MODEL.LDVC.VISUAL_PROMPTS, c.MODEL.LDVC.TEXT_PROMPTS) == (v, t)
+            if head != "zegclip":
+                assert c.MODEL.LCTD.SELF_ATTENTION == ("global" if head == "lctd_global" else "lcsa")
+            # ZegCLIP's visual-prompt cell is its own published baseline: its prompt variant and text
+            zegclip_own = (head, p) == ("zegclip", "vpt")
+            assert c.MODEL.LDVC.VISUAL_PROMPT_PROJECTION == c.MODEL.LDVC.VISUAL_FINAL_NORM == zegclip_own
+            assert bool(c.MODEL.LDVC.TEXT_TEMPLATES) == (head == "zegclip" and p != "vlpt")
+    own, baseline = _cfg(f"{a}table7_decoders/zegclip_vpt.yaml"), _cfg("configs/zegclip/coco_stuff.yaml")
+    own.OUTPUT_DIR = baseline.OUTPUT_DIR
+    assert own == baseline
     # everything else is the COCO-Stuff setting
     for c in (_cfg(f"{a}table8_topk/m8.yaml"), _cfg(f"{a}table7_decoders/zegclip_vlpt.yaml")):
         assert c.DATASETS == base.DATASETS and c.SOLVER.MAX_ITER == base.SOLVER.MAX_ITER
@@ -97,6 +125,7 @@ def test_transductive_and_fully_supervised_settings():
         assert c.MODEL.LDVC.SELF_TRAINING and c.MODEL.LDVC.TRAINING_CLASSES == "all"
         assert c.SOLVER.MAX_ITER == iters and c.MODEL.WEIGHTS.startswith(f"output/{name}/model_")
         assert "zs_train_seen" in c.DATASETS.TRAIN[0]  # labels of unseen pixels are replaced, not used
+        assert (c.MODEL.LDVC.LOSS.FOCAL_WEIGHT, c.MODEL.LDVC.LOSS.DICE_WEIGHT) == (100.0, 1.0)  # paper §4.1
     for name in ("voc", "coco_stuff"):
         c = _cfg(f"configs/{name}_fully_supervised.yaml")
         assert c.MODEL.LDVC.TRAINING_CLASSES == "all" and "full_train" in c.DATASETS.TRAIN[0]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from ldvc_d2.solver import PolyParamScheduler, build_lr_scheduler, build_optimizer
+from ldvc_d2.solver import PolyParamScheduler, build_lr_scheduler, build_optimizer, warmup_fraction
 from tests.conftest import tiny_cfg
 
 
@@ -45,3 +45,33 @@ def test_warmup_then_poly_decay():
     assert lrs[0] == pytest.approx(0.0) and lrs[5] == pytest.approx(0.5 * (1 - 0.1) ** 0.9, rel=1e-6)  # linear ramp to the poly value at iter 10
     assert lrs[50] == pytest.approx((1 - 0.5) ** 0.9, rel=1e-6)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_warmup_longer_than_the_run_is_clamped_with_a_warning(caplog):
+    """MAX_ITER <= WARMUP_ITERS would ramp towards the end-of-schedule lr (issue 14 item 6): the warm-up is
+    clamped to SOLVER.WARMUP_MAX_FRACTION of the run and the lr then follows the poly schedule."""
+    cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "()", "SOLVER.MAX_ITER", "40", "SOLVER.WARMUP_ITERS", "50",
+                   "SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_FACTOR", "0.0", "SOLVER.POLY_LR_MIN", "0.0")
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    with caplog.at_level("WARNING"):
+        sched = build_lr_scheduler(cfg, opt)
+    assert "SOLVER.WARMUP_ITERS (50)" in caplog.text and "clamped to 20" in caplog.text
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = (1 - 20 / 40) ** 0.9
+    assert lrs[10] == pytest.approx(0.5 * peak, rel=1e-6) and lrs[20] == pytest.approx(peak, rel=1e-6)
+    assert lrs[30] == pytest.approx((1 - 30 / 40) ** 0.9, rel=1e-6)
+    assert max(lrs) == pytest.approx(peak, rel=1e-6)
+
+
+def test_warmup_within_the_limit_is_kept(caplog):
+    cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "()", "SOLVER.MAX_ITER", "500", "SOLVER.WARMUP_ITERS", "50")
+    with caplog.at_level("WARNING"):
+        assert warmup_fraction(cfg) == pytest.approx(0.1)
+    assert "clamped" not in caplog.text
+    with pytest.raises(ValueError, match="SOLVER.WARMUP_MAX_FRACTION"):
+        warmup_fraction(tiny_cfg("configs/demo.yaml", "SOLVER.WARMUP_MAX_FRACTION", "0.0"))

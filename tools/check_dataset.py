@@ -35,10 +35,10 @@ _SHOW_VALUES = 5
 
 
 def _image_size(path: str) -> Tuple[int, int]:
-    """(height, width) of an image as detectron2's read_image returns it (EXIF orientation applied)."""
+    """(height, width) of an image as detectron2's read_image returns it (EXIF orientation applied).
+    The image is decoded, as training decodes it: a truncated file fails here, not mid-training."""
     with Image.open(path) as im:
-        im.verify()  # file structure and checksums, without decoding
-    with Image.open(path) as im:
+        im.load()
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)

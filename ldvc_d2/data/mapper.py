@@ -10,6 +10,7 @@ Test: the short side is resized to INPUT.MIN_SIZE_TEST; each input also carries 
 list (``class_names``) and ``seen_classes``, so one model evaluates any dataset's vocabulary.
 """
 import copy
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -17,25 +18,45 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
-__all__ = ["LDVCTrainMapper", "LDVCTestMapper", "PhotometricDistortion", "RandomScaleResize", "read_label"]
+from .image_io import read_image
+
+__all__ = ["LDVCTrainMapper", "LDVCTestMapper", "PhotometricDistortion", "RandomScaleResize", "check_label_size",
+           "photometric_distortion", "read_label"]
 
 
 def read_label(path: str) -> np.ndarray:
-    """Read an index PNG (mode L/P/I) as an H×W uint8 array; a colour label is an error naming the file."""
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(
-                f"Label '{path}' is a {im.mode} image; labels must be single-channel index PNGs (class "
-                "index per pixel, 255 = ignore). Convert it with the datasets/prepare_*.py scripts."
-            )
-        label = np.asarray(im)
+    """Read an index PNG (mode L/P/I) as an H×W uint8 array; a colour, truncated or unreadable label
+    is an error naming the file."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            label = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
+    except (OSError, SyntaxError) as e:  # missing, truncated, not an image
+        raise ValueError(f"Cannot read label '{path}' ({type(e).__name__}: {e}).") from e
+    if label is None:
+        raise ValueError(
+            f"Label '{path}' is a {mode} image; labels must be single-channel index PNGs (class "
+            "index per pixel, 255 = ignore). Convert it with the datasets/prepare_*.py scripts."
+        )
     if label.max(initial=0) > 255:
         raise ValueError(f"Label '{path}' has values above 255; class indices must be 0-254, 255 = ignore.")
     return label.astype(np.uint8)
+
+
+def check_label_size(label_path: str, image_path: str, image_hw: Tuple[int, int]) -> None:
+    """A label of another size than its image is an error naming both (labels are per pixel)."""
+    try:
+        with Image.open(label_path) as im:
+            width, height = im.size
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"Cannot read label '{label_path}' ({type(e).__name__}: {e}).") from e
+    if (height, width) != tuple(image_hw):
+        raise ValueError(f"Label '{label_path}' is {width}x{height} but its image '{image_path}' is "
+                         f"{image_hw[1]}x{image_hw[0]} (WxH); a label must have its image's size "
+                         "(tools/check_dataset.py lists every such pair).")
 
 
 class RandomScaleResize(T.Augmentation):
@@ -53,33 +74,72 @@ class RandomScaleResize(T.Augmentation):
         return T.ResizeTransform(h, w, max(int(h * f + 0.5), 1), max(int(w * f + 0.5), 1))
 
 
+def _clip_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``x * alpha + beta`` in float32, clipped to [0, 255] and truncated to uint8, as mmseg after each step."""
+    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def _hsv_step(img: np.ndarray, channel: int, fn) -> np.ndarray:
+    """RGB uint8 -> OpenCV 8-bit HSV (H 0-179, S/V 0-255) -> ``fn`` on one channel -> RGB uint8."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[..., channel] = fn(hsv[..., channel])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
 class PhotometricDistortion(T.Augmentation):
-    """mmseg's PhotoMetricDistortion: brightness ±32, contrast 0.5-1.5 (before or after the
-    saturation/hue change), saturation 0.5-1.5, hue ±18 (OpenCV's 0-180 scale), each with p=0.5."""
+    """mmseg's ``PhotoMetricDistortion`` as ZegCLIP's pipeline uses it (defaults), step by step on a uint8
+    RGB image; each step happens with p=0.5 and ends with a clip to [0, 255] and a uint8 cast:
+
+    1. brightness: + U(-32, 32);
+    2. contrast: × U(0.5, 1.5), here if a fair coin says "first" (else as step 5);
+    3. saturation: S × U(0.5, 1.5) in OpenCV's 8-bit HSV (its own RGB->HSV->RGB round trip);
+    4. hue: H + randint(-18, 18) (numpy: -18..17), modulo 180 (OpenCV's 0-179 hue), own round trip;
+    5. contrast, if not done in step 2.
+
+    Random numbers are drawn from ``np.random`` in mmseg's order, so a seeded run draws the same
+    parameters as mmseg. (mmseg works on BGR with BGR2HSV; RGB with RGB2HSV gives the same HSV.)
+    """
+
+    def __init__(self, brightness_delta: int = 32, contrast_range: Tuple[float, float] = (0.5, 1.5),
+                 saturation_range: Tuple[float, float] = (0.5, 1.5), hue_delta: int = 18):
+        super().__init__()
+        self._init(locals())
 
     def get_transform(self, image):
         rng = np.random
-        brightness = rng.uniform(-32, 32) if rng.rand() < 0.5 else 0.0
-        contrast = rng.uniform(0.5, 1.5) if rng.rand() < 0.5 else 1.0
-        contrast_first = rng.rand() < 0.5
-        saturation = rng.uniform(0.5, 1.5) if rng.rand() < 0.5 else 1.0
-        hue = rng.randint(-18, 19) if rng.rand() < 0.5 else 0
 
-        def apply(img: np.ndarray) -> np.ndarray:
-            x = img.astype(np.float32) + brightness
-            if contrast_first:
-                x = x * contrast
-            x = np.clip(x, 0, 255).astype(np.uint8)
-            if saturation != 1.0 or hue:
-                hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV).astype(np.float32)
-                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-                hsv[..., 0] = (hsv[..., 0] + hue) % 180
-                x = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
-            if not contrast_first:
-                x = np.clip(x.astype(np.float32) * contrast, 0, 255).astype(np.uint8)
-            return x
+        def maybe(draw):
+            return draw() if rng.randint(2) else None
 
-        return T.ColorTransform(apply)
+        brightness = maybe(lambda: rng.uniform(-self.brightness_delta, self.brightness_delta))
+        contrast_first = rng.randint(2) == 1
+        contrast = maybe(lambda: rng.uniform(*self.contrast_range)) if contrast_first else None
+        saturation = maybe(lambda: rng.uniform(*self.saturation_range))
+        hue = maybe(lambda: rng.randint(-self.hue_delta, self.hue_delta))
+        if not contrast_first:
+            contrast = maybe(lambda: rng.uniform(*self.contrast_range))
+        return T.ColorTransform(functools.partial(
+            photometric_distortion, brightness=brightness, contrast=contrast, contrast_first=contrast_first,
+            saturation=saturation, hue=hue))
+
+
+def photometric_distortion(img: np.ndarray, brightness: Optional[float], contrast: Optional[float],
+                           contrast_first: bool, saturation: Optional[float], hue: Optional[int]) -> np.ndarray:
+    """Apply the drawn steps of :class:`PhotometricDistortion` (None = step skipped) to an H×W×3 uint8 RGB image."""
+    if img.dtype != np.uint8:
+        raise ValueError(f"PhotometricDistortion needs a uint8 image (mmseg's), got {img.dtype}; "
+                         "set INPUT.PHOTOMETRIC_DISTORTION False for other inputs.")
+    if brightness is not None:
+        img = _clip_uint8(img, beta=brightness)
+    if contrast_first and contrast is not None:
+        img = _clip_uint8(img, alpha=contrast)
+    if saturation is not None:
+        img = _hsv_step(img, 1, lambda s: _clip_uint8(s, alpha=saturation))
+    if hue is not None:
+        img = _hsv_step(img, 0, lambda h: ((h.astype(np.int64) + hue) % 180).astype(np.uint8))
+    if not contrast_first and contrast is not None:
+        img = _clip_uint8(img, alpha=contrast)
+    return img
 
 
 class LDVCTrainMapper:
@@ -112,7 +172,7 @@ class LDVCTrainMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
+        image = read_image(d["file_name"], format=self.image_format)
         label = read_label(d["sem_seg_file_name"])
         if self.num_classes is not None:
             bad = np.unique(label[(label != self.ignore_label) & (label >= self.num_classes)])
@@ -160,13 +220,16 @@ class LDVCTestMapper:
             "min_size": cfg.INPUT.MIN_SIZE_TEST,
             "max_size": cfg.INPUT.MAX_SIZE_TEST,
             "image_format": cfg.INPUT.FORMAT,
-            "class_names": meta.get("stuff_classes", None) if meta else None,
+            "class_names": (meta.get("prompt_class_names", None) if cfg.DATASETS.PROMPT_CLASS_NAMES else None)
+            or meta.get("stuff_classes", None) if meta else None,
             "seen_classes": meta.get("seen_classes", []) if meta else [],
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
+        image = read_image(d["file_name"], format=self.image_format)
+        if "sem_seg_file_name" in d:  # evaluation: the label must fit the image (header read only)
+            check_label_size(d["sem_seg_file_name"], d["file_name"], image.shape[:2])
         d.setdefault("height", image.shape[0])
         d.setdefault("width", image.shape[1])
         image = self.resize.get_transform(image).apply_image(image)

@@ -5,22 +5,29 @@ Public API (used by the meta-architecture, configs and other projects):
 * ``forward(images)`` — images: normalised B×3×H×W. Returns a dict with
   ``"dense"`` V_l: B×d×h×w, L2-normalised per pixel (final patch tokens -> ln_post -> proj);
   ``"global"`` V_g: B×d, L2-normalised ([CLS] -> ln_post -> proj);
-  ``"intermediate"`` {V_j}: list of B×width×h×w raw tokens of MODEL.LDVC.INTERMEDIATE_LAYERS.
+  ``"intermediate"`` {V_j}: list of B×width×h×w tokens of MODEL.LDVC.INTERMEDIATE_LAYERS, scaled by
+  MODEL.LDVC.INTERMEDIATE_NORM (eq. 4 adds them, through a Conv1x1, to the L2-normalised V_l; the
+  paper does not say how they are scaled): "none" = the raw residual stream, "ln_post" = CLIP's
+  frozen final LayerNorm (without proj), "learnable" = one trainable LayerNorm per tap, "l2" = each
+  token L2-normalised, the same unit scale as V_l (a LayerNorm leaves a norm of about sqrt(width)).
   h = H / patch, w = W / patch; d is CLIP's joint embedding width (512 for ViT-B/16).
-* ``encode_text(class_names)`` -> C×d class embeddings T, L2-normalised.
+* ``encode_text(class_names)`` -> C×d class embeddings T, L2-normalised. With frozen text
+  (TEXT_PROMPTS 0) and MODEL.LDVC.TEXT_TEMPLATES, T is the template ensemble (ZegCLIP's COCO-Stuff text).
 
-Only the prompts train; ``train()`` keeps CLIP itself in eval mode.
+Only the prompts (and the "learnable" V_j norms) train; ``train()`` keeps CLIP itself in eval mode.
 """
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
 
 from .clip.loading import build_clip_model
-from .clip.text import PromptedTextEncoder, RandomClassEmbedding
+from .clip.text import PromptedTextEncoder, RandomClassEmbedding, TemplateEnsembleTextEncoder
 from .clip.vision import PromptedVisionEncoder
 
 __all__ = ["PromptedCLIPBackbone", "default_intermediate_layers"]
@@ -53,6 +60,8 @@ class PromptedCLIPBackbone(Backbone):
         visual_prompt_projection: bool = False,
         visual_prompt_dropout: float = 0.0,
         visual_final_norm: bool = False,
+        intermediate_norm: str = "none",
+        text_templates: Sequence[str] = (),
     ):
         """
         Args:
@@ -64,6 +73,9 @@ class PromptedCLIPBackbone(Backbone):
                 control, :class:`RandomClassEmbedding`).
             visual_prompt_projection / visual_prompt_dropout / visual_final_norm: ZegCLIP's prompt
                 variant (see :class:`PromptedVisionEncoder`); off for LDVC.
+            intermediate_norm: "none", "ln_post", "learnable" or "l2" (see the module docstring).
+            text_templates: templates averaged into frozen class embeddings
+                (:class:`TemplateEnsembleTextEncoder`; needs ``text_prompts`` 0); empty = ``text_prompt_template``.
         """
         super().__init__()
         model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
@@ -74,7 +86,23 @@ class PromptedCLIPBackbone(Backbone):
             prompt_projection=visual_prompt_projection, prompt_dropout=visual_prompt_dropout,
             final_norm=visual_final_norm,
         )
-        if class_embeddings == "text":
+        if intermediate_norm not in ("none", "ln_post", "learnable", "l2"):
+            raise ValueError(
+                "MODEL.LDVC.INTERMEDIATE_NORM must be 'none', 'ln_post', 'learnable' or 'l2', "
+                f"got '{intermediate_norm}'."
+            )
+        self.intermediate_norm = intermediate_norm
+        self.intermediate_norms = (
+            nn.ModuleList(nn.LayerNorm(self.visual.width) for _ in layers) if intermediate_norm == "learnable" else None
+        )
+        if text_templates and (class_embeddings != "text" or text_prompts):
+            raise ValueError(
+                "MODEL.LDVC.TEXT_TEMPLATES averages frozen text embeddings; it needs MODEL.LDVC.TEXT_PROMPTS 0 and "
+                f"CLASS_EMBEDDINGS 'text' (got {text_prompts} prompts, '{class_embeddings}'). Use [] otherwise."
+            )
+        if class_embeddings == "text" and text_templates:
+            self.text = TemplateEnsembleTextEncoder(model, tokenizer, templates=list(text_templates))
+        elif class_embeddings == "text":
             self.text = PromptedTextEncoder(
                 model, tokenizer, num_prompts=text_prompts, init=text_prompt_init, template=text_prompt_template
             )
@@ -106,10 +134,25 @@ class PromptedCLIPBackbone(Backbone):
             "visual_prompt_projection": c.VISUAL_PROMPT_PROJECTION,
             "visual_prompt_dropout": c.VISUAL_PROMPT_DROPOUT,
             "visual_final_norm": c.VISUAL_FINAL_NORM,
+            "intermediate_norm": c.INTERMEDIATE_NORM,
+            "text_templates": list(c.TEXT_TEMPLATES),
         }
 
+    def scale_intermediate(self, taps: List[torch.Tensor]) -> List[torch.Tensor]:
+        """B×width×h×w raw tokens -> the same shape after MODEL.LDVC.INTERMEDIATE_NORM (over the width)."""
+        if self.intermediate_norm == "none":
+            return taps
+        if self.intermediate_norm == "l2":
+            return [F.normalize(t, dim=1) for t in taps]
+        norms = self.intermediate_norms
+        if norms is None:  # "ln_post": CLIP's own (frozen) final LayerNorm on every tap
+            norms = [self.visual.visual.ln_post] * len(taps)
+        return [norm(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for norm, t in zip(norms, taps)]
+
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
-        return self.visual(images)
+        out = self.visual(images)
+        out["intermediate"] = self.scale_intermediate(out["intermediate"])
+        return out
 
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
         return self.text(class_names)

@@ -10,13 +10,16 @@ implementation, DESIGN §1.3):
 * focal: per (image, class) the mean over pixels, summed over *all* (image, class) pairs;
 * dice: ``1 - (2 Σ p t + 1) / (Σ p + Σ t + 1)`` per (image, class) pair *present* in the image, summed;
 * both divided by the number of present (image, class) pairs, averaged over processes (the
-  all-reduced count divided by the world size, at least 1), so every GPU weighs its pairs alike.
+  all-reduced count divided by the world size, at least 1), so every GPU weighs its pairs alike; the
+  count is reported to the training loop so accumulation steps weigh their pairs alike too.
 """
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
+
+from ..engine.normaliser import note_loss_normaliser
 
 __all__ = ["focal_dice_loss"]
 
@@ -54,7 +57,9 @@ def focal_dice_loss(
     logits, onehot = logits.float().flatten(2), onehot.flatten(2)
     prob = logits.sigmoid()
     present = onehot.sum(-1) > 0  # B×C
-    num = _num_present(present.sum().float())
+    count = present.sum().float()
+    num = _num_present(count)
+    note_loss_normaliser(num, count)  # exact gradient accumulation (ldvc_d2.engine.normaliser)
 
     ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
     p_t = prob * onehot + (1 - prob) * (1 - onehot)

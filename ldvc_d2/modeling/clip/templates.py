@@ -8,8 +8,8 @@ ensembling; CLIPtrase ``clip_self_correlation.py:90-101``). Sets:
 * ``vild14``: the 14 templates of ViLD, used by CLIPtrase's detectron2 version
   (``cliptrase_d2/cliptrase/config.py:33``) and by OVSeg.
 
-ZegCLIP's multi-template COCO-Stuff embeddings are loaded from a precomputed ``coco_multi.npy`` in its
-public code; its template list is not published there, so no ``zegclip`` set is offered.
+* ``zegclip15``: the 15 templates ZegCLIP averages for its COCO-Stuff baseline text (its training code
+  loads the precomputed ``coco_multi.npy``; the list is the one of its ``get_embedding.ipynb``).
 """
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -68,7 +68,15 @@ VILD_14: Tuple[str, ...] = (
     "There is a medium {} in the scene.", "There is a large {} in the scene.",
 )
 
-TEMPLATE_SETS: Dict[str, Tuple[str, ...]] = {"imagenet80": IMAGENET_80, "vild14": VILD_14}
+ZEGCLIP_15: Tuple[str, ...] = (
+    "a photo of a {}.", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
+    "This is a photo of a {}.", "This is a photo of a small {}.", "This is a photo of a medium {}.",
+    "This is a photo of a large {}.", "a {} in the scene.", "a photo of a {} in the scene.",
+    "There is a {} in the scene.", "There is the {} in the scene.", "This is a {} in the scene.",
+    "This is the {} in the scene.", "This is one {} in the scene.",
+)
+
+TEMPLATE_SETS: Dict[str, Tuple[str, ...]] = {"imagenet80": IMAGENET_80, "vild14": VILD_14, "zegclip15": ZEGCLIP_15}
 
 
 def resolve_templates(templates: Union[str, Sequence[str]]) -> List[str]:

@@ -161,7 +161,7 @@ class CLIPtrase(ZeroShotSegmentor):
                               global_feat=out["global"][0] if self.image_level_reweight else None)
         if not self.cluster:
             return self._collapse_probs(logits.softmax(dim=0), text)
-        grid = tuple(dense.shape[-2:])
+        grid = (int(dense.shape[-2]), int(dense.shape[-1]))  # ints also while fvcore traces
         weights = denoise_correlation(out["correlation"][0])
         eps, min_samples = dbscan_parameters(*self.dbscan[:2], grid[0] * grid[1], self.dbscan[2])
         vote = refine_with_regions(logits, weights, grid, eps=eps, min_samples=min_samples, vote=self.vote,

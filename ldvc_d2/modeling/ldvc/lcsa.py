@@ -5,11 +5,14 @@ tokens (eq. 8); the m windows most similar to it (dot product of the summaries, 
 only places its tokens look (eqs. 11-12). Objects are locally coherent, so attention is steered to
 visually consistent regions ("visual consensus") instead of to every noisy token in the image.
 
-Choices where the paper is silent (config keys in MODEL.LCTD): multi-head attention (NUM_HEADS) with
-the usual 1/sqrt(head_dim) scale (= the paper's 1/sqrt(d) for one head), and an output projection
-after eq. (12), as every transformer attention has. With m = number of windows LCSA is exactly
-ordinary self-attention (softmax attention does not depend on the order of the keys), which is
-also how ``SELF_ATTENTION="global"`` (Table 4's "w/o LCSA") runs.
+Scale (MODEL.LCTD.SCALE): eq. (12) divides by sqrt(d), d the full token width, and BiFormer, which
+LCSA follows, keeps that full-width scale with several heads ("full_width", the default); "head_dim"
+uses the usual multi-head 1/sqrt(d / heads), about sqrt(heads) times sharper. Choices where the paper
+is silent (config keys in MODEL.LCTD): multi-head attention (NUM_HEADS), an output projection after
+eq. (12), as every transformer attention has, and dropout on the softmax weights (ATTN_DROPOUT) and
+on the output (DROPOUT), as ZegCLIP's decoder. With m = number of windows LCSA is exactly ordinary
+self-attention (softmax attention does not depend on the order of the keys), which is also how
+``SELF_ATTENTION="global"`` (Table 4's "w/o LCSA") runs.
 """
 import logging
 from typing import Optional
@@ -32,17 +35,24 @@ class LocalConsensusSelfAttention(nn.Module):
         window_size: window side n in tokens (eq. 8); h and w must be multiples of n.
         topk: m, routed windows per window (eq. 10); None = all tokens (plain self-attention).
         dropout: dropout on the output projection.
+        attn_dropout: dropout on the softmax weights (training only).
+        scale: "full_width" (1/sqrt(dim), eq. 12) or "head_dim" (1/sqrt(dim / num_heads)).
     """
 
-    def __init__(self, dim: int, *, num_heads: int, window_size: int, topk: Optional[int], dropout: float = 0.0):
+    def __init__(self, dim: int, *, num_heads: int, window_size: int, topk: Optional[int], dropout: float = 0.0,
+                 attn_dropout: float = 0.0, scale: str = "full_width"):
         super().__init__()
         if window_size < 1 or (topk is not None and topk < 1):
             raise ValueError(f"MODEL.LCTD.WINDOW_SIZE ({window_size}) and TOPK_WINDOWS ({topk}) must be >= 1.")
         if dim % num_heads:
             raise ValueError(f"MODEL.LCTD.NUM_HEADS={num_heads} must divide the feature width {dim}.")
+        if scale not in ("full_width", "head_dim"):
+            raise ValueError(f"MODEL.LCTD.SCALE must be 'full_width' or 'head_dim', got '{scale}'.")
         self.num_heads = num_heads
         self.window_size = window_size
         self.topk = topk
+        self.scale = dim ** -0.5 if scale == "full_width" else (dim // num_heads) ** -0.5
+        self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim)  # eq. (9): Q, K, V = Chunk(Proj(V_in))
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
@@ -52,6 +62,12 @@ class LocalConsensusSelfAttention(nn.Module):
         b, l, d = t.shape
         return t.view(b, l, self.num_heads, d // self.num_heads).transpose(1, 2)  # B×H×L×hd
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T · scale) v over the last two dims (eq. 12). SDPA's own scale is 1/sqrt(head_dim),
+        so q is rescaled first (works on every torch with SDPA, also without its ``scale`` argument)."""
+        q = q * (self.scale * q.shape[-1] ** 0.5)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """x: B×(h·w)×d tokens in row-major grid order. Returns B×(h·w)×d."""
         b, l, d = x.shape
@@ -59,7 +75,7 @@ class LocalConsensusSelfAttention(nn.Module):
             raise ValueError(f"LCSA got {l} tokens for a {h}x{w} grid.")
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         if self.topk is None:
-            out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            out = self._attend(self._heads(q), self._heads(k), self._heads(v))
             out = out.transpose(1, 2).reshape(b, l, d)
         else:
             out = self._routed(x, q, k, v, h, w)
@@ -110,6 +126,6 @@ class LocalConsensusSelfAttention(nn.Module):
         def split(t):  # B×W×L×d -> B×W×H×L×hd
             return t.view(*t.shape[:3], self.num_heads, hd).transpose(2, 3)
 
-        out = F.scaled_dot_product_attention(split(qw), split(ks), split(vs))  # eq. (12)
+        out = self._attend(split(qw), split(ks), split(vs))  # eq. (12)
         out = out.transpose(2, 3).reshape(b, num_windows, n * n, d)
         return self._from_windows(out, h, w)

@@ -11,12 +11,18 @@ anchors. Per block (all norms are LayerNorm, pre-norm as the equations write the
 
 and the logits are ``S = T_new V_o^T`` (13), one map per class, without temperature or
 normalisation (as written in the paper). Choices where the paper is silent: the Conv1x1 is
-zero-initialised, so training starts from CLIP's own dense features; the MLP is Linear-GELU-Linear
-with MODEL.LCTD.MLP_RATIO hidden width.
+zero-initialised, so training starts from CLIP's own dense features (ours); the MLP is
+Linear-GELU-Linear with MODEL.LCTD.MLP_RATIO hidden width. Following ZegCLIP's decoder (the paper
+follows ZegCLIP's training): dropout 0.1 on the outputs of LCSA, CA and the MLP and inside the MLP
+(MODEL.LCTD.DROPOUT, torch's TransformerDecoderLayer default), dropout 0.1 on the attention weights
+(ATTN_DROPOUT, ZegCLIP's ``attn_drop``), and Linear weights truncated normal with std 0.02, biases 0
+(WEIGHT_INIT "trunc_normal", ZegCLIP's ``init_weights``; the cross-attention's packed q/k/v weight
+counts as a Linear).
 """
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
@@ -41,6 +47,8 @@ class LCTDBlock(nn.Module):
         topk: Optional[int],
         mlp_ratio: float,
         dropout: float,
+        attn_dropout: float = 0.0,
+        scale: str = "full_width",
     ):
         super().__init__()
         self.skip = nn.Conv2d(intermediate_dim, dim, kernel_size=1)
@@ -48,11 +56,13 @@ class LCTDBlock(nn.Module):
         nn.init.zeros_(self.skip.bias)
         self.norm_sa = nn.LayerNorm(dim)
         self.self_attn = LocalConsensusSelfAttention(
-            dim, num_heads=num_heads, window_size=window_size, topk=topk, dropout=dropout
+            dim, num_heads=num_heads, window_size=window_size, topk=topk, dropout=dropout,
+            attn_dropout=attn_dropout, scale=scale,
         )
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=attn_dropout, batch_first=True)
+        self.cross_drop = nn.Dropout(dropout)
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -67,11 +77,13 @@ class LCTDBlock(nn.Module):
         Returns B×(h·w)×d, and with ``return_attention`` also the cross-attention weights of eq. (6)
         averaged over heads, B×(h·w)×C (each image token's softmax over the classes)."""
         h, w = v_j.shape[-2:]
-        v = v + self.skip(v_j).flatten(2).transpose(1, 2)  # (4)
+        # (4); the 1x1 conv applied as a Linear over tokens: same result, and its weight gradient stays
+        # contiguous (a conv over the channels-last V_j gives a channels-last one, which DDP warns about)
+        v = v + F.linear(v_j.flatten(2).transpose(1, 2), self.skip.weight.flatten(1), self.skip.bias)
         v = v + self.self_attn(self.norm_sa(v), h, w)  # (5)
         kv = self.norm_kv(text)
         attended, attn = self.cross_attn(self.norm_q(v), kv, kv, need_weights=return_attention)
-        v = v + attended  # (6)
+        v = v + self.cross_drop(attended)  # (6)
         v = v + self.mlp(self.norm_mlp(v))  # (7)
         return (v, attn) if return_attention else v
 
@@ -101,18 +113,35 @@ class LCTDHead(nn.Module):
         topk: Optional[int],
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        scale: str = "full_width",
+        weight_init: str = "trunc_normal",
         text_adapter: bool = True,
     ):
         super().__init__()
+        if weight_init not in ("trunc_normal", "torch"):
+            raise ValueError(f"MODEL.LCTD.WEIGHT_INIT must be 'trunc_normal' or 'torch', got '{weight_init}'.")
         self.token_divisibility = window_size  # LCSA needs whole windows of tokens
         self.text_adapter = TextAdapter(dim) if text_adapter else None
         self.blocks = nn.ModuleList(
             LCTDBlock(
                 dim, intermediate_dim, num_heads=num_heads, window_size=window_size, topk=topk,
-                mlp_ratio=mlp_ratio, dropout=dropout,
+                mlp_ratio=mlp_ratio, dropout=dropout, attn_dropout=attn_dropout, scale=scale,
             )
             for _ in range(num_blocks)
         )
+        if weight_init == "trunc_normal":
+            self._trunc_normal_init()
+
+    def _trunc_normal_init(self) -> None:
+        """ZegCLIP's decoder init: Linear (and packed q/k/v) weights N(0, 0.02²) truncated to ±2, biases 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.MultiheadAttention):
+                nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
+                nn.init.zeros_(m.in_proj_bias)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -128,6 +157,9 @@ class LCTDHead(nn.Module):
             "topk": cfg.MODEL.LCTD.TOPK_WINDOWS if mode == "lcsa" else None,
             "mlp_ratio": cfg.MODEL.LCTD.MLP_RATIO,
             "dropout": cfg.MODEL.LCTD.DROPOUT,
+            "attn_dropout": cfg.MODEL.LCTD.ATTN_DROPOUT,
+            "scale": cfg.MODEL.LCTD.SCALE,
+            "weight_init": cfg.MODEL.LCTD.WEIGHT_INIT,
             "text_adapter": cfg.MODEL.LCTD.TEXT_ADAPTER,
         }
 

@@ -1,0 +1,41 @@
+"""Reading input images: every failure names the file, and 16-bit greyscale images are scaled to 8 bits.
+
+detectron2's ``read_image`` converts with Pillow's ``Image.convert("RGB")``, which *clips* a 16-bit
+greyscale image (mode ``I;16``: values 0-65535) to 255, so such an image reads as all white and is
+segmented with confidence; and a truncated file raises Pillow's "image file is truncated" without
+its name. Here 16-bit greyscale is scaled to 0-255 (value / 257, rounded: 65535 -> 255, the inverse
+of the usual 8 -> 16 bit expansion ×257), 32-bit integer images with values in 0..65535 are taken as
+16-bit, other high-bit-depth modes (float, larger integers) are refused by name.
+"""
+import numpy as np
+from detectron2.data import detection_utils as utils
+from PIL import Image
+
+__all__ = ["read_image"]
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_8bit(image: Image.Image, path: str) -> Image.Image:
+    """An 8-bit greyscale (mode L) image of a 16-bit one; other modes unchanged."""
+    if image.mode not in _SIXTEEN_BIT + ("I", "F"):
+        return image
+    values = np.asarray(image)
+    if image.mode in ("I", "F") and (values.size == 0 or values.min() < 0 or values.max() > 65535
+                                     or not np.array_equal(values, np.round(values))):
+        raise ValueError(f"Image '{path}' is a {image.mode} image with values outside 16-bit integers "
+                         f"({values.min()}..{values.max()}); convert it to 8-bit RGB or greyscale first.")
+    return Image.fromarray(np.round(values.astype(np.float64) / 257.0).astype(np.uint8), mode="L")
+
+
+def read_image(path: str, format: str = "RGB") -> np.ndarray:
+    """H×W×3 uint8 in ``format`` ("RGB" or "BGR"), EXIF orientation applied, as detectron2's
+    ``read_image``; ValueError naming the file when it cannot be read (missing, truncated, not an image)."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    except Exception as e:  # Pillow raises several types for damaged files (OSError, SyntaxError, ...)
+        raise ValueError(f"Cannot read image '{path}' ({type(e).__name__}: {e}).") from e
+    image = utils._apply_exif_orientation(_to_8bit(image, path))
+    return utils.convert_PIL_to_numpy(image, format)

@@ -1,0 +1,84 @@
+"""Multi-process runs on GPUs *and* CPUs, on detectron2 v0.6 and current detectron2 (issue 14 item 3).
+
+With CUDA available, :func:`launch` is detectron2's own (NCCL, one process per GPU: unchanged). On a
+machine without CUDA, detectron2 v0.6's launch asserts CUDA, so this module starts the processes itself:
+``--num-gpus N`` then means N CPU processes on this machine, joined with gloo over ``--dist-url``
+(several machines: ``--num-machines`` and ``--machine-rank`` as on GPUs). :func:`create_ddp_model`
+wraps a CPU module without ``device_ids`` (detectron2 passes ``[local_rank]``, which DDP refuses for
+a CPU module) and leaves GPU modules to detectron2.
+"""
+import logging
+import os
+from datetime import timedelta
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.engine import defaults
+from detectron2.engine import launch as d2_launch
+from detectron2.utils import comm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["create_ddp_model", "launch"]
+
+TIMEOUT = timedelta(minutes=30)
+
+
+def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
+           dist_url: Optional[str] = None, args: Sequence = ()) -> None:
+    """detectron2's ``launch`` signature; on CPUs, ``num_gpus_per_machine`` processes per machine (gloo)."""
+    world_size = num_machines * num_gpus_per_machine
+    if torch.cuda.is_available() or world_size == 1:
+        d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
+                  dist_url=dist_url, args=args)
+        return
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto picks a free port on this machine; several machines need "
+                             "tcp://<address of machine 0>:<port>.")
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    logging.getLogger(__name__).info(
+        f"No CUDA: {num_gpus_per_machine} CPU process(es) on this machine, world size {world_size}, gloo at {dist_url}."
+    )
+    mp.start_processes(_cpu_worker, nprocs=num_gpus_per_machine, start_method="spawn", daemon=False,
+                       args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args)))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cpu_worker(local_rank: int, main_func: Callable, world_size: int, per_machine: int, machine_rank: int,
+                dist_url: str, args: tuple) -> None:
+    rank = machine_rank * per_machine + local_rank
+    # one share of this machine's cores per process, as one GPU per process
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
+    dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=TIMEOUT)
+    if hasattr(comm, "create_local_process_group"):  # current detectron2
+        comm.create_local_process_group(per_machine)
+    else:  # v0.6: every process creates every machine's group, in the same order
+        for machine in range(world_size // per_machine):
+            group = dist.new_group(list(range(machine * per_machine, (machine + 1) * per_machine)))
+            if machine == machine_rank:
+                comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
+    """DistributedDataParallel over the processes (the model itself with one process). GPU modules go
+    through detectron2's ``create_ddp_model``; CPU modules get no ``device_ids``."""
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).device.type == "cuda":
+        return defaults.create_ddp_model(model, **kwargs)
+    return DistributedDataParallel(model, device_ids=None, **kwargs)

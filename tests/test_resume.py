@@ -1,0 +1,61 @@
+"""Exact resume (issue 14 item 4): a run killed with SIGKILL after a checkpoint and resumed with --resume
+ends with the same weights, bit for bit, as a run that was never interrupted. Dropout (0.1) and
+photometric distortion are on, and the two runs use different numbers of data-loader workers: the data
+stream and the random draws depend on (seed, iteration, position) alone."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from ldvc_d2.checkpoint import load_checkpoint_file
+from tests import tiny_shapes
+from tests.conftest import REPO
+
+OPTS = ["MODEL.LDVC.CLIP_PRETRAINED", "", "DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
+        "INPUT.PHOTOMETRIC_DISTORTION", "True", "SEED", "3"]
+
+
+def _command(root: str, *args: str):
+    return [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, "configs/demo.yaml"),
+            "--register", os.path.join(root, "register_tiny_shapes.py"), *args, *OPTS]
+
+
+def _run(root, cwd, *args) -> str:
+    proc = subprocess.run(_command(root, *args), cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
+    root = str(tmp_path / "data")
+    tiny_shapes.make(root)
+    _run(root, tmp_path, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "full")
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_command(root, "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut"), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (cut / "model_0000003.pth").exists():  # written atomically: complete once it exists
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its 4th iteration's checkpoint"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its data-loader worker
+        proc.wait()
+    assert not (cut / "model_final.pth").exists(), "the run finished before it was killed: nothing to resume"
+
+    log = _run(root, tmp_path, "--resume", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut")
+    start = int(re.search(r"Starting training from iteration (\d+)", log).group(1))
+    assert 2 <= start < 8
+
+    full = load_checkpoint_file(str(tmp_path / "full" / "model_final.pth"))["model"]
+    resumed = load_checkpoint_file(str(cut / "model_final.pth"))["model"]
+    initial = load_checkpoint_file(str(cut / "model_0000001.pth"))["model"]
+    assert any(not torch.equal(full[k], initial[k]) for k in full)  # the last iterations moved the weights
+    different = [k for k in full if not torch.equal(full[k], resumed[k])]
+    assert not different, different
