@@ -216,3 +216,30 @@ def test_open_vocabulary_without_weights_predictor_and_demo(tmp_path, caplog):
     assert rc == 0
     with Image.open(tmp_path / "out" / "img_labels.png") as im:
         assert np.asarray(im).shape == (40, 60)
+
+
+def test_stage_maps_and_the_attention_tool(tmp_path):
+    """Stage 1 = the pixel probabilities of the same model without clustering; stage 2 = its own scores;
+    tools/visualize_attention.py draws them for a model without a decoder head."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.scripts import load_script
+
+    opts = ("MODEL.CLIPTRASE.DBSCAN_EPS", "3.0", "MODEL.CLIPTRASE.DBSCAN_MIN_SAMPLES", "2",
+            "MODEL.CLIPTRASE.DBSCAN_SCALE", "fixed")
+    model, flat = _model(*opts), _model(*opts, "MODEL.CLIPTRASE.CLUSTER", "False")
+    image = _image(64, 80)
+    (label1, before), (label2, after) = model.stage_maps(image, TOY_CLASSES)
+    assert "T5" in label1 and "vote" in label2
+    torch.testing.assert_close(before, flat([{"image": image, "class_names": TOY_CLASSES}])[0]["sem_seg"])
+    torch.testing.assert_close(after, model([{"image": image, "class_names": TOY_CLASSES}])[0]["sem_seg"])
+
+    tool = load_script("tools/visualize_attention.py")
+    Image.fromarray(np.asarray(image.permute(1, 2, 0))).save(tmp_path / "img.png")
+    rc = tool.main(["--config-file", os.path.join(REPO, BASE), "--input", str(tmp_path / "img.png"),
+                    "--classes", "red,blue", "--output", str(tmp_path / "maps.png"),
+                    "--opts", "MODEL.LDVC.CLIP_PRETRAINED", "", *opts])
+    assert rc == 0
+    with Image.open(tmp_path / "maps.png") as grid:
+        assert grid.mode == "RGB"

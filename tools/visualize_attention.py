@@ -12,6 +12,10 @@ maps of all classes sum to 1. When the head has LCSA, the grid has two blocks of
 (routing to the top-m windows) and off (global self-attention), with the same weights: only the
 attention routing changes. The image is resized as in testing and passed once, whole.
 
+A method without a decoder head draws its own stages instead, when it has ``stage_maps(image,
+class_names)``: CLIPtrase shows its per-pixel patch-text probabilities and its scores after the
+region vote, side by side.
+
 Any semantic head whose ``forward(features, text, return_attention=True)`` returns
 ``(logits, [B×C×h×w per layer])`` works: LCTDHead, and ZegCLIPHead, whose maps are its layers'
 head-averaged attention logits of the class queries over the image (its mask predictions; the
@@ -113,6 +117,8 @@ def attention_blocks(model: torch.nn.Module, image: torch.Tensor, class_names: S
                              f"(use 0..{len(per_block) - 1} or -1).")
         return per_block[block]
 
+    if not hasattr(model, "sem_seg_head") and hasattr(model, "stage_maps"):
+        return model.stage_maps(image, list(class_names))
     has_lcsa = any(isinstance(m, LocalConsensusSelfAttention) for m in model.modules())
     if not has_lcsa:
         return [(type(model.sem_seg_head).__name__, maps())]
@@ -149,11 +155,15 @@ def main(argv=None) -> int:
     vmin = 0.0 if softmax or stacked.min() >= 0 else float(stacked.min())
     vmax = args.vmax or float(stacked.max())
     where = "last block" if args.block == -1 else f"block {args.block}"
+    source = type(getattr(model, "sem_seg_head", model)).__name__
     what = ("cross-attention image tokens -> classes, heads averaged, sums to 1 over classes" if softmax
-            else f"attention maps as {type(model.sem_seg_head).__name__} returns them")
+            else f"attention maps as {source} returns them")
+    if not hasattr(model, "sem_seg_head"):
+        what, where = f"{source}'s class probabilities per stage", "whole image"
     grid = draw_map_grid(resized, [(label, m.cpu().numpy()) for label, m in blocks], names, columns=args.columns,
                          vmin=vmin, vmax=vmax, title=f"{os.path.basename(args.input)}: {what} ({where})",
-                         colorbar_label="attention weight" if softmax else "attention")
+                         colorbar_label=("probability" if not hasattr(model, "sem_seg_head")
+                                         else "attention weight" if softmax else "attention"))
     write_png_atomic(output, grid)
     logger.info(f"Wrote '{output}' ({len(blocks)} block(s) x {len(names)} classes).")
     return 0

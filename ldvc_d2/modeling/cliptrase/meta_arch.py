@@ -23,7 +23,7 @@ exactly the official prediction; with the hard vote, the fraction of the region'
 class (its arg-max is the region's majority, ties to the smallest index as the official code).
 """
 import logging
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -169,6 +169,21 @@ class CLIPtrase(ZeroShotSegmentor):
         if vote.regions is None or self.vote == "soft":  # K = 0: the pixel argmax (T8); soft: region means
             return self._collapse_probs(vote.logits.softmax(dim=0), text)
         return self._vote_fractions(self._pixel_labels(logits, text), vote.regions, text.num_classes)
+
+    @torch.no_grad()
+    def stage_maps(self, image: torch.Tensor, class_names: List[str]) -> List[Tuple[str, torch.Tensor]]:
+        """What the regions change, for ``tools/visualize_attention.py``: one whole-image pass of a
+        3×H×W input-format image -> [("patch-text probabilities (T5)", C×H×W), ("after the region vote
+        (T6-T10)", C×H×W)]; without clustering only the first."""
+        h, w = image.shape[-2:]
+        images, text = self.preprocess(image), self.text_features(list(class_names))
+        out = self.visual(images, hooks=self.hooks)
+        logits = patch_logits(out["dense"][0], text.weights, self.logit_scale, tuple(images.shape[-2:]),
+                              global_feat=out["global"][0] if self.image_level_reweight else None)
+        maps = [("patch-text probabilities (T5)", self._collapse_probs(logits.softmax(dim=0), text)[:, :h, :w])]
+        if self.cluster:
+            maps.append((f"after the {self.vote} region vote (T6-T10)", self.window_scores(images, text)[:, :h, :w]))
+        return maps
 
     @staticmethod
     def _collapse_probs(probs: torch.Tensor, text: ClassEmbeddings) -> torch.Tensor:
