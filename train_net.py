@@ -101,7 +101,7 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return DatasetEvaluators([ZeroShotSemSegEvaluator(
             dataset_name, distributed=True, output_dir=output_folder, protocol=inference_protocol(cfg), weights=weights,
-            miou_rule=cfg.TEST.MIOU_RULE,
+            miou_rule=cfg.TEST.MIOU_RULE, skip_no_object_images=cfg.TEST.SKIP_NO_OBJECT_IMAGES,
         )])
 
     @classmethod

@@ -151,7 +151,8 @@ def add_ldvc_config(cfg: CN) -> None:
     cfg.INPUT.PHOTOMETRIC_DISTORTION = True
     cfg.INPUT.MIN_SIZE_TEST = 512  # test images: short side resized to this [1.4]
     cfg.INPUT.MAX_SIZE_TEST = 2048  # cap on the long side after the test resize
-    cfg.TEST.MIOU_RULE = "mmseg"  # "mmseg" (predicted GT-absent class: IoU 0) or "present" (detectron2, CLIPtrase)
+    cfg.TEST.MIOU_RULE = "mmseg"  # "mmseg" (predicted GT-absent class: IoU 0), "present" (detectron2) or "cliptrase" (official metric.py)
+    cfg.TEST.SKIP_NO_OBJECT_IMAGES = False  # skip images whose GT has no object label, only background/ignore (CLIPtrase's script)
 
 
 def load_config_file(cfg: CN, path: str) -> None:

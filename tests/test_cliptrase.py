@@ -125,6 +125,8 @@ def test_protocol_line_describes_the_method():
     cfg = tiny_cfg(BASE, "MODEL.CLIPTRASE.VOTE", "soft")
     line = CLIPtrase.describe_protocol(cfg)
     assert "CLIPtrase" in line and "soft vote" in line and "training-free" in line
+    assert "re-weighting" not in line and "re-weighting" in CLIPtrase.describe_protocol(
+        tiny_cfg("configs/cliptrase/voc20_224.yaml"))
 
 
 def test_unknown_settings_are_errors_naming_the_key():
@@ -170,8 +172,14 @@ def test_every_config_names_a_registered_set_and_the_official_settings(name):
         if name.endswith(f"_{size}.yaml"):  # the official script's pairs, the crop set, whole-image pass
             assert (c.DBSCAN_EPS, c.DBSCAN_MIN_SAMPLES, c.DBSCAN_SCALE) == (eps, min_samples, "fixed")
             assert dataset.endswith(f"_crop{size}") and cfg.INPUT.MIN_SIZE_TEST == size
-            assert cfg.MODEL.LDVC.INFERENCE.MODE == "whole" and cfg.TEST.MIOU_RULE == "present"
+            assert cfg.MODEL.LDVC.INFERENCE.MODE == "whole" and cfg.TEST.MIOU_RULE == "cliptrase"
             assert c.IMAGE_LEVEL_REWEIGHT == name.startswith("voc20")
+            # The official script's label maps (VOC21, COCO-Object) and its skip of images without
+            # an object label (the three with-background sets).
+            with_background = name.startswith(("voc21", "context60", "coco_object"))
+            assert cfg.TEST.SKIP_NO_OBJECT_IMAGES == with_background
+            assert (dataset == f"{name.rsplit('_', 1)[0]}_val_official_crop{size}") == name.startswith(
+                ("voc21", "coco_object"))
     assert list(cfg.MODEL.PIXEL_MEAN) == ([123.675, 116.28, 103.53] if name.startswith("shapes")
                                           else [122.771, 116.746, 104.094])
 

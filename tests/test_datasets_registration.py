@@ -252,3 +252,29 @@ def test_16bit_and_crop_sets_load_from_prepared_trees(tmp_path):
 def _mkdirs(path):
     os.makedirs(path, exist_ok=True)
     return path
+
+
+@pytest.mark.parametrize("official, clean, files_of", [
+    ("voc21_val_official", "voc21_val", "voc21_val"),
+    ("coco_object_val_official", "coco_object_val", "coco_stuff_zs_val"),
+])
+@pytest.mark.parametrize("suffix", ["", "_crop224", "_crop336"])
+def test_official_variants_keep_the_class_metadata_and_read_the_source_files(official, clean, files_of,
+                                                                             suffix):
+    meta, ref, files = (MetadataCatalog.get(n + suffix) for n in (official, clean, files_of))
+    for key in ("stuff_classes", "seen_classes", "unseen_classes", "ignore_label", "prompt_class_names",
+                "background_class", "background_names", "center_crop"):
+        assert meta.get(key) == ref.get(key), key
+    assert (meta.image_root, meta.sem_seg_root) == (files.image_root, files.sem_seg_root)
+
+
+def test_official_label_maps_follow_the_official_script():
+    voc = MetadataCatalog.get("voc21_val_official")
+    assert voc.gt_label_map == {255: 0} and voc.get("no_object_labels") is None  # default: {0, 255}
+    coco = MetadataCatalog.get("coco_object_val_official")
+    assert builtin_classes.COCO_STUFF_CLASSES[80] == "banner"  # scored as background by n_class 81
+    assert coco.background_class == 80 and coco.stuff_classes[:80] == list(builtin_classes.COCO_STUFF_CLASSES[:80])
+    expected = {**{i: 255 for i in range(81, 171)}, 255: 80}  # 0..80 unchanged
+    assert coco.gt_label_map == expected and coco.no_object_labels == [255]
+    for clean in ("voc21_val", "coco_object_val", "coco_stuff_zs_val_crop224"):
+        assert MetadataCatalog.get(clean).get("gt_label_map") is None

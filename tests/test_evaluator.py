@@ -177,7 +177,7 @@ def test_two_processes_equal_one(dataset, monkeypatch):
     halves[1].process(inputs[2:], outputs[2:])
     np.testing.assert_array_equal(halves[0].conf_matrix + halves[1].conf_matrix, full.conf_matrix)
 
-    states = [(h.conf_matrix, len(inputs[:2])) for h in halves]
+    states = [(h.conf_matrix, len(inputs[:2]), 0) for h in halves]
     monkeypatch.setattr(comm, "synchronize", lambda: None)
     monkeypatch.setattr(comm, "all_gather", lambda data, group=None: states)
     monkeypatch.setattr(comm, "is_main_process", lambda: True)

@@ -11,10 +11,16 @@ detectron2's ``SemSegEvaluator``:
   (detectron2 leaves out every class absent from the ground truth, so its mIoU is higher on small or
   partial evaluation sets; on the full VOC / COCO-Stuff validation sets the two agree).
 
-``miou_rule="present"`` selects detectron2's rule instead, which CLIPtrase's evaluation script also
-uses (``configs/metric.py``: ``mean_iu = nanmean(iu[hist.sum(axis=1) > 0])``): the IoU of every
-class absent from the ground truth is NaN, whether predicted or not. On PASCAL Context-459 and
-ADE20K-full many classes never occur in the validation ground truth, so the two rules differ a lot.
+``miou_rule="present"`` selects detectron2's rule instead: the IoU of every class absent from the
+ground truth is NaN, whether predicted or not. On PASCAL Context-459 and ADE20K-full many classes
+never occur in the validation ground truth, so the two rules differ a lot.
+
+``miou_rule="cliptrase"`` is CLIPtrase's official ``configs/metric.py:11-23``, which produced its
+published numbers: IoU = TP / (GT + pred - TP + 0.01) over the classes present in the ground truth
+(``mean_iu = nanmean(iu[hist.sum(axis=1) > 0])``), accuracy = TP / (GT + 0.01) for *every* class, so
+mAcc averages over all classes with 0 for those absent from the ground truth; pAcc is the same and
+fwIoU weights these IoUs by ground-truth frequency (classes with pixels only). The +0.01 moves a
+class's IoU by less than 0.01/union, i.e. nothing on full datasets, but it is the official formula.
 """
 from collections import OrderedDict
 from typing import Sequence
@@ -24,7 +30,8 @@ import numpy as np
 __all__ = ["MIOU_RULES", "confusion_matrix", "zero_shot_metrics", "harmonic_iou"]
 
 # How classes absent from the ground truth enter the IoU means (module docstring).
-MIOU_RULES = ("mmseg", "present")
+MIOU_RULES = ("mmseg", "present", "cliptrase")
+_CLIPTRASE_EPS = 0.01  # added to every IoU and accuracy denominator by the official metric.py
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_label: int) -> np.ndarray:
@@ -75,15 +82,17 @@ def zero_shot_metrics(
             (ignored pixels, see :func:`confusion_matrix`) are dropped.
         seen, unseen: class indices into ``class_names``; either may be empty.
         class_names: names used for the ``IoU-<name>`` / ``ACC-<name>`` keys.
-        miou_rule: ``"mmseg"`` (a class absent from the ground truth but predicted has IoU 0) or
+        miou_rule: ``"mmseg"`` (a class absent from the ground truth but predicted has IoU 0),
             ``"present"`` (its IoU is NaN: every mean is over the classes present in the ground
-            truth, as detectron2 and CLIPtrase compute it); see the module docstring.
+            truth, as detectron2 computes it) or ``"cliptrase"`` (the official CLIPtrase metric:
+            "present" with +0.01 in the denominators, mAcc over all classes); see the module docstring.
 
     Returns:
         Ordered dict of percentages. ``mIoU(U)`` and ``hIoU`` are NaN when there are no unseen
         classes (fully supervised); keys are always present so result tables keep their columns.
         pAcc is over all non-ignored pixels; mAcc and fwIoU use the classes present in the ground
-        truth (accuracy is undefined for the others).
+        truth (accuracy is undefined for the others), except under ``"cliptrase"``, where the
+        accuracy of a class absent from the ground truth is 0 and counts in mAcc.
     """
     if miou_rule not in MIOU_RULES:
         raise ValueError(f"miou_rule {miou_rule!r} is not one of {MIOU_RULES}")
@@ -101,10 +110,14 @@ def zero_shot_metrics(
     pred_pixels = conf.sum(axis=0)
     union = gt_pixels + pred_pixels - tp
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-        if miou_rule == "present":
-            iou = np.where(gt_pixels > 0, iou, np.nan)
-        acc = np.where(gt_pixels > 0, tp / gt_pixels, np.nan)
+        if miou_rule == "cliptrase":
+            iou = np.where(gt_pixels > 0, tp / (union + _CLIPTRASE_EPS), np.nan)
+            acc = tp / (gt_pixels + _CLIPTRASE_EPS)
+        else:
+            iou = np.where(union > 0, tp / union, np.nan)
+            if miou_rule == "present":
+                iou = np.where(gt_pixels > 0, iou, np.nan)
+            acc = np.where(gt_pixels > 0, tp / gt_pixels, np.nan)
     total = gt_pixels.sum()
     freq = gt_pixels / total if total > 0 else np.zeros_like(gt_pixels)
 

@@ -11,12 +11,19 @@ Sets (name: images; seen / unseen class indices; use):
 * ``coco_object_val``: val2017; none / all of 81 = the 80 thing classes (labels 0..79, as in
   COCO-Stuff) + background (80: all 91 stuff classes); 255 (unlabelled) ignored; CLIPtrase's
   COCO-Object, clean conversion (datasets/README.md describes the official code's variant)
-* ``coco_stuff_zs_val_crop224`` / ``_crop336``, ``coco_object_val_crop224`` / ``_crop336``: the
-  centre-crop protocol (CLIPtrase's COCO-Stuff-171 mIoU is the mIoU over all classes of the former)
+* ``coco_object_val_official``: the classes and metadata of ``coco_object_val`` on the 171-class
+  maps of ``coco_stuff_zs_val``, scored as CLIPtrase's official script scores COCO-Object (81
+  classes, every 255 turned into background): ``gt_label_map`` 0..79 unchanged, 80 ('banner') stays
+  80 = background, 81..170 -> 255 (not scored), 255 (unlabelled) -> 80; ``no_object_labels`` [255]
+  (the script skips an image only when its 171-class map is all unlabelled); for its parity configs
+* ``coco_stuff_zs_val_crop224`` / ``_crop336``, ``coco_object_val_crop224`` / ``_crop336``,
+  ``coco_object_val_official_crop224`` / ``_crop336``: the centre-crop protocol (CLIPtrase's
+  COCO-Stuff-171 mIoU is the mIoU over all classes of the first)
 
 Labels are the contiguous 0-170 index PNGs written by ``datasets/prepare_coco_stuff.py`` and, for
 COCO-Object, the 0-80 PNGs ``datasets/prepare_coco_object.py`` derives from them.
 """
+import dataclasses
 from typing import List, Optional, Sequence
 
 from .builtin_classes import (COCO_OBJECT_BACKGROUND_NAMES, COCO_OBJECT_CLASSES, COCO_STUFF_CLASSES,
@@ -41,12 +48,20 @@ _OBJECT_VAL = ZeroShotSplit(
     tuple(range(len(COCO_OBJECT_CLASSES))), "python datasets/prepare_coco_object.py", 5000,
     images_need_labels=True, background_class=len(COCO_OBJECT_CLASSES) - 1,
     background_names=COCO_OBJECT_BACKGROUND_NAMES)
+# The official script's COCO-Object (SEED_SYSTEMS §2.2, "Known quirks"; dataset_cfg.py:12-16,
+# clip_self_correlation.py:164-166, 217-218; metric.py drops labels >= 81).
+_OBJECT_OFFICIAL = dataclasses.replace(
+    _OBJECT_VAL, name="coco_object_val_official", label_dir=_ZS_VAL.label_dir, prepare_command=_PREPARE,
+    gt_label_map=tuple((i, 255) for i in range(81, len(COCO_STUFF_CLASSES))) + ((255, 80),),
+    no_object_labels=(255,))
 COCO_STUFF_SPLITS = (
     _split("coco_stuff_zs_train_seen", "train2017", COCO_STUFF_UNSEEN, 118287),
     _ZS_VAL,
     _split("coco_stuff_full_train", "train2017", (), 118287),
     _OBJECT_VAL,
-) + tuple(center_crop_variant(s, n) for s in (_ZS_VAL, _OBJECT_VAL) for n in CENTER_CROP_SIZES)
+    _OBJECT_OFFICIAL,
+) + tuple(center_crop_variant(s, n) for s in (_ZS_VAL, _OBJECT_VAL, _OBJECT_OFFICIAL)
+          for n in CENTER_CROP_SIZES)
 
 
 def register_all_coco_stuff(root: Optional[str] = None, prefix: str = "") -> List[str]:

@@ -10,12 +10,17 @@ Sets (name: images; seen / unseen class indices; use):
 * ``voc_full_train``: train_aug; all / none; fully supervised upper bound
 * ``voc20_val``: val; none / all; cross-dataset evaluation of a model trained on COCO-Stuff
 * ``voc21_val``: val; none / all of 21 = background (label 0) + the 20 classes; CLIPtrase's VOC-21
-* ``voc20_val_crop224`` / ``_crop336``, ``voc21_val_crop224`` / ``_crop336``: the centre-crop protocol
+* ``voc21_val_official``: the files of ``voc21_val`` scored as CLIPtrase's official script scores
+  VOC-21 (it reads the 20-class maps and turns every 255 into background): metadata
+  ``gt_label_map`` {255: 0}, so boundary pixels count as background; for its parity configs
+* ``voc20_val_crop224`` / ``_crop336``, ``voc21_val_crop224`` / ``_crop336``,
+  ``voc21_val_official_crop224`` / ``_crop336``: the centre-crop protocol
 
 Labels are the full 20-class index PNGs written by ``datasets/prepare_voc.py`` (background and
 boundary 255) and, for VOC-21, the VOC ids as they are (0 background, 1..20, 255 boundary) written by
 ``datasets/prepare_voc21.py``. Every set carries ``prompt_class_names`` with CLIPtrase's "tv".
 """
+import dataclasses
 from typing import List, Optional, Sequence
 
 from .builtin_classes import (BACKGROUND, VOC21_BACKGROUND_NAMES, VOC21_CLASSES, VOC_CLASSES,
@@ -42,13 +47,19 @@ _VOC21_VAL = ZeroShotSplit(
     tuple(range(len(VOC21_CLASSES))), "python datasets/prepare_voc21.py", 1449,
     prompt_class_names=(BACKGROUND,) + VOC_PROMPT_NAMES, background_class=0,
     background_names=VOC21_BACKGROUND_NAMES)
+# The official script's VOC-21 (SEED_SYSTEMS §2.2, "Known quirks"; clip_self_correlation.py:164-166).
+# Its skip of images without objects looks at the 20-class maps, where background and boundary are
+# both 255: here the default no_object_labels, background 0 and ignore 255 of the stored VOC ids.
+_VOC21_OFFICIAL = dataclasses.replace(_VOC21_VAL, name="voc21_val_official", gt_label_map=((255, 0),))
 VOC_SPLITS = (
     _voc20("voc_zs_train_seen", "train_aug", VOC_UNSEEN, 10582),
     _voc20("voc_zs_val", "val", VOC_UNSEEN, 1449),
     _voc20("voc_full_train", "train_aug", (), 10582),
     _VOC20_VAL,
     _VOC21_VAL,
-) + tuple(center_crop_variant(s, n) for s in (_VOC20_VAL, _VOC21_VAL) for n in CENTER_CROP_SIZES)
+    _VOC21_OFFICIAL,
+) + tuple(center_crop_variant(s, n) for s in (_VOC20_VAL, _VOC21_VAL, _VOC21_OFFICIAL)
+          for n in CENTER_CROP_SIZES)
 
 
 def register_all_voc(root: Optional[str] = None, prefix: str = "") -> List[str]:

@@ -16,7 +16,11 @@ training view from the metadata:
   otherwise. ``stuff_classes`` stay the dataset's names (results tables, per-class IoU keys);
 * only where a class stands for "background": ``background_class`` (its index) and
   ``background_names`` (the words whose text embeddings together stand for it);
-* only on the centre-crop variants ``<name>_crop<n>``: ``center_crop`` = n.
+* only on the centre-crop variants ``<name>_crop<n>``: ``center_crop`` = n;
+* only on sets scored as another code scores them (CLIPtrase's official variants ``*_official``):
+  ``gt_label_map`` (dict stored label -> scored label, applied by the evaluator before counting)
+  and ``no_object_labels`` (the stored labels that are not an object, for the evaluator's
+  ``TEST.SKIP_NO_OBJECT_IMAGES``; default there: ``background_class`` and ``ignore_label``).
 
 Dataset dicts are ``{"file_name", "sem_seg_file_name", "image_id"}`` (no height/width: reading 118k
 image headers at start-up is slow, and detectron2 falls back to the decoded image size), one per
@@ -36,7 +40,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -62,7 +66,8 @@ class ZeroShotSplit:
     is an error (False where the folder is shared by several splits, e.g. VOC's JPEGImages).
     ``expected_count``: the number of images of the full dataset; a different count is logged.
     The other fields are the optional metadata of the module docstring (``ignore_label`` 255 unless
-    the labels are 16-bit; ``prompt_class_names`` None = ``classes``).
+    the labels are 16-bit; ``prompt_class_names`` None = ``classes``; ``gt_label_map`` as
+    (stored, scored) pairs, () = none).
     """
 
     name: str
@@ -79,6 +84,8 @@ class ZeroShotSplit:
     background_class: Optional[int] = None
     background_names: Sequence[str] = ()
     center_crop: Optional[int] = None
+    gt_label_map: Tuple[Tuple[int, int], ...] = ()
+    no_object_labels: Optional[Tuple[int, ...]] = None
 
 
 def center_crop_variant(split: ZeroShotSplit, size: int) -> ZeroShotSplit:
@@ -189,7 +196,8 @@ def register_zero_shot_splits(
         set_zero_shot_metadata(
             name, split.classes, split.unseen, image_root, sem_seg_root, split.ignore_label,
             prompt_class_names=split.prompt_class_names, background_class=split.background_class,
-            background_names=split.background_names, center_crop=split.center_crop)
+            background_names=split.background_names, center_crop=split.center_crop,
+            gt_label_map=dict(split.gt_label_map) or None, no_object_labels=split.no_object_labels)
         names.append(name)
     return names
 
@@ -202,13 +210,17 @@ def set_zero_shot_metadata(
     background_class: Optional[int] = None,
     background_names: Sequence[str] = (),
     center_crop: Optional[int] = None,
+    gt_label_map: Optional[Dict[int, int]] = None,
+    no_object_labels: Optional[Sequence[int]] = None,
 ) -> None:
     """Set the metadata every zero-shot set carries (module docstring) on ``MetadataCatalog.get(name)``;
     the optional keys only when given."""
     prompt = list(classes if prompt_class_names is None else prompt_class_names)
     if len(prompt) != len(classes):
         raise ValueError(f"dataset '{name}': {len(prompt)} prompt_class_names for {len(classes)} classes")
-    optional = {"background_class": background_class, "center_crop": center_crop}
+    optional = {"background_class": background_class, "center_crop": center_crop,
+                "gt_label_map": gt_label_map,
+                "no_object_labels": None if no_object_labels is None else list(no_object_labels)}
     if background_class is not None:
         optional["background_names"] = list(background_names or [classes[background_class]])
     MetadataCatalog.get(name).set(

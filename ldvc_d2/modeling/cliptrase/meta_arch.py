@@ -137,7 +137,8 @@ class CLIPtrase(ZeroShotSegmentor):
         templates = "+".join(t if "{}" not in t else repr(t) for t in c.TEMPLATES)
         return (f"{super().describe_protocol(cfg)}, training-free ({cfg.MODEL.LDVC.CLIP_MODEL} "
                 f"'{cfg.MODEL.LDVC.CLIP_PRETRAINED}'), self-correlation attention {branches}, {region}, "
-                f"text templates {templates}")
+                f"text templates {templates}, positional resize {c.POS_INTERPOLATION}"
+                + (", image-level re-weighting" if c.IMAGE_LEVEL_REWEIGHT else ""))
 
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         raise RuntimeError("CLIPtrase is training-free: it has nothing to train. Evaluate it with "
