@@ -7,11 +7,12 @@ evaluates a partly random model with normal-looking metrics.
 
 * :func:`load_checkpoint_file` reads ``.pth`` with ``torch.load(weights_only=True)`` plus an
   allow-list of exactly the non-tensor types detectron2 trainer checkpoints may hold: NumPy arrays,
-  dtypes and scalars (``numpy._core`` paths of NumPy 2 and ``numpy.core`` paths of NumPy 1 files).
-  ``.pkl`` files (detectron2 / Caffe2 model zoo) go through a restricted unpickler with the same
-  allow-list. Anything else is refused with an error naming the file and the type; setting the
-  environment variable ``LDVC_TRUST_CHECKPOINTS=1`` loads it with full pickle: only for files you
-  trust. A corrupt or truncated file gets its own error.
+  dtypes and scalars, also as protocol-5 pickles store arrays (``numpy._core`` paths of NumPy 2 and
+  ``numpy.core`` paths of NumPy 1 files). ``.pkl`` files (detectron2 / Caffe2 model zoo) go through a
+  restricted unpickler with the same allow-list; :func:`load_zoo_file` reads ``.pkl`` and ``.pyth``
+  (pycls) files as detectron2 does. Anything else is refused with an error naming the file and the
+  type; setting the environment variable ``LDVC_TRUST_CHECKPOINTS=1`` loads it with full pickle: only
+  for files you trust. A corrupt or truncated file gets its own error.
 * :class:`Checkpointer` is detectron2's ``DetectionCheckpointer`` (same constructor, plus
   ``partial_load``) using that loader. Every trainable parameter and buffer of the model must be in
   the checkpoint with its shape, and nothing else may be: otherwise :class:`IncompleteWeightsError`
@@ -32,6 +33,7 @@ import pickle
 import re
 import zipfile
 from typing import Any, Dict, Iterator, List, Optional
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -40,23 +42,26 @@ from detectron2.checkpoint import DetectionCheckpointer
 from .utils.io import atomic_path
 
 try:
-    from numpy._core import multiarray as _multiarray  # NumPy 2
+    from numpy._core import multiarray as _multiarray, numeric as _numeric  # NumPy 2
 except ImportError:  # NumPy 1
-    from numpy.core import multiarray as _multiarray
+    from numpy.core import multiarray as _multiarray, numeric as _numeric
 
 __all__ = [
     "TRUST_ENV", "Checkpointer", "CheckpointLoadError", "IncompleteWeightsError", "UnsafeCheckpointError",
-    "file_sha256", "load_checkpoint_file", "training_free", "trust_checkpoints",
+    "ZOO_SUFFIXES", "file_sha256", "load_checkpoint_file", "load_zoo_file", "training_free", "trust_checkpoints",
 ]
 
 logger = logging.getLogger(__name__)
 TRUST_ENV = "LDVC_TRUST_CHECKPOINTS"
+ZOO_SUFFIXES = (".pkl", ".pyth")  # the files DetectionCheckpointer._load_file reads itself, not through fvcore
 # "module.name" as pickles spell them -> the object; NumPy 1 files name numpy.core, NumPy 2 numpy._core.
 _ALLOWED = {
     "numpy.ndarray": np.ndarray,
     "numpy.dtype": np.dtype,
     **{f"{m}.multiarray._reconstruct": _multiarray._reconstruct for m in ("numpy.core", "numpy._core")},
     **{f"{m}.multiarray.scalar": _multiarray.scalar for m in ("numpy.core", "numpy._core")},
+    # arrays in protocol-5 pickles: frombuffer(bytes, dtype).reshape(shape) (no object dtype from bytes)
+    **{f"{m}.numeric._frombuffer": _numeric._frombuffer for m in ("numpy.core", "numpy._core")},
     "collections.OrderedDict": collections.OrderedDict,  # state dicts (torch allows these two itself)
     "_codecs.encode": codecs.encode,  # bytes in protocol-2 pickles
 }
@@ -168,6 +173,24 @@ def load_checkpoint_file(path: str) -> Any:
     return _load_pkl(path) if path.endswith(".pkl") else _load_pth(path)
 
 
+def load_zoo_file(filename: str) -> Dict[str, Any]:
+    """A ``.pkl`` (detectron2 / Caffe2 model zoo) or ``.pyth`` (pycls, torch.save) file as the dict that
+    ``DetectionCheckpointer._load_file`` makes of it, without running code (detectron2 uses plain pickle)."""
+    data = load_checkpoint_file(filename)
+    if not isinstance(data, dict):
+        raise CheckpointLoadError(f"Checkpoint '{filename}' holds a {type(data).__name__}, not a dict of weights.")
+    if filename.endswith(".pyth"):
+        if not isinstance(data.get("model_state"), dict):
+            raise CheckpointLoadError(f"Checkpoint '{filename}' has no 'model_state' (pycls .pyth weights).")
+        state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if "model" in data and "__author__" in data:  # detectron2 model zoo format
+        return data
+    data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
+    return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
+            "matching_heuristics": True}
+
+
 @contextlib.contextmanager
 def _atomic_file(path: str, mode: str) -> Iterator[Any]:
     """An open file whose content replaces ``path`` only once written and fsynced (utils.io.atomic_path):
@@ -193,21 +216,22 @@ class Checkpointer(DetectionCheckpointer):
         self.load_status = {"weights": path or "", "sha256": None,
                             "status": "not loaded (no file given)" if not path else "loading"}
         result = super().load(path, *args, **kwargs)
-        if path and os.path.isfile(path):
-            self.load_status["sha256"] = file_sha256(path)
+        local = self._local_weights_file(path) if path else None
+        if local:
+            self.load_status["sha256"] = file_sha256(local)
         return result
 
+    def _local_weights_file(self, path: str) -> Optional[str]:
+        """The local file ``load(path)`` read (None if none): a URL's (``detectron2://``, ``https://``)
+        downloaded copy; current detectron2's ``?matching_heuristics=True`` is not part of the name."""
+        if not os.path.isfile(path):
+            path = self.path_manager.get_local_path(urlparse(path)._replace(query="").geturl())
+        return path if os.path.isfile(path) else None
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if not filename.endswith(".pkl"):
-            return super()._load_file(filename)  # -> fvcore's _load_file, made safe by ldvc_d2.compat
-        data = load_checkpoint_file(filename)
-        if not isinstance(data, dict):
-            raise CheckpointLoadError(f"Checkpoint '{filename}' holds a {type(data).__name__}, not a dict of weights.")
-        if "model" in data and "__author__" in data:  # detectron2 model zoo format
-            return data
-        data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
-        return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
-                "matching_heuristics": True}
+        if filename.endswith(ZOO_SUFFIXES):
+            return load_zoo_file(filename)
+        return super()._load_file(filename)  # -> fvcore's _load_file, made safe by ldvc_d2.compat
 
     def _load_model(self, checkpoint: Any):
         incompatible = super()._load_model(checkpoint)

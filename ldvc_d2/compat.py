@@ -19,6 +19,12 @@ Shims (applied by :func:`apply`, which ``import ldvc_d2`` calls before detectron
   :func:`ldvc_d2.checkpoint.load_checkpoint_file`: ``weights_only=True`` plus an allow-list of exactly
   those NumPy types; anything else is refused with an error naming the file and the type (README,
   "Trusting files"). This applies to current detectron2 too (the cause is fvcore).
+* ``detectron2.checkpoint.DetectionCheckpointer._load_file``: it reads ``.pkl`` files with plain
+  ``pickle.load`` and ``.pyth`` files with ``torch.load`` without ``weights_only`` (v0.6 and current
+  detectron2), so such a file could run code even through detectron2's own checkpointer. The shim
+  reads both through :func:`ldvc_d2.checkpoint.load_zoo_file` (same allow-list, same result dict);
+  ``.pth`` files still go through detectron2's code (and so through the fvcore shim above).
+  Importing ``detectron2.checkpoint`` here is safe: it does not import ``detectron2.data``.
 """
 import numpy as np
 from PIL import Image
@@ -61,6 +67,25 @@ def _patch_torch_load() -> None:
     Checkpointer._load_file = _load_file
 
 
+def _patch_detectron2_loader() -> None:
+    try:
+        from detectron2.checkpoint import DetectionCheckpointer
+    except ImportError:  # detectron2 not installed: nothing to make safe
+        return
+
+    original = DetectionCheckpointer._load_file
+    if getattr(original, "_ldvc_compat", False):
+        return
+
+    def _load_file(self, filename: str):
+        from .checkpoint import ZOO_SUFFIXES, load_zoo_file
+
+        return load_zoo_file(filename) if filename.endswith(ZOO_SUFFIXES) else original(self, filename)
+
+    _load_file._ldvc_compat = True
+    DetectionCheckpointer._load_file = _load_file
+
+
 def apply() -> None:
     """Apply every shim once; safe to call many times."""
     global _applied
@@ -69,4 +94,5 @@ def apply() -> None:
     _patch_pil()
     _patch_numpy()
     _patch_torch_load()
+    _patch_detectron2_loader()
     _applied = True

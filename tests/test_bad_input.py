@@ -62,6 +62,18 @@ def test_sixteen_bit_grey_is_scaled_not_clipped_to_white(tmp_path, folder):
         read_image(str(tmp_path / "float_f32.tiff"))
 
 
+def test_mode_i_image_is_scaled_only_when_it_holds_16_bit_values(tmp_path):
+    """Mode I says nothing about the bit depth: values up to 255 are 8-bit as they are, larger ones 16-bit."""
+    rng = np.random.default_rng(2)
+    for name, high, divisor in (("eight.tiff", 256, 1.0), ("sixteen.tiff", 65536, 257.0)):
+        values = rng.integers(0, high, (6, 7)).astype(np.int32)
+        values[0, 0] = high - 1
+        Image.fromarray(values).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == "I"
+        rgb = read_image(str(tmp_path / name))
+        assert np.array_equal(rgb[..., 1], np.round(values / divisor).astype(np.uint8)), name
+
+
 def test_truncated_image_or_label_is_named_in_training_and_evaluation(folder):
     root, dicts = folder
     cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "('bad_input_set',)")
@@ -145,6 +157,24 @@ def test_bad_clip_files_are_named(tmp_path, tiny_clip):
         build_clip_model("LDVC-Tiny", str(tmp_path / "vitb16.pt"))
 
 
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def test_torchscript_clip_file_is_named_as_such(tmp_path):
+    """OpenAI's original CLIP files are TorchScript archives, not weights of another architecture."""
+    path = str(tmp_path / "jit_clip.pt")
+    torch.jit.script(_Linear()).save(path)
+    with pytest.raises(RuntimeError, match=r"'.*jit_clip.pt': it is a TorchScript archive .*cannot be loaded safely"
+                                           r".*open_clip tag.*CLIP weights and offline use"):
+        build_clip_model("LDVC-Tiny", path)
+
+
 def test_unreachable_hub_fails_fast_and_says_how_to_skip(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -156,6 +186,26 @@ def test_unreachable_hub_fails_fast_and_says_how_to_skip(tmp_path, monkeypatch):
         build_clip_model("ViT-B-16", "openai", cache_dir=str(tmp_path / "empty_cache"))
     assert time.perf_counter() - start < 10  # the hub client's retries take ~50 s
     assert constants.HF_HUB_OFFLINE == before
+
+
+def test_no_reachability_probe_behind_a_proxy(monkeypatch):
+    """Behind a proxy the direct connection fails although the hub is reachable: no probe, no offline mode."""
+    probes = []
+
+    def refuse(address, *args, **kwargs):
+        probes.append(address)
+        raise OSError("direct connections are blocked")
+
+    monkeypatch.setattr(loading.socket, "create_connection", refuse)
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        for variable in (name, name.lower()):
+            monkeypatch.delenv(variable, raising=False)
+    assert not loading._hub_reachable("ViT-B-16", "openai") and len(probes) == 1
+    for variable in ("https_proxy", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(variable, "http://proxy.example:3128")
+        assert loading._hub_reachable("ViT-B-16", "openai")
+        monkeypatch.delenv(variable)
+    assert len(probes) == 1
 
 
 def test_demo_caps_thin_overlays_and_skips_images_the_resize_cannot_handle(tmp_path):

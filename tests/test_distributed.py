@@ -5,7 +5,9 @@
   without gradient). The runs sum the same per-image gradients in another order (float32), so the
   comparison uses SGD, whose update is linear in the gradient: weights agree to 1e-4 of what two steps
   move them. (AdamW divides by the gradient's own size, so float noise in gradients that are exactly 0,
-  e.g. attention key biases, becomes steps of +-lr: not a test of the gradients.)
+  e.g. attention key biases, becomes steps of +-lr: not a test of the gradients.) With dropout on,
+  1 process × 2 accumulation steps and 2 processes × 1 step draw the same masks for the same
+  micro-batch (seeded by its index in the iteration), so they make the same update.
 * Evaluation with 2 processes writes the same sem_seg_metrics.json, byte for byte, as with 1.
 * Two "machines" of one process each (--num-machines 2, --machine-rank, --dist-url on 127.0.0.1).
 * Every trainable parameter's gradient has the parameter's own strides (DDP's bucket-view contract).
@@ -32,6 +34,8 @@ COMMON = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()", 
           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
           "SOLVER.IMS_PER_BATCH", "4", "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.001", "MODEL.LCTD.DROPOUT", "0.0", "MODEL.LCTD.ATTN_DROPOUT", "0.0",
           "MODEL.ZEGCLIP.DROPOUT", "0.0", "MODEL.ZEGCLIP.ATTN_DROPOUT", "0.0", "MODEL.LDVC.VISUAL_PROMPT_DROPOUT", "0.0"]
+DROPOUT = ["MODEL.LCTD.DROPOUT", "0.1", "MODEL.LCTD.ATTN_DROPOUT", "0.1", "MODEL.LDVC.VISUAL_PROMPT_DROPOUT", "0.1",
+           "SOLVER.IMS_PER_BATCH", "2"]
 LDVC, ZEGCLIP = "configs/demo.yaml", "configs/shapes/zegclip.yaml"
 RTOL = 1e-4  # of the largest weight change the steps make
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path of several processes")
@@ -76,12 +80,15 @@ def _max_diff(a, b) -> float:
 def test_two_processes_make_the_one_process_update(tiny_data, tmp_path):
     _, data = tiny_data
     out = str(tmp_path)
-    one = [("ldvc_full", LDVC, []), ("zegclip_full", ZEGCLIP, [])]
-    two = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, [])]
+    one = [("ldvc_full", LDVC, []), ("zegclip_full", ZEGCLIP, []),
+           ("ldvc_dropout_accum", LDVC, [*DROPOUT, "SOLVER.MAX_IMS_PER_GPU", "1"])]
+    two = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, []),
+           ("ldvc_dropout_ddp", LDVC, DROPOUT)]
     mp.start_processes(_single, nprocs=1, start_method="spawn", args=(out, data, one))
     launch(_train_runs, 2, dist_url="auto", args=(out, data, two))
 
-    for reference, other in (("ldvc_full", "ldvc_ddp_accum"), ("zegclip_full", "zegclip_ddp")):
+    for reference, other in (("ldvc_full", "ldvc_ddp_accum"), ("zegclip_full", "zegclip_ddp"),
+                             ("ldvc_dropout_accum", "ldvc_dropout_ddp")):
         r0, r1 = _load(out, other + "_rank0"), _load(out, other + "_rank1")
         assert all(torch.equal(r0[k], r1[k]) for k in r0), other  # DDP keeps the ranks in step, exactly
         ref = _load(out, reference + "_rank0")

@@ -1,7 +1,11 @@
 """Exact resume (issue 14 item 4): a run killed with SIGKILL after a checkpoint and resumed with --resume
 ends with the same weights, bit for bit, as a run that was never interrupted. Dropout (0.1) and
 photometric distortion are on, and the two runs use different numbers of data-loader workers: the data
-stream and the random draws depend on (seed, iteration, position) alone."""
+stream and the random draws depend on (seed, iteration, position) alone.
+
+The run to be killed stops itself (SIGSTOP) right after writing its 4th iteration's checkpoint, through
+an extra --register file that wraps Checkpointer.save: however fast the machine, the kill lands before
+the remaining iterations, and the resumed run starts exactly at iteration 4."""
 import os
 import re
 import signal
@@ -25,6 +29,28 @@ def _command(root: str, *args: str):
             "--register", os.path.join(root, "register_tiny_shapes.py"), *args, *OPTS]
 
 
+STOP_AFTER_CHECKPOINT = """import os, signal
+from ldvc_d2.checkpoint import Checkpointer
+
+_save = Checkpointer.save
+
+
+def save(self, name, **kwargs):
+    _save(self, name, **kwargs)
+    if name == "model_0000003":
+        os.kill(os.getpid(), signal.SIGSTOP)  # wait here for the test's SIGKILL
+
+
+Checkpointer.save = save
+"""
+
+
+def _state(pid: int) -> str:
+    """Linux process state letter ("T" = stopped) from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def _run(root, cwd, *args) -> str:
     proc = subprocess.run(_command(root, *args), cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -37,11 +63,15 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
     _run(root, tmp_path, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "full")
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_command(root, "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut"), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    stop = tmp_path / "stop_after_checkpoint.py"
+    stop.write_text(STOP_AFTER_CHECKPOINT)
+    proc = subprocess.Popen(_command(root, "--register", str(stop), "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut"),
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not (cut / "model_0000003.pth").exists():  # written atomically: complete once it exists
+        # the run stops itself (SIGSTOP) once save() has returned, i.e. after the checkpoint file and the
+        # last_checkpoint tag are both written: wait for that state, not only for the file
+        while not (cut / "model_0000003.pth").exists() or _state(proc.pid) != "T":
             assert proc.poll() is None and time.time() < deadline, "the run ended before its 4th iteration's checkpoint"
             time.sleep(0.02)
     finally:
@@ -51,7 +81,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
 
     log = _run(root, tmp_path, "--resume", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut")
     start = int(re.search(r"Starting training from iteration (\d+)", log).group(1))
-    assert 2 <= start < 8
+    assert start == 4
 
     full = load_checkpoint_file(str(tmp_path / "full" / "model_final.pth"))["model"]
     resumed = load_checkpoint_file(str(cut / "model_final.pth"))["model"]

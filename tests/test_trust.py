@@ -1,6 +1,7 @@
 """Nothing runs code when it is loaded: checkpoints (.pth, .pkl) and configs; corrupt files named; saves atomic."""
 import os
 import pickle
+import pickletools
 
 import numpy as np
 import pytest
@@ -49,22 +50,31 @@ def test_payload_pth_is_refused_by_every_loader(payload_pth, monkeypatch):
     assert "extra" in load_checkpoint_file(path) and os.path.isdir(flag)
 
 
-def test_payload_pkl_is_refused_and_model_zoo_pkl_loads(tmp_path, monkeypatch):
+def test_payload_pkl_and_pyth_are_refused_and_model_zoo_files_load(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUST_ENV, raising=False)
     flag = str(tmp_path / "code_ran")
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"model": {}, "__author__": Payload(flag)}))
-    with pytest.raises(UnsafeCheckpointError, match=r"evil.pkl' holds a Python object of type \S*mkdir"):
-        Checkpointer(torch.nn.Linear(2, 2)).load(str(evil))
+    evil_pyth = tmp_path / "evil.pyth"  # pycls format, which DetectionCheckpointer reads with torch.load
+    torch.save({"model_state": {}, "cfg": Payload(flag)}, str(evil_pyth))
+    for checkpointer in (Checkpointer, DetectionCheckpointer):  # detectron2's own loader too (ldvc_d2.compat)
+        with pytest.raises(UnsafeCheckpointError, match=r"evil.pkl' holds a Python object of type \S*mkdir"):
+            checkpointer(torch.nn.Linear(2, 2)).load(str(evil))
+        with pytest.raises(UnsafeCheckpointError, match=r"evil.pyth' holds Python objects of type \S*mkdir"):
+            checkpointer(torch.nn.Linear(2, 2)).load(str(evil_pyth))
     assert not os.path.exists(flag)
     # detectron2 model zoo format: NumPy arrays by parameter name
     source = torch.nn.Linear(3, 2)
     zoo = tmp_path / "zoo.pkl"
     zoo.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in source.state_dict().items()},
                                   "__author__": "test"}, protocol=2))
-    target = torch.nn.Linear(3, 2)
-    Checkpointer(target).load(str(zoo))
-    torch.testing.assert_close(target.weight, source.weight)
+    pyth = tmp_path / "pycls.pyth"
+    torch.save({"model_state": source.state_dict(), "epoch": 3}, str(pyth))
+    for checkpointer in (Checkpointer, DetectionCheckpointer):
+        for path in (zoo, pyth):
+            target = torch.nn.Linear(3, 2)
+            checkpointer(target).load(str(path))
+            torch.testing.assert_close(target.weight, source.weight)
 
 
 def test_trainer_state_with_numpy_loads_including_numpy1_files(tmp_path, monkeypatch):
@@ -85,6 +95,23 @@ def test_trainer_state_with_numpy_loads_including_numpy1_files(tmp_path, monkeyp
     legacy.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     loaded = load_checkpoint_file(str(legacy))
     assert loaded["iteration"] == 9 and loaded["a"].tolist() == [0, 1, 2, 3]
+
+
+def test_protocol5_pickles_of_numpy_arrays_load(tmp_path, monkeypatch):
+    """Protocol 5 stores an array through ``numpy._core.numeric._frombuffer`` (``numpy.core.numeric`` when
+    pickled by NumPy 1): harmless, so a .pkl written with it loads."""
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    source = torch.nn.Linear(3, 2)
+    arrays = {k: v.numpy() for k, v in source.state_dict().items()}
+    data = pickle.dumps({"model": arrays, "__author__": "test"}, protocol=5)
+    assert b"numpy._core.numeric" in data and b"_frombuffer" in data
+    numpy1 = pickletools.optimize(data.replace(b"\x8c\x13numpy._core.numeric", b"\x8c\x12numpy.core.numeric"))
+    assert b"numpy.core.numeric" in numpy1  # (optimize re-frames after the 1-byte shorter module name)
+    for name, content in (("p5.pkl", data), ("p5_numpy1.pkl", numpy1)):
+        (tmp_path / name).write_bytes(content)
+        target = torch.nn.Linear(3, 2)
+        Checkpointer(target).load(str(tmp_path / name))
+        torch.testing.assert_close(target.weight, source.weight)
 
 
 def test_corrupt_and_truncated_checkpoints_are_named(tmp_path):

@@ -142,3 +142,29 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_sha256_of_url_and_query_suffixed_weights(tmp_path):
+    """load_status hashes the local file a URL resolved to, and ignores current detectron2's
+    ``?matching_heuristics=True`` suffix (not part of the file name)."""
+    from iopath.common.file_io import PathHandler, PathManager
+
+    class Folder(PathHandler):  # a URL scheme served from tmp_path, as detectron2:// is from the cache
+        def _get_supported_prefixes(self):
+            return ["ldvc-test://"]
+
+        def _get_local_path(self, path, **kwargs):
+            return str(tmp_path / path[len("ldvc-test://"):])
+
+        def _open(self, path, mode="r", **kwargs):
+            return open(self._get_local_path(path), mode)
+
+    path = str(tmp_path / "w.pth")
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, path)
+    checkpointer = Checkpointer(torch.nn.Linear(2, 2))
+    checkpointer.path_manager = PathManager()
+    checkpointer.path_manager.register_handler(Folder())
+    checkpointer.load("ldvc-test://w.pth")
+    assert checkpointer.load_status["sha256"] == file_sha256(path)
+    assert checkpointer._local_weights_file(path + "?matching_heuristics=True") == path
+    assert checkpointer._local_weights_file(str(tmp_path / "absent.pth")) is None

@@ -4,8 +4,10 @@ detectron2's ``read_image`` converts with Pillow's ``Image.convert("RGB")``, whi
 greyscale image (mode ``I;16``: values 0-65535) to 255, so such an image reads as all white and is
 segmented with confidence; and a truncated file raises Pillow's "image file is truncated" without
 its name. Here 16-bit greyscale is scaled to 0-255 (value / 257, rounded: 65535 -> 255, the inverse
-of the usual 8 -> 16 bit expansion ×257), 32-bit integer images with values in 0..65535 are taken as
-16-bit, other high-bit-depth modes (float, larger integers) are refused by name.
+of the usual 8 -> 16 bit expansion ×257). Modes ``I`` (32-bit integer) and ``F`` (float) say nothing
+about the bit depth: with integer values in 0..255 they are 8-bit values as they are (scaling them
+would make them almost black), with integers up to 65535 they are taken as 16-bit; other values
+(negative, fractional, larger) are refused by name.
 """
 import numpy as np
 from detectron2.data import detection_utils as utils
@@ -17,7 +19,7 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _to_8bit(image: Image.Image, path: str) -> Image.Image:
-    """An 8-bit greyscale (mode L) image of a 16-bit one; other modes unchanged."""
+    """An 8-bit greyscale (mode L) image of a 16-bit (or mode I / F) one; other modes unchanged."""
     if image.mode not in _SIXTEEN_BIT + ("I", "F"):
         return image
     values = np.asarray(image)
@@ -25,7 +27,8 @@ def _to_8bit(image: Image.Image, path: str) -> Image.Image:
                                      or not np.array_equal(values, np.round(values))):
         raise ValueError(f"Image '{path}' is a {image.mode} image with values outside 16-bit integers "
                          f"({values.min()}..{values.max()}); convert it to 8-bit RGB or greyscale first.")
-    return Image.fromarray(np.round(values.astype(np.float64) / 257.0).astype(np.uint8), mode="L")
+    scale = 257.0 if image.mode in _SIXTEEN_BIT or values.max() > 255 else 1.0
+    return Image.fromarray(np.round(values.astype(np.float64) / scale).astype(np.uint8), mode="L")
 
 
 def read_image(path: str, format: str = "RGB") -> np.ndarray:

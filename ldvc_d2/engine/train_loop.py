@@ -5,8 +5,10 @@ is what the loss divided by (:mod:`.normaliser`; 1 for a loss that reports nothi
 gradient all-reduce except at the last step; then the gradients are divided by the full batch's
 normaliser, ``max(sum of the counts c_k over steps and processes / processes, 1)``, and the optimizer
 steps. With K = 1 this is detectron2's SimpleTrainer step. Before each forward the global torch RNG
-(dropout) is seeded from (seed, iteration, rank, step), so a resumed run draws what the uninterrupted
-run drew.
+(dropout) is seeded from (seed, iteration, j) with j = k*world + rank the micro-batch's index in the
+iteration (the index :meth:`~.data.StreamBatchSampler.positions` uses): a micro-batch draws the same
+dropout masks on any split of the batch (1 process × 4 steps, 4 processes × 1 step), and a resumed run
+draws what the uninterrupted run drew.
 """
 import contextlib
 import time
@@ -45,7 +47,8 @@ class AccumulatingTrainer(SimpleTrainer):
         totals: Dict[str, torch.Tensor] = {}
         steps = len(micro_batches)
         for k, data in enumerate(micro_batches):
-            torch.manual_seed(derive_seed(self.data_loader.seed, _MODEL_RNG, self.iter, comm.get_rank(), k))
+            micro_batch = k * comm.get_world_size() + comm.get_rank()
+            torch.manual_seed(derive_seed(self.data_loader.seed, _MODEL_RNG, self.iter, micro_batch))
             last = k == steps - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:

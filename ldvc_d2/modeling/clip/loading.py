@@ -63,8 +63,15 @@ def _check_request(model_name: str, pretrained: str) -> None:
             )
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
 def _hub_reachable(model_name: str, tag: str, timeout: float = 3.0) -> bool:
-    """Whether the host serving a pretrained tag accepts a connection within ``timeout`` seconds."""
+    """Whether the host serving a pretrained tag accepts a connection within ``timeout`` seconds. Behind a
+    proxy (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY set, either case) the host may be reachable only through
+    the proxy, which the hub client uses: no direct probe, the host counts as reachable."""
+    if any(os.environ.get(v) or os.environ.get(v.lower()) for v in _PROXY_VARIABLES):
+        return True
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     url = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.get("hf_hub") else cfg.get("url", "")
     host = urlparse(url).hostname
@@ -105,17 +112,34 @@ def _file_readable(path: str) -> bool:
                 return True
         torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         return True
-    except Exception as e:  # readable files that weights_only refuses, or TorchScript archives, still count
-        return any(s in str(e) for s in ("Unsupported global", "TorchScript"))
+    except Exception as e:  # readable files that weights_only refuses still count
+        return "Unsupported global" in str(e)
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether a file is a TorchScript archive (torch.jit.save: a zip with ``<name>/constants.pkl`` and
+    ``<name>/code/``, as OpenAI's original CLIP files are), judged from the zip's names alone."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in n for n in names)
 
 
 def _local_file_error(model_name: str, path: str, e: Exception) -> RuntimeError:
-    """The error for a local CLIP file open_clip could not load: unreadable, or of another model."""
+    """The error for a local CLIP file open_clip could not load: TorchScript, unreadable, or of another model."""
     text = str(e)
-    wrong_model = _file_readable(path)
-    what = (f"it holds the weights of another architecture than '{model_name}' (set MODEL.LDVC.CLIP_MODEL "
-            "to the model the file was saved from)" if wrong_model else
-            "it is corrupt, truncated or not a CLIP checkpoint (copy it again)")
+    if _is_torchscript(path):
+        what = ("it is a TorchScript archive (as OpenAI's original CLIP files are): TorchScript files carry "
+                "code and cannot be loaded safely, so ldvc_d2 does not load them. Use the open_clip tag "
+                "instead (e.g. CLIP_PRETRAINED 'openai') or an open_clip / Hugging Face format file of the "
+                "weights (README, 'CLIP weights and offline use')")
+    elif _file_readable(path):
+        what = (f"it holds the weights of another architecture than '{model_name}' (set MODEL.LDVC.CLIP_MODEL "
+                "to the model the file was saved from)")
+    else:
+        what = "it is corrupt, truncated or not a CLIP checkpoint (copy it again)"
     return RuntimeError(f"MODEL.LDVC.CLIP_PRETRAINED: cannot load CLIP checkpoint '{path}': {what}. "
                         f"({type(e).__name__}: {text.splitlines()[0] if text else ''})")
 
