@@ -26,7 +26,9 @@ def test_parameter_table_matches_an_independent_sum(tool):
     assert set(table) == {"backbone", "sem_seg_head"}
     assert table["sem_seg_head"]["trainable"] == sum(p.numel() for p in model.sem_seg_head.parameters())
     prompts = model.backbone.visual.prompts.numel() + model.backbone.text.prompts.numel()
-    assert table["backbone"]["trainable"] == prompts
+    vj_norms = sum(p.numel() for p in model.backbone.intermediate_norms.parameters())  # INTERMEDIATE_NORM learnable
+    assert vj_norms == 2 * 2 * model.backbone.visual.width  # one LayerNorm (weight, bias) per LCTD block
+    assert table["backbone"]["trainable"] == prompts + vj_norms
 
 
 def test_attention_flop_handles_count_the_matrix_products(tool):

@@ -46,7 +46,7 @@ def test_reference_defaults_reach_the_paper_configs_and_shapes_keep_its_recipe()
         for key, value in SHAPES_RECIPE.items():
             assert _get(tiny_cfg(path), key) == value, (path, key)
     # the paper's own words (eq. 12) and today's V_j behaviour until the shapes measurement picks one
-    assert defaults.MODEL.LCTD.SCALE == "full_width" and defaults.MODEL.LDVC.INTERMEDIATE_NORM == "none"
+    assert defaults.MODEL.LCTD.SCALE == "full_width" and defaults.MODEL.LDVC.INTERMEDIATE_NORM == "learnable"
     assert defaults.MODEL.LDVC.TEXT_TEMPLATES == []
 
 
@@ -84,7 +84,7 @@ def _backbone(*opts):
 def test_intermediate_norm_choices():
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        raw = _backbone()(images)
+        raw = _backbone("MODEL.LDVC.INTERMEDIATE_NORM", "none")(images)
         ln_post_bb = _backbone("MODEL.LDVC.INTERMEDIATE_NORM", "ln_post")
         ln_post = ln_post_bb(images)
         learn_bb = _backbone("MODEL.LDVC.INTERMEDIATE_NORM", "learnable")

@@ -37,8 +37,11 @@ def test_every_head_with_every_prompt_variant_trains(head, prompts):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad <= trainable
-    # in the backbone only prompts (and ZegCLIP's prompt projection / norm) train, never CLIP
-    assert all(".prompt" in n for n in trainable if n.startswith("backbone."))
+    # in the backbone only prompts (and ZegCLIP's prompt projection / norm, and the V_j LayerNorms of
+    # INTERMEDIATE_NORM "learnable", which only LCTD uses) train, never CLIP
+    assert all(".prompt" in n or n.startswith("backbone.intermediate_norms.")
+               for n in trainable if n.startswith("backbone."))
+    assert any(n.startswith("backbone.intermediate_norms.") for n in trainable) == head.startswith("lctd")
     assert ("backbone.visual.prompts" in with_grad) == (cfg.MODEL.LDVC.VISUAL_PROMPTS > 0)
     assert ("backbone.text.prompts" in with_grad) == (cfg.MODEL.LDVC.TEXT_PROMPTS > 0)
     assert ("backbone.visual.prompt_proj.weight" in with_grad) == cfg.MODEL.LDVC.VISUAL_PROMPT_PROJECTION

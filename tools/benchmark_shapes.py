@@ -74,7 +74,7 @@ def plot(summary, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     from ldvc_d2.utils import atomic_path
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(summary)
     for i, (variant, stats) in enumerate(summary.items()):
         xs = np.arange(len(METRICS)) + i * width
@@ -83,7 +83,7 @@ def plot(summary, path: str, title: str) -> None:
     ax.set_xticks(np.arange(len(METRICS)) + 0.4 - width / 2, METRICS)
     ax.set_ylabel("%")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)

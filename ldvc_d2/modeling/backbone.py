@@ -129,7 +129,8 @@ class PromptedCLIPBackbone(Backbone):
             "text_prompt_init": c.TEXT_PROMPT_INIT,
             "text_prompt_template": c.TEXT_PROMPT_TEMPLATE,
             "intermediate_layers": c.INTERMEDIATE_LAYERS,
-            "num_intermediate": cfg.MODEL.LCTD.NUM_BLOCKS,
+            # V_j feed LCTD's blocks only (ZegCLIP's head does not use them: no taps, no V_j norms)
+            "num_intermediate": cfg.MODEL.LCTD.NUM_BLOCKS if cfg.MODEL.SEM_SEG_HEAD.NAME == "LCTDHead" else 0,
             "class_embeddings": c.CLASS_EMBEDDINGS,
             "visual_prompt_projection": c.VISUAL_PROMPT_PROJECTION,
             "visual_prompt_dropout": c.VISUAL_PROMPT_DROPOUT,

@@ -121,6 +121,7 @@ class PromptedVisionEncoder(nn.Module):
         "bilinear" (LDVC/ZegCLIP: to the exact size) or "bicubic" as CLIPtrase's official code
         (``clip_utils/model.py:291-309``, DINO's trick: scale factors (h+0.1)/gh, (w+0.1)/gw).
         """
+        h, w = int(h), int(w)  # plain ints also while fvcore traces the model
         pos = self.visual.positional_embedding
         gh, gw = self.visual.grid_size
         if (h, w) == (gh, gw):

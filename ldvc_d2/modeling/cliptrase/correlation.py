@@ -105,5 +105,5 @@ def patch_logits(dense: torch.Tensor, text: torch.Tensor, logit_scale: float, si
     logits = logit_scale * torch.einsum("dhw,cd->chw", dense, text)
     logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
     if global_feat is not None:
-        logits = logits * (logit_scale * text @ global_feat)[:, None, None]
+        logits = logits * (logit_scale * text @ global_feat[:, None])[:, :, None]  # C×1×1 (2-D matmul for fvcore)
     return logits
