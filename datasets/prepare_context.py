@@ -95,12 +95,18 @@ def prepare(args: argparse.Namespace) -> None:
     """Convert both splits."""
     ctx = os.path.join(args.root, "VOCdevkit", "VOC2010")
     convert = functools.partial(convert_context, context_lut(os.path.join(ctx, "labels.txt")))
-    for split, expected in EXPECTED.items():
-        jobs = build_jobs(ctx, split)
-        check_count(len(jobs), expected, f"PASCAL Context {split}")
-        counts = run_jobs(convert, jobs, args.workers, f"Context {split}")
-        summarize(split, counts, os.path.join(ctx, "annotations_ctx59", split))
+    for split in EXPECTED:
+        convert_split(args, ctx, split, convert, "annotations_ctx59", "Context")
     crop_val(args, "annotations_ctx59")
+
+
+def convert_split(args: argparse.Namespace, ctx: str, split: str, convert, out_name: str, what: str) -> None:
+    """Convert one split's labels into ``VOC2010/<out_name>/<split>`` (count checked, summary printed);
+    shared by the Context-59, -60 and -459 scripts."""
+    jobs = build_jobs(ctx, split, out_name)
+    check_count(len(jobs), EXPECTED[split], f"PASCAL {what} {split}")
+    counts = run_jobs(convert, jobs, args.workers, f"{what} {split}")
+    summarize(split, counts, os.path.join(ctx, out_name, split))
 
 
 def crop_val(args: argparse.Namespace, out_name: str) -> None:

@@ -23,10 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from _prep_utils import (IGNORE16, base_parser, check_count, load_class_module, make_lut, run_jobs,
-                         run_main, summarize)
-from prepare_context import (EXPECTED, NUM_FULL_CLASSES, build_jobs, convert_context, crop_val,
-                             read_labels_txt)
+from _prep_utils import IGNORE16, base_parser, load_class_module, make_lut, run_main
+from prepare_context import NUM_FULL_CLASSES, convert_context, convert_split, crop_val, read_labels_txt
 
 OUT = "annotations_ctx459"
 CONTEXT459_CLASSES = load_class_module("context459_classes").CONTEXT459_CLASSES
@@ -52,10 +50,7 @@ def prepare(args: argparse.Namespace) -> None:
     ctx = os.path.join(args.root, "VOCdevkit", "VOC2010")
     check_names(os.path.join(ctx, "labels.txt"))
     convert = functools.partial(convert_context, CONTEXT459_LUT, dtype=np.uint16)
-    jobs = build_jobs(ctx, "val", OUT)
-    check_count(len(jobs), EXPECTED["val"], "PASCAL Context-459 val")
-    counts = run_jobs(convert, jobs, args.workers, "Context-459 val")
-    summarize("val", counts, os.path.join(ctx, OUT, "val"))
+    convert_split(args, ctx, "val", convert, OUT, "Context-459")
     crop_val(args, OUT)
 
 

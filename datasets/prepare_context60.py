@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from _prep_utils import IGNORE, INVALID, base_parser, check_count, run_jobs, run_main, summarize
-from prepare_context import EXPECTED, build_jobs, context_lut, convert_context, crop_val
+from _prep_utils import IGNORE, INVALID, base_parser, run_main
+from prepare_context import context_lut, convert_context, convert_split, crop_val
 
 OUT = "annotations_ctx60"
 
@@ -38,10 +38,7 @@ def prepare(args: argparse.Namespace) -> None:
     """Convert the val split."""
     ctx = os.path.join(args.root, "VOCdevkit", "VOC2010")
     convert = functools.partial(convert_context, context60_lut(os.path.join(ctx, "labels.txt")))
-    jobs = build_jobs(ctx, "val", OUT)
-    check_count(len(jobs), EXPECTED["val"], "PASCAL Context-60 val")
-    counts = run_jobs(convert, jobs, args.workers, "Context-60 val")
-    summarize("val", counts, os.path.join(ctx, OUT, "val"))
+    convert_split(args, ctx, "val", convert, OUT, "Context-60")
     crop_val(args, OUT)
 
 

@@ -21,7 +21,7 @@ from detectron2.modeling import build_backbone, build_sem_seg_head
 from torch import nn
 
 from .losses import focal_dice_loss
-from .segmentor import ZeroShotSegmentor, seen_score_calibration, segmentor_config
+from .segmentor import ZeroShotSegmentor, registered_train_sets, seen_score_calibration, segmentor_config
 
 __all__ = ["CLIPDecoderSegmentor"]
 
@@ -71,7 +71,7 @@ class CLIPDecoderSegmentor(ZeroShotSegmentor):
         c = cfg.MODEL.LDVC
         st_classes = []
         if c.SELF_TRAINING:
-            registered = [d for d in cfg.DATASETS.TRAIN if MetadataCatalog.get(d).get("stuff_classes", None) is not None]
+            registered = registered_train_sets(cfg)
             if c.TRAINING_CLASSES != "all" or not registered:
                 raise ValueError(
                     "MODEL.LDVC.SELF_TRAINING needs MODEL.LDVC.TRAINING_CLASSES 'all' (the transductive setting "

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from detectron2.data import MetadataCatalog
 from torch import nn
 
-__all__ = ["ZeroShotSegmentor", "class_lists_from_metadata", "seen_score_calibration", "segmentor_config"]
+__all__ = ["ZeroShotSegmentor", "class_lists_from_metadata", "registered_train_sets", "seen_score_calibration",
+           "segmentor_config"]
 
 
 def class_lists_from_metadata(dataset_name: str, training_classes: str = "seen") -> Tuple[List[str], List[int]]:
@@ -58,6 +59,11 @@ def class_lists_from_metadata(dataset_name: str, training_classes: str = "seen")
     return [names[i] for i in seen], list(seen)
 
 
+def registered_train_sets(cfg) -> List[str]:
+    """The DATASETS.TRAIN entries registered with ``stuff_classes`` metadata."""
+    return [d for d in cfg.DATASETS.TRAIN if MetadataCatalog.get(d).get("stuff_classes", None) is not None]
+
+
 def seen_score_calibration(cfg) -> float:
     """ZegCLIP's calibration applies to inductive models only (trained on the seen classes)."""
     return cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION if cfg.MODEL.LDVC.TRAINING_CLASSES == "seen" else 0.0
@@ -72,7 +78,7 @@ def segmentor_config(cfg, *, trains: bool = True) -> Dict[str, object]:
     c = cfg.MODEL.LDVC
     train_names, train_ids = None, None
     if trains:
-        registered = [d for d in cfg.DATASETS.TRAIN if MetadataCatalog.get(d).get("stuff_classes", None) is not None]
+        registered = registered_train_sets(cfg)
         lists = [class_lists_from_metadata(d, c.TRAINING_CLASSES) for d in registered]
         if any(other != lists[0] for other in lists[1:]):
             raise ValueError(f"DATASETS.TRAIN {registered} have different class lists; train on datasets that share one.")

@@ -173,10 +173,15 @@ class PromptedVisionEncoder(nn.Module):
         q, k, v = block_qkv(block, x)
         for h in taps:
             extras[h.name] = h.tap(q, k, v)
+        return self._prompted_block(i, x, batch_first)
+
+    def _prompted_block(self, i: int, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+        """Block ``i`` as VPT-deep runs it: layer i's prompts prepended, their outputs dropped."""
         n = self.num_prompts
         if n:
             x = torch.cat([self.layer_prompts(i, x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
-        return run_block(block, x, batch_first)[:, n:]
+        x = run_block(self.visual.transformer.resblocks[i], x, batch_first)
+        return x[:, n:] if n else x
 
     def forward(
         self, images: torch.Tensor, hooks: Optional[Sequence[BlockHook]] = None, return_tokens: bool = False
@@ -199,18 +204,13 @@ class PromptedVisionEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.positional_embedding(h, w).to(x.dtype)
         x = v.ln_pre(x)
 
-        n = self.num_prompts
         batch_first = getattr(v.transformer, "batch_first", True)
         taps: Dict[int, torch.Tensor] = {}
-        for i, block in enumerate(v.transformer.resblocks):
+        for i in range(self.num_layers):
             if i in grouped:
                 x = self._hooked_block(i, x, grouped[i], extras, batch_first)
             else:
-                if n:
-                    x = torch.cat([self.layer_prompts(i, x.dtype).expand(b, -1, -1), x], dim=1)
-                x = run_block(block, x, batch_first)
-                if n:
-                    x = x[:, n:]
+                x = self._prompted_block(i, x, batch_first)
             if i in self.intermediate_layers:
                 taps[i] = x[:, 1:].transpose(1, 2).reshape(b, self.width, h, w)
 
