@@ -33,5 +33,19 @@ setup(
         "Pillow>=13.0",
         "matplotlib>=3.11",
     ],
-    extras_require={"test": ["pytest>=9.0"]},
+    # Optional extras (lower bounds = the versions tested here). "test" installs all of them, so the
+    # suite exercises every method: `pip install -e ".[test]"` (what `make test` runs).
+    extras_require={
+        "deop": ["transformers>=5.24,<6", "timm>=1.0.31"],
+        "c2s": ["transformers>=5.24,<6", "timm>=1.0.31"],
+        "export": ["onnx>=1.23.2", "onnxruntime>=1.32", "onnxscript>=0.7.2"],
+        "test": [
+            "pytest>=9.0",
+            "transformers>=5.24,<6",
+            "timm>=1.0.31",
+            "onnx>=1.23.2",
+            "onnxruntime>=1.32",
+            "onnxscript>=0.7.2",
+        ],
+    },
 )

@@ -34,6 +34,7 @@ from ldvc_d2.engine.schedule import resolve_schedule
 from ldvc_d2.engine.train_loop import AccumulatingTrainer
 from ldvc_d2.evaluation import ZeroShotSemSegEvaluator
 from ldvc_d2.solver import build_lr_scheduler, build_optimizer
+from ldvc_d2.utils.precision import AMP_DTYPES
 
 
 def inference_protocol(cfg) -> str:
@@ -55,8 +56,6 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)  # DefaultTrainer.__init__'s steps, with the pieces above
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ValueError("SOLVER.AMP.ENABLED is not supported by ldvc_d2's trainer; set it to False.")
         cfg = resolve_schedule(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -66,7 +65,8 @@ class Trainer(DefaultTrainer):
         # told so.
         unused = cfg.MODEL.SEM_SEG_HEAD.NAME == "ZegCLIPHead"
         model = create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=unused)
-        self._trainer = AccumulatingTrainer(model, data_loader, optimizer)
+        amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
+        self._trainer = AccumulatingTrainer(model, data_loader, optimizer, amp_dtype=amp_dtype)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, partial_load=cfg.MODEL.WEIGHTS_PARTIAL_LOAD,
                                          trainer=weakref.proxy(self))

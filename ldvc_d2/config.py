@@ -2,6 +2,11 @@
 import yaml
 from detectron2.config import CfgNode as CN
 
+from .config_inference import add_inference_config, inference_config_problems
+from .config_deop import add_deop_config, deop_config_problems
+from .config_deop_proposals import add_deop_proposals_config, deop_proposals_config_problems
+from .config_c2s import add_c2s_config, c2s_config_problems
+
 __all__ = ["add_ldvc_config", "load_config_file", "validate_config"]
 
 
@@ -154,6 +159,10 @@ def add_ldvc_config(cfg: CN) -> None:
     cfg.INPUT.MAX_SIZE_TEST = 2048  # cap on the long side after the test resize
     cfg.TEST.MIOU_RULE = "mmseg"  # "mmseg" (predicted GT-absent class: IoU 0), "present" (detectron2) or "cliptrase" (official metric.py)
     cfg.TEST.SKIP_NO_OBJECT_IMAGES = False  # skip images whose GT has no object label, only background/ignore (CLIPtrase's script)
+    add_inference_config(cfg)  # MODEL.LDVC.INFERENCE.WINDOW_BATCH / PRECISION, SOLVER.AMP.DTYPE (ldvc_d2/config_inference.py)
+    add_deop_config(cfg)  # MODEL.DEOP.*, MODEL.LDVC.PATCH_SEVERANCE_* (ldvc_d2/config_deop.py)
+    add_deop_proposals_config(cfg)  # MODEL.DEOP_PROPOSALS.*, MODEL.DEOP_PROMPT_LEARNING.* (ldvc_d2/config_deop_proposals.py)
+    add_c2s_config(cfg)  # MODEL.C2S.* (ldvc_d2/config_c2s.py)
 
 
 def load_config_file(cfg: CN, path: str) -> None:
@@ -192,6 +201,10 @@ def validate_config(cfg: CN, *, training: bool) -> None:
         if cfg.INPUT.CROP.ENABLED and min(cfg.INPUT.CROP.SIZE) <= 0:
             problems.append(f"INPUT.CROP.SIZE is {tuple(cfg.INPUT.CROP.SIZE)}; both sides must be > 0")
         problems += _training_set_problems(cfg)
+    problems += inference_config_problems(cfg)
+    problems += deop_config_problems(cfg, training)
+    problems += deop_proposals_config_problems(cfg)
+    problems += c2s_config_problems(cfg)
     if problems:
         raise ValueError("Invalid config: " + "; ".join(problems) + ".")
 

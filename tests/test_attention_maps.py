@@ -99,18 +99,33 @@ def test_tool_rejects_a_head_without_return_attention(tool, model):
         model.sem_seg_head = original
 
 
-def test_tool_writes_the_grid_png(tool, tmp_path):
+def test_tool_writes_the_grid_png(tool, tmp_path, monkeypatch):
+    """The PNG is the grid drawn from the test-resized photo (short side 128, bilinear, checked against PIL)
+    and, per block (LCSA on, LCSA off), three attention maps at that size summing to 1 over the classes."""
+    rgb = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     image = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(rgb).save(image)
     out = tmp_path / "out"
     out.mkdir()
+    drawn = []
+    draw = tool.draw_map_grid
+    monkeypatch.setattr(tool, "draw_map_grid", lambda *a, **kw: drawn.append((a, kw)) or draw(*a, **kw))
     rc = tool.main(["--config-file", os.path.join(REPO, "configs/demo.yaml"), "--input", str(image),
                     "--classes", "red,green,blue", "--output", str(out),
                     "--opts", "MODEL.LDVC.CLIP_PRETRAINED", ""])
     assert rc == 0
     assert os.listdir(out) == ["photo_attention.png"]
+    ((shown, blocks, titles), kw), = drawn
+    resized = np.asarray(Image.fromarray(rgb).resize((165, 128), Image.BILINEAR))  # 90 * 128 / 70 = 164.6
+    assert shown.shape == (128, 165, 3) and np.abs(shown.astype(int) - resized).max() <= 1
+    assert titles == ["red", "green", "blue"] and [label for label, _ in blocks][1].startswith("LCSA off")
+    for _, maps in blocks:
+        assert maps.shape == (3, 128, 165) and maps.std() > 1e-3
+        np.testing.assert_allclose(maps.sum(0), 1.0, atol=1e-5)
+    assert kw["vmin"] == 0.0 and kw["vmax"] == pytest.approx(max(m.max() for _, m in blocks))
     with Image.open(out / "photo_attention.png") as grid:
-        assert grid.mode == "RGB" and grid.width > 4 * 100
+        assert grid.mode == "RGB"
+        assert np.array_equal(np.asarray(grid), draw(shown, blocks, titles, **kw))  # the file is that picture
 
 
 def test_tool_works_with_the_zegclip_head(tool):

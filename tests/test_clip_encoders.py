@@ -1,5 +1,6 @@
 """Prompted CLIP encoders against open_clip's own encoders (DESIGN §1.1)."""
 import copy
+import math
 import os
 
 import pytest
@@ -107,6 +108,23 @@ def test_deep_text_prompts_replace_the_previous_layer_outputs(tiny_clip):
         torch.testing.assert_close(x[:, 1:7], enc.prompts[i].detach().expand(2, -1, -1))
 
 
+def _bilinear(grid: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """h×w×C -> out_h×out_w×C by hand: output pixel i samples the input at (i + 0.5) * in / out - 0.5
+    (half-pixel centres, align_corners=False), clamped to the grid, weighted by distance."""
+    def taps(n_in, n_out):
+        out = []
+        for i in range(n_out):
+            x = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1)
+            lo = int(x)
+            hi = min(lo + 1, n_in - 1)
+            out.append((lo, hi, x - lo))
+        return out
+
+    rows = [(1 - fy) * grid[y0] + fy * grid[y1] for y0, y1, fy in taps(grid.shape[0], out_h)]
+    return torch.stack([torch.stack([(1 - fx) * r[x0] + fx * r[x1] for x0, x1, fx in taps(grid.shape[1], out_w)])
+                        for r in rows])
+
+
 def test_positional_embedding_resized_to_the_input_grid(tiny_clip):
     model, _ = tiny_clip
     enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0])
@@ -116,9 +134,10 @@ def test_positional_embedding_resized_to_the_input_grid(tiny_clip):
     pos = enc.positional_embedding(8, 12)
     assert pos.shape == (1 + 96, 128)
     torch.testing.assert_close(pos[0], native[0])
-    grid = native[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-    ref = F.interpolate(grid, size=(8, 12), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(pos[1:], ref[0].permute(1, 2, 0).reshape(96, -1))
+    grid = native[1:].detach().reshape(gh, gw, -1).double()
+    torch.testing.assert_close(pos[1:].detach().double(), _bilinear(grid, 8, 12).reshape(96, -1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(enc.positional_embedding(5, 3)[1:].detach().double(),
+                               _bilinear(grid, 5, 3).reshape(15, -1), atol=1e-6, rtol=0)
     out = enc(torch.randn(1, 3, 64, 96))
     assert out["dense"].shape == (1, 128, 8, 12) and out["intermediate"][0].shape == (1, 128, 8, 12)
 
@@ -191,3 +210,33 @@ def test_openai_weights_are_built_with_quick_gelu(monkeypatch):
     build_clip_model("ViT-B-16", "openai")
     build_clip_model("ViT-B-16", "laion2b_s34b_b88k")
     assert seen == {"openai": True, "laion2b_s34b_b88k": False}
+
+
+def _keys_cubic(grid: torch.Tensor, n_out: int, a: float = -0.75) -> torch.Tensor:
+    """n_in×C -> n_out×C by hand with Keys' cubic convolution kernel (a = -0.75), half-pixel centres,
+    taps clamped to the grid: the "bicubic to the exact size" DeOP's released CLIP code uses."""
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
+    n_in, rows = grid.shape[0], []
+    for j in range(n_out):
+        src = (j + 0.5) * n_in / n_out - 0.5
+        i0 = math.floor(src)
+        rows.append(sum(kernel(src - i) * grid[min(max(i, 0), n_in - 1)] for i in range(i0 - 1, i0 + 3)))
+    return torch.stack(rows)
+
+
+def test_positional_embedding_bicubic_to_the_exact_size(tiny_clip):
+    model, _ = tiny_clip
+    gh, gw = model.visual.grid_size
+    with torch.no_grad():  # a grid that varies along x only: the y direction is then an identity
+        model.visual.positional_embedding[1:] = model.visual.positional_embedding[1:gw + 1].repeat(gh, 1)
+    enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0], pos_interpolation="bicubic_size")
+    pos = enc.positional_embedding(gh, 11)[1:].detach().double().reshape(gh, 11, -1)
+    row = model.visual.positional_embedding[1:gw + 1].detach().double()
+    for y in range(gh):
+        torch.testing.assert_close(pos[y], _keys_cubic(row, 11), atol=1e-5, rtol=0)
+    bilinear = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0]).positional_embedding(gh, 11)
+    assert (bilinear[1:].detach().double().reshape(gh, 11, -1) - pos).abs().max() > 1e-3

@@ -3,6 +3,7 @@ import glob
 import os
 
 import pytest
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
@@ -18,12 +19,22 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_builds_a_model(config):
-    cfg = tiny_cfg(config, "MODEL.LCTD.NUM_HEADS", "4")
+    # DeOP's additive prompts enter blocks 0-5 of ViT-B/16; the tiny CLIP has 4 blocks
+    cfg = tiny_cfg(config, "MODEL.LCTD.NUM_HEADS", "4", "MODEL.DEOP.VISUAL_PROMPT_LAYERS", "[0, 1, 2, 3]")
     model = build_model(cfg)
     assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
     if cfg.MODEL.META_ARCHITECTURE not in ("LDVC", "ZegCLIP"):  # training-free methods have their own tests
         return
-    assert model.backbone.visual.num_prompts == cfg.MODEL.LDVC.VISUAL_PROMPTS
+    # What the encoders run, not what they store: the first image block sees VISUAL_PROMPTS prompt tokens,
+    # [CLS] and the 8x8 patches of a 64x64 input (the tiny CLIP's patch is 8); the first text block sees
+    # TEXT_PROMPTS prompts written right after [SOS]; every decoder block runs once.
+    seen = _block_inputs(model, cfg)
+    assert seen["visual"] == [cfg.MODEL.LDVC.VISUAL_PROMPTS + 1 + 64]
+    n_text = cfg.MODEL.LDVC.TEXT_PROMPTS
+    if cfg.MODEL.LDVC.CLASS_EMBEDDINGS == "text" and n_text:
+        prompts = model.backbone.text.prompts[0].detach()
+        torch.testing.assert_close(seen["text"][:, 1:1 + n_text], prompts.expand(2, -1, -1))
+        assert model.backbone.text.prompts.shape[1] == n_text
     if cfg.MODEL.LDVC.TEXT_TEMPLATES:
         from ldvc_d2.modeling.clip.templates import resolve_templates
 
@@ -36,17 +47,40 @@ def test_config_builds_a_model(config):
     head = cfg.MODEL.SEM_SEG_HEAD.NAME
     assert type(model.sem_seg_head).__name__ == head
     if head == "LCTDHead":
-        assert len(model.sem_seg_head.blocks) == cfg.MODEL.LCTD.NUM_BLOCKS
+        assert seen["decoder"] == [1] * cfg.MODEL.LCTD.NUM_BLOCKS
         assert model.sem_seg_head.blocks[0].self_attn.topk == (
             cfg.MODEL.LCTD.TOPK_WINDOWS if cfg.MODEL.LCTD.SELF_ATTENTION == "lcsa" else None)
     else:
-        assert len(model.sem_seg_head.layers) == cfg.MODEL.ZEGCLIP.NUM_LAYERS
+        assert seen["decoder"] == [1] * cfg.MODEL.ZEGCLIP.NUM_LAYERS
     assert len(model.self_training_classes) == (len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).unseen_classes)
                                                 if cfg.MODEL.LDVC.SELF_TRAINING else 0)
     if cfg.DATASETS.TRAIN:
         assert model.train_class_names, f"{config}: no training classes from {cfg.DATASETS.TRAIN}"
     if cfg.MODEL.LDVC.TRAINING_CLASSES == "all":
         assert model.calibration == 0.0
+
+
+def _block_inputs(model, cfg):
+    """Inputs of the first image and text blocks, and how often each decoder block runs, in one forward
+    pass on a 64x64 image with two class names."""
+    seen = {"visual": [], "text": None}
+    visual = model.backbone.visual.visual.transformer.resblocks[0]
+    handles = [visual.register_forward_pre_hook(lambda m, args: seen["visual"].append(args[0].shape[1]))]
+    if cfg.MODEL.LDVC.CLASS_EMBEDDINGS == "text" and not cfg.MODEL.LDVC.TEXT_TEMPLATES:
+        text = model.backbone.text.transformer.resblocks[0]
+        handles.append(text.register_forward_pre_hook(lambda m, args: seen.__setitem__("text", args[0].detach())))
+    head = model.sem_seg_head
+    decoder = head.blocks if hasattr(head, "blocks") else head.layers
+    calls = [0] * len(decoder)
+    for i, block in enumerate(decoder):
+        handles.append(block.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1)))
+    try:
+        with torch.no_grad():
+            model.eval().logits(torch.zeros(1, 3, 64, 64), model.backbone.encode_text(["red circle", "blue star"]))
+    finally:
+        for h in handles:
+            h.remove()
+    return {**seen, "decoder": calls}
 
 
 def test_paper_hyper_parameters():

@@ -3,6 +3,8 @@ names, for runs of several processes (each process registers it: ``--register`` 
 :func:`register`). Generating it takes well under a second."""
 import os
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
 from ldvc_d2.data import register_zero_shot_folder
 from ldvc_d2.data.datasets.shapes import CLASS_NAMES, UNSEEN_CLASSES, generate_shapes_dataset
 
@@ -19,6 +21,10 @@ def make(root: str) -> str:
 
 
 def register(data: str) -> None:
+    """Register (or re-register: tests in one process use different temporary roots) the two splits."""
     for name, split in ((TRAIN, "train"), (VAL, "val")):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
         register_zero_shot_folder(name, os.path.join(data, "images", split), os.path.join(data, "labels", split),
                                   CLASS_NAMES, UNSEEN_CLASSES, image_ext=".png")

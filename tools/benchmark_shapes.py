@@ -35,6 +35,15 @@ VARIANTS = {  # name -> (config, description)
     "ldvc_vj_learnable": ("configs/shapes/ldvc_vj_learnable.yaml", "LDVC, V_j through a learnable LayerNorm"),
     "ldvc_vj_l2": ("configs/shapes/ldvc_vj_l2.yaml", "LDVC, V_j L2-normalised per token"),
     "ldvc_scale_head_dim": ("configs/shapes/ldvc_scale_head_dim.yaml", "LDVC, LCSA scale 1/sqrt(head_dim)"),
+    # C2S (seed 003) Table 3 in miniature: tiny SegFormer from scratch, the shapes CLIP as teacher (docs/c2s.md)
+    "c2s_seen_only": ("configs/c2s/shapes_seen_only.yaml", "C2S student, seen-only CE + NEL"),
+    "c2s_distill": ("configs/c2s/shapes_distill.yaml", "C2S student + global/local distillation"),
+    "c2s": ("configs/c2s/shapes.yaml", "C2S student + distillation + latent embeddings"),
+    # DeOP (seed 004, docs/deop.md): CAL + prompts trained on ORACLE ground-truth segments (diagnostic, leaks
+    # unseen extents) or on training-free CLIP-cluster proposals; LDVC with patch severance (GPS α=1, last block)
+    "deop_oracle": ("configs/deop/shapes_oracle.yaml", "DeOP, ORACLE GT-segment proposals (diagnostic)"),
+    "deop_clusters": ("configs/deop/shapes_clusters.yaml", "DeOP, CLIP-cluster proposals"),
+    "ldvc_gps": ("configs/shapes/ldvc_gps.yaml", "LDVC + patch severance (GPS, last block)"),
     # training-free rows: evaluated only (--eval-only), the same for every seed
     "cliptrase": ("configs/cliptrase/shapes.yaml", "CLIPtrase (training-free)"),
     "sclip": ("configs/cliptrase/shapes_sclip.yaml", "SCLIP-style q/k attention (training-free)"),

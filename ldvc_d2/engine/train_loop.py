@@ -9,15 +9,26 @@ steps. With K = 1 this is detectron2's SimpleTrainer step. Before each forward t
 iteration (the index :meth:`~.data.StreamBatchSampler.positions` uses): a micro-batch draws the same
 dropout masks on any split of the batch (1 process × 4 steps, 4 processes × 1 step), and a resumed run
 draws what the uninterrupted run drew.
+
+Mixed precision (SOLVER.AMP.ENABLED, dtype SOLVER.AMP.DTYPE; detectron2's AMPTrainer, which this loop
+replaces, does the same for float16 only): the forward runs under ``torch.autocast``, the losses are
+taken in fp32 (the focal/dice loss upcasts the logits; the loop casts every loss term), the backward
+runs outside autocast. float16 scales the loss with a GradScaler (its gradients would underflow); the
+scale multiplies every micro-batch's gradient alike, so accumulation and the division by the normaliser
+are unchanged, and the optimizer step is skipped, as GradScaler does, where a gradient is not finite
+(the focal weight 100 makes gradients large: on the tiny demo model the scale backs off from
+GradScaler's initial 2^16 to 2^8 over the first 8 steps, which are skipped, and settles near 2^6-2^8).
+bfloat16 (the CPU's autocast dtype) has float32's exponent range and needs no scaler.
 """
 import contextlib
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 
+from ..utils.precision import autocast
 from .data import TrainStream, derive_seed
 from .normaliser import recording_normalisers
 
@@ -29,9 +40,27 @@ _MODEL_RNG = 2
 class AccumulatingTrainer(SimpleTrainer):
     """SimpleTrainer over a :class:`~ldvc_d2.engine.data.TrainStream` (K micro-batches per iteration)."""
 
-    def __init__(self, model, data_loader: TrainStream, optimizer):
+    def __init__(self, model, data_loader: TrainStream, optimizer, *, amp_dtype: Optional[torch.dtype] = None):
+        """``amp_dtype``: autocast dtype of the forward (None: fp32 training); float16 adds a GradScaler."""
         super().__init__(model, data_loader, optimizer)
         self._stream = None
+        self.amp_dtype = amp_dtype
+        self.device = next(model.parameters()).device
+        self.grad_scaler = _grad_scaler(self.device) if amp_dtype == torch.float16 else None
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
     def run_step(self) -> None:
         assert self.model.training, "[AccumulatingTrainer] model was changed to eval mode!"
@@ -52,14 +81,15 @@ class AccumulatingTrainer(SimpleTrainer):
             last = k == steps - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:
-                with recording_normalisers() as noted:
+                with recording_normalisers() as noted, autocast(self.device, self.amp_dtype):
                     loss_dict = self.model(data)
+                loss_dict = {name: value.float() for name, value in loss_dict.items()}
                 losses = sum(loss_dict.values())
                 if steps == 1:
-                    losses.backward()
+                    self._backward(losses)
                 else:
                     divisor, count = noted[0] if noted else (losses.new_tensor(1.0), losses.new_tensor(1.0))
-                    (losses * divisor).backward()
+                    self._backward(losses * divisor)
                     counts.append(count)
             for name, value in loss_dict.items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / steps
@@ -74,4 +104,18 @@ class AccumulatingTrainer(SimpleTrainer):
                     if p.grad is not None:
                         p.grad.mul_(scale)
         self._write_metrics(totals, data_time)
-        self.optimizer.step()
+        if self.grad_scaler is None:
+            self.optimizer.step()
+        else:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+
+
+def _grad_scaler(device: torch.device):
+    """GradScaler for float16 training on ``device`` (torch.amp's on torch >= 2.3, else torch.cuda.amp's)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    if device.type != "cuda":
+        raise ValueError(f"SOLVER.AMP.DTYPE 'float16' on {device.type} needs torch >= 2.3 (GradScaler for "
+                         f"{device.type}); use SOLVER.AMP.DTYPE 'bfloat16' there.")
+    return torch.cuda.amp.GradScaler()

@@ -3,11 +3,13 @@
 Shared: ``clip/`` (open_clip towers: loading, prompted vision/text encoders), ``backbone.py``
 (PromptedCLIPBackbone), ``segmentor.py`` (ZeroShotSegmentor: class lists, text cache, slide/whole
 inference, calibration, protocol line), ``decoder_segmentor.py`` (prompted CLIP + decoder head, the
-pipeline LDVC and ZegCLIP share), ``text_adapter.py``, ``losses.py``. Methods: ``ldvc/``, ``zegclip/``, ``cliptrase/``.
+pipeline LDVC and ZegCLIP share), ``text_adapter.py``, ``losses.py``. Methods: ``ldvc/``, ``zegclip/``, ``cliptrase/``, ``deop/``, ``c2s/``.
 """
 from .backbone import PromptedCLIPBackbone
+from .c2s import C2S
 from .cliptrase import CLIPtrase
 from .decoder_segmentor import CLIPDecoderSegmentor
+from .deop import DeOP
 from .ldvc import LDVC, LCTDBlock, LCTDHead, LocalConsensusSelfAttention
 from .losses import focal_dice_loss
 from .segmentor import ZeroShotSegmentor
@@ -15,6 +17,6 @@ from .text_adapter import TextAdapter
 from .zegclip import ZegCLIP, ZegCLIPHead
 
 __all__ = [
-    "CLIPDecoderSegmentor", "CLIPtrase", "LDVC", "LCTDBlock", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone",
+    "C2S", "CLIPDecoderSegmentor", "CLIPtrase", "DeOP", "LDVC", "LCTDBlock", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone",
     "TextAdapter", "ZegCLIP", "ZegCLIPHead", "ZeroShotSegmentor", "focal_dice_loss",
 ]

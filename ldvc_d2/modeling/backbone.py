@@ -27,6 +27,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from .clip.loading import build_clip_model
+from .clip.severance import severance_hooks
 from .clip.text import PromptedTextEncoder, RandomClassEmbedding, TemplateEnsembleTextEncoder
 from .clip.vision import PromptedVisionEncoder
 
@@ -62,6 +63,8 @@ class PromptedCLIPBackbone(Backbone):
         visual_final_norm: bool = False,
         intermediate_norm: str = "none",
         text_templates: Sequence[str] = (),
+        patch_severance_layers: Sequence[int] = (),
+        patch_severance_alpha: Sequence[float] = (1.0,),
     ):
         """
         Args:
@@ -76,6 +79,8 @@ class PromptedCLIPBackbone(Backbone):
             intermediate_norm: "none", "ln_post", "learnable" or "l2" (see the module docstring).
             text_templates: templates averaged into frozen class embeddings
                 (:class:`TemplateEnsembleTextEncoder`; needs ``text_prompts`` 0); empty = ``text_prompt_template``.
+            patch_severance_layers / patch_severance_alpha: DeOP's pure GPS (eq. 2) in these blocks, α per
+                block or one for all (:mod:`~ldvc_d2.modeling.clip.severance`); empty = CLIP's own blocks.
         """
         super().__init__()
         model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
@@ -111,6 +116,7 @@ class PromptedCLIPBackbone(Backbone):
         else:
             raise ValueError(f"MODEL.LDVC.CLASS_EMBEDDINGS must be 'text' or 'random', got '{class_embeddings}'.")
         self.embed_dim = self.visual.output_dim
+        self.severance = severance_hooks(patch_severance_layers, patch_severance_alpha) if patch_severance_layers else []
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
@@ -137,6 +143,8 @@ class PromptedCLIPBackbone(Backbone):
             "visual_final_norm": c.VISUAL_FINAL_NORM,
             "intermediate_norm": c.INTERMEDIATE_NORM,
             "text_templates": list(c.TEXT_TEMPLATES),
+            "patch_severance_layers": list(c.PATCH_SEVERANCE_LAYERS),
+            "patch_severance_alpha": list(c.PATCH_SEVERANCE_ALPHA),
         }
 
     def scale_intermediate(self, taps: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -151,7 +159,7 @@ class PromptedCLIPBackbone(Backbone):
         return [norm(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for norm, t in zip(norms, taps)]
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
-        out = self.visual(images)
+        out = self.visual(images, hooks=self.severance or None)
         out["intermediate"] = self.scale_intermediate(out["intermediate"])
         return out
 

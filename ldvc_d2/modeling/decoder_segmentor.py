@@ -108,9 +108,13 @@ class CLIPDecoderSegmentor(ZeroShotSegmentor):
         return self.sem_seg_head(self.backbone(images), text)
 
     def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.batch_window_scores(images, text)[0]
+
+    def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """B windows in one pass (backbone and head take batches) -> B×C×H×W sigmoid scores."""
         logits = F.interpolate(self.logits(images, text), scale_factor=self.backbone.size_divisibility,
                                mode="bilinear", align_corners=False)
-        return logits[0].sigmoid()
+        return logits.sigmoid()
 
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         images, targets = self.training_batch(batched_inputs)

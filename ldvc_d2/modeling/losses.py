@@ -9,19 +9,27 @@ implementation, DESIGN §1.3):
   False they are left out of both terms.
 * focal: per (image, class) the mean over pixels, summed over *all* (image, class) pairs;
 * dice: ``1 - (2 Σ p t + 1) / (Σ p + Σ t + 1)`` per (image, class) pair *present* in the image, summed;
+* the per-pixel terms are computed in blocks of (image, class) rows (``_CHUNK_ELEMENTS``);
 * both divided by the number of present (image, class) pairs, averaged over processes (the
   all-reduced count divided by the world size, at least 1), so every GPU weighs its pairs alike; the
   count is reported to the training loop so accumulation steps weigh their pairs alike too.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
+from torch.utils.checkpoint import checkpoint
 
 from ..engine.normaliser import note_loss_normaliser
 
 __all__ = ["focal_dice_loss"]
+
+# Floats of per-pixel terms computed at once. The C×H×W terms are formed a block of (image, class) rows at
+# a time and, with autograd, recomputed in the backward pass (checkpointing) instead of being kept: a
+# step's loss holds its logits and per-row sums, not the ~10 full-resolution fp32 maps of the formula
+# (issue 15). Values do not depend on it.
+_CHUNK_ELEMENTS = 2 ** 22
 
 
 def _num_present(count: torch.Tensor) -> torch.Tensor:
@@ -48,30 +56,47 @@ def focal_dice_loss(
 
     Returns ``{"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}``.
     """
-    c = logits.shape[1]
+    b, c = logits.shape[:2]
     valid = targets != ignore_label
-    classes = torch.arange(c, device=targets.device).view(1, c, 1, 1)
-    onehot = (targets.unsqueeze(1) == classes).float()  # 255 pixels: all zero
-    weight = None if ignore_as_negative else valid.unsqueeze(1).float()
-
-    logits, onehot = logits.float().flatten(2), onehot.flatten(2)
-    prob = logits.sigmoid()
-    present = onehot.sum(-1) > 0  # B×C
+    flat_targets = targets.flatten(1)
+    # pixels per (image, class); ignore_label and any other value outside [0, C) go to a dropped column C
+    inside = (flat_targets >= 0) & (flat_targets < c)
+    binned = torch.where(inside, flat_targets, torch.full_like(flat_targets, c)).long()
+    ones = torch.ones_like(binned, dtype=torch.float)
+    t_sum = torch.zeros(b, c + 1, device=targets.device).scatter_add_(1, binned, ones)[:, :c]
+    present = t_sum > 0  # B×C
     count = present.sum().float()
     num = _num_present(count)
     note_loss_normaliser(num, count)  # exact gradient accumulation (ldvc_d2.engine.normaliser)
 
+    weight = None if ignore_as_negative else valid.flatten(1).float()
+    rows = logits.float().flatten(2).flatten(0, 1)  # (B·C)×(H·W)
+    step = max(1, _CHUNK_ELEMENTS // max(rows.shape[1], 1))
+    sums = []
+    for start in range(0, b * c, step):
+        index = torch.arange(start, min(start + step, b * c), device=rows.device)
+        args = (rows[start:start + step], flat_targets, index, c, alpha, gamma, weight)
+        sums.append(checkpoint(_row_sums, *args, use_reentrant=False) if torch.is_grad_enabled() else _row_sums(*args))
+    focal_sum, pt_sum, p_sum = torch.cat(sums).view(b, c, 3).unbind(-1)
+    pixels = rows.shape[1] if weight is None else weight.sum(-1, keepdim=True).clamp(min=1.0)
+    focal = (focal_sum / pixels).sum() / num
+    dice = 1 - (2 * pt_sum + 1) / (p_sum + t_sum + 1)
+    dice = (dice * present).sum() / num
+    return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}
+
+
+def _row_sums(logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, c: int, alpha: float, gamma: float,
+              weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-pixel focal and dice terms of the (image, class) rows ``index`` of the flattened B·C rows
+    (logits: rows×N; targets: B×N; weight: B×N or None), summed over pixels: rows×3 (focal, Σ p·t, Σ p)."""
+    image = index // c
+    onehot = (targets[image] == (index % c).unsqueeze(1)).float()  # ignore pixels: all zero
+    prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
     p_t = prob * onehot + (1 - prob) * (1 - onehot)
     alpha_t = alpha * onehot + (1 - alpha) * (1 - onehot)
     focal_map = alpha_t * ce * (1 - p_t) ** gamma
-    if weight is None:
-        focal = focal_map.mean(-1).sum() / num
-        p = prob
-    else:
-        weight = weight.flatten(2)
-        focal = ((focal_map * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)).sum() / num
-        p = prob * weight
-    dice = 1 - (2 * (p * onehot).sum(-1) + 1) / (p.sum(-1) + onehot.sum(-1) + 1)
-    dice = (dice * present).sum() / num
-    return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}
+    if weight is not None:
+        focal_map = focal_map * weight[image]
+        prob = prob * weight[image]
+    return torch.stack([focal_map.sum(-1), (prob * onehot).sum(-1), prob.sum(-1)], dim=1)

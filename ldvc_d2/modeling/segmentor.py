@@ -13,9 +13,15 @@ class names (:meth:`ZeroShotSegmentor.encode_text`) and, if it trains, its losse
 * **Inference** (DESIGN §1.4): the classes are those of the input (``"class_names"`` in each input
   dict, set by the test data loader or given by the user for an open vocabulary), else the model's
   default test classes (the first test dataset's). Scores are averaged over sliding windows (mmseg's
-  grid) or come from one whole-image pass, optionally calibrated by subtracting ``calibration`` from the
-  scores of the seen classes (ZegCLIP's calibration, inductive models only), and are resized to the
-  original image size, as Detectron2's semantic segmentors return them.
+  grid, :mod:`.windows`) or come from one whole-image pass, optionally calibrated by subtracting
+  ``calibration`` from the scores of the seen classes (ZegCLIP's calibration, inductive models only), and
+  are resized to the original image size, as Detectron2's semantic segmentors return them.
+* **Batched windows** (issue 15): consecutive windows of the same size and vocabulary (all windows of an
+  image, and those of the next images of a batch) go through one forward pass, up to ``window_batch``
+  (MODEL.LDVC.INFERENCE.WINDOW_BATCH), for methods that score a batch
+  (:meth:`ZeroShotSegmentor.batch_window_scores`); windows, their order and the order of the sums are
+  those of one-by-one scoring. ``precision`` (MODEL.LDVC.INFERENCE.PRECISION) runs these passes under
+  ``torch.autocast``; scores are averaged, calibrated and returned in fp32.
 * **Text cache**: class embeddings do not depend on the image; in eval mode they are cached per class
   list and device.
 * **Protocol line**: :meth:`ZeroShotSegmentor.describe_protocol` says, from a config, how a method
@@ -26,12 +32,15 @@ The shared keys keep the names they had when LDVC was the only method: ``MODEL.L
 ``MODEL.LDVC.CLIP_*``) apply to every method.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from detectron2.data import MetadataCatalog
 from torch import nn
+
+from ..utils.precision import PRECISION_DTYPES, autocast
+from .windows import Box, consecutive_chunks, slide_boxes
 
 __all__ = ["ZeroShotSegmentor", "class_lists_from_metadata", "registered_train_sets", "seen_score_calibration",
            "segmentor_config"]
@@ -101,6 +110,8 @@ def segmentor_config(cfg, *, trains: bool = True) -> Dict[str, object]:
         "inference_mode": c.INFERENCE.MODE,
         "crop_size": c.INFERENCE.CROP_SIZE,
         "stride": c.INFERENCE.STRIDE,
+        "window_batch": c.INFERENCE.WINDOW_BATCH,
+        "precision": c.INFERENCE.PRECISION,
     }
 
 
@@ -128,6 +139,8 @@ class ZeroShotSegmentor(nn.Module):
         stride: int = 426,
         pad_multiple: int = 1,
         train_size: Sequence[int] = (0, 0),
+        window_batch: int = 8,
+        precision: str = "fp32",
     ):
         """
         Args:
@@ -140,6 +153,8 @@ class ZeroShotSegmentor(nn.Module):
             pad_multiple: inputs are padded to multiples of this (patch size × what the head needs).
             train_size: training crops are padded to at least this (H, W), as mmseg pads every crop
                 to the crop size: a per-image loss mean then does not depend on the batch.
+            window_batch: most windows scored in one forward pass (0 or 1: one by one).
+            precision: "fp32", "bf16" or "fp16": autocast dtype of the window passes.
         """
         super().__init__()
         if inference_mode not in ("slide", "whole"):
@@ -149,7 +164,12 @@ class ZeroShotSegmentor(nn.Module):
         self.test_seen_classes = list(test_seen_classes)
         self.ignore_label = ignore_label
         self.calibration = calibration
+        if precision not in PRECISION_DTYPES:
+            raise ValueError(f"MODEL.LDVC.INFERENCE.PRECISION must be one of {list(PRECISION_DTYPES)}, "
+                             f"got '{precision}'.")
         self.inference_mode = inference_mode
+        self.window_batch = max(int(window_batch), 1)
+        self.precision = precision
         self.crop_size = crop_size
         self.stride = stride
         self.pad_multiple = pad_multiple
@@ -161,6 +181,7 @@ class ZeroShotSegmentor(nn.Module):
             lut[torch.tensor(train_class_ids, dtype=torch.long)] = torch.arange(len(train_class_ids))
         self.register_buffer("label_lut", lut, False)
         self._text_cache: Dict[Tuple, torch.Tensor] = {}
+        self._frozen_text_cache: Dict[Tuple, torch.Tensor] = {}  # training, text without trainable inputs
 
     # ---- what a method implements ------------------------------------------------------------
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
@@ -172,6 +193,12 @@ class ZeroShotSegmentor(nn.Module):
         -> C×H×W per-class scores at the window's resolution."""
         raise NotImplementedError
 
+    def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W windows -> B×C×H×W scores. By default one :meth:`window_scores` call per window (for a
+        method whose window scoring is per image, e.g. CLIPtrase's DBSCAN regions); a method that scores a
+        batch in one pass overrides this."""
+        return torch.stack([self.window_scores(window[None], text) for window in images])
+
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement training.")
 
@@ -181,7 +208,8 @@ class ZeroShotSegmentor(nn.Module):
         inf = cfg.MODEL.LDVC.INFERENCE
         how = (f"sliding window {inf.CROP_SIZE}x{inf.CROP_SIZE} stride {inf.STRIDE}" if inf.MODE == "slide"
                else "whole image")
-        return f"{cfg.MODEL.META_ARCHITECTURE}: {how}, short side {cfg.INPUT.MIN_SIZE_TEST}"
+        precision = f", {inf.PRECISION} autocast" if inf.PRECISION != "fp32" else ""
+        return f"{cfg.MODEL.META_ARCHITECTURE}: {how}, short side {cfg.INPUT.MIN_SIZE_TEST}{precision}"
 
     # ---- shared machinery --------------------------------------------------------------------
     @property
@@ -197,14 +225,23 @@ class ZeroShotSegmentor(nn.Module):
         return super().load_state_dict(*args, **kwargs)
 
     def clear_text_cache(self) -> None:
-        """Forget the class embeddings cached in eval mode (one entry per class list and device)."""
+        """Forget the cached class embeddings (one entry per class list and device)."""
         self._text_cache.clear()
+        self._frozen_text_cache.clear()
 
     def text_features(self, class_names: List[str]) -> torch.Tensor:
-        """C×d class embeddings; cached per class list (and device) in eval mode."""
-        if self.training:
-            return self.encode_text(class_names)
+        """C×d class embeddings; cached per class list (and device) in eval mode, and in training where
+        they do not depend on a trainable parameter (frozen text, e.g. ZegCLIP's template ensemble: encoding
+        it every step was ~96% of a ZegCLIP training step, docs/speed.md). Under ``torch.no_grad`` in
+        training nothing is cached: a detached result cannot tell whether it is frozen."""
         key = (tuple(class_names), self.device)
+        if self.training:
+            if key in self._frozen_text_cache:
+                return self._frozen_text_cache[key]
+            text = self.encode_text(class_names)
+            if torch.is_grad_enabled() and not getattr(text, "requires_grad", True):
+                self._frozen_text_cache[key] = text
+            return text
         if key not in self._text_cache:
             with torch.no_grad():
                 self._text_cache[key] = self.encode_text(list(class_names))
@@ -221,7 +258,7 @@ class ZeroShotSegmentor(nn.Module):
         and ``height``/``width`` (output size). Returns losses, or ``[{"sem_seg": C×height×width}]``."""
         if self.training:
             return self.losses(batched_inputs)
-        return [self._inference_one(x) for x in batched_inputs]
+        return self.inference(batched_inputs)
 
     def training_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(normalised B×3×H×W images, B×H×W targets as training-class indices or ``ignore_label``),
@@ -259,42 +296,57 @@ class ZeroShotSegmentor(nn.Module):
         return self.window_scores(self._pad(image, 0.0)[None], text)[:, :h, :w]
 
     @torch.no_grad()
-    def _inference_one(self, inputs: Dict) -> Dict[str, torch.Tensor]:
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """``[{"sem_seg": C×height×width}]`` for input dicts as :meth:`forward` takes them (eval mode)."""
+        names = [self._class_names(x) for x in batched_inputs]
+        texts = [self.text_features(list(n)) for n in names]
+        images = [self._normalize(x["image"]) for x in batched_inputs]
+        all_scores = self._averaged_scores(images, texts, [tuple(n) for n in names], self.inference_mode)
+        outputs = []
+        for inputs, class_names, scores in zip(batched_inputs, names, all_scores):
+            seen = inputs.get("seen_classes", self.test_seen_classes if class_names is self.test_class_names else [])
+            if self.calibration and len(seen):
+                scores[list(seen)] -= self.calibration
+            height, width = inputs.get("height", scores.shape[-2]), inputs.get("width", scores.shape[-1])
+            if (height, width) != tuple(scores.shape[-2:]):
+                scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            outputs.append({"sem_seg": scores})
+        return outputs
+
+    def _class_names(self, inputs: Dict) -> Sequence[str]:
         names = inputs.get("class_names", self.test_class_names)
         if not names:
             raise ValueError(
                 "No class names for inference: give 'class_names' in the input dict, or set "
                 "DATASETS.TEST to a registered dataset with stuff_classes metadata."
             )
-        seen = inputs.get("seen_classes", self.test_seen_classes if names is self.test_class_names else [])
-        text = self.text_features(list(names))
-        image = self._normalize(inputs["image"])
-        if self.inference_mode == "whole":
-            scores = self._window_scores(image, text)
-        else:
-            scores = self._slide(image, text)
-        if self.calibration and len(seen):
-            scores[list(seen)] -= self.calibration
-        height, width = inputs.get("height", scores.shape[-2]), inputs.get("width", scores.shape[-1])
-        if (height, width) != tuple(scores.shape[-2:]):
-            scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        return {"sem_seg": scores}
+        return names
 
-    def _slide(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Average of the window scores of crop_size windows every ``stride`` pixels (mmseg's grid)."""
-        _, h, w = image.shape
-        crop, stride = self.crop_size, self.stride
-        rows = max(math.ceil((h - crop) / stride), 0) + 1
-        cols = max(math.ceil((w - crop) / stride), 0) + 1
-        total = count = None
-        for r in range(rows):
-            for c in range(cols):
-                y1, x1 = min(r * stride, max(h - crop, 0)), min(c * stride, max(w - crop, 0))
-                y2, x2 = min(y1 + crop, h), min(x1 + crop, w)
-                s = self._window_scores(image[:, y1:y2, x1:x2], text)
-                if total is None:
-                    total = s.new_zeros(s.shape[0], h, w)
-                    count = s.new_zeros(1, h, w)
-                total[:, y1:y2, x1:x2] += s
-                count[:, y1:y2, x1:x2] += 1
-        return total / count
+    def _averaged_scores(self, images: List[torch.Tensor], texts: List[torch.Tensor], vocabularies: List[Hashable],
+                         mode: str) -> List[torch.Tensor]:
+        """Normalised 3×H×W images, their class embeddings and a key per vocabulary -> per image C×H×W
+        fp32 scores averaged over its windows ("slide") or of one window ("whole"). Windows are scored in
+        order, up to ``window_batch`` consecutive ones of equal size and vocabulary per forward pass."""
+        jobs: List[Tuple[int, Box]] = []
+        for i, image in enumerate(images):
+            h, w = image.shape[-2:]
+            boxes = slide_boxes(h, w, self.crop_size, self.stride) if mode == "slide" else [(0, h, 0, w)]
+            jobs += [(i, box) for box in boxes]
+        totals: List[Optional[torch.Tensor]] = [None] * len(images)
+        counts: List[Optional[torch.Tensor]] = [None] * len(images)
+
+        def key(job: Tuple[int, Box]) -> Tuple:
+            i, (y1, y2, x1, x2) = job
+            return vocabularies[i], y2 - y1, x2 - x1
+
+        for chunk in consecutive_chunks(jobs, key, self.window_batch):
+            crops = torch.stack([self._pad(images[i][:, y1:y2, x1:x2], 0.0) for i, (y1, y2, x1, x2) in chunk])
+            with autocast(self.device, PRECISION_DTYPES[self.precision]):
+                scores = self.batch_window_scores(crops, texts[chunk[0][0]])
+            for (i, (y1, y2, x1, x2)), s in zip(chunk, scores.float()):
+                if totals[i] is None:
+                    totals[i] = s.new_zeros(s.shape[0], *images[i].shape[-2:])
+                    counts[i] = s.new_zeros(1, *images[i].shape[-2:])
+                totals[i][:, y1:y2, x1:x2] += s[:, :y2 - y1, :x2 - x1]
+                counts[i][:, y1:y2, x1:x2] += 1
+        return [total / count for total, count in zip(totals, counts)]

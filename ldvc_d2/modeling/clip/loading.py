@@ -4,6 +4,7 @@ CLIP is chosen by open_clip model name (``MODEL.LDVC.CLIP_MODEL``, e.g. ``ViT-B-
 weights (``MODEL.LDVC.CLIP_PRETRAINED``): an open_clip pretrained tag such as ``openai``, a local
 checkpoint file, or ``""`` for random initialisation (tests, and the tiny models of this project).
 Model configs shipped in ``model_configs/`` (``LDVC-Tiny``) are registered with open_clip on import.
+:func:`build_clip_text_model` builds the text tower alone from the same sources (models without an image tower).
 """
 import contextlib
 import logging
@@ -17,8 +18,11 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 from detectron2.utils import comm
+from open_clip.factory import load_state_dict as read_open_clip_state_dict
+from open_clip.model import _build_text_tower, resize_text_pos_embed
+from torch import nn
 
-__all__ = ["build_clip_model", "register_local_weights", "MODEL_CONFIG_DIR"]
+__all__ = ["CLIPTextTower", "build_clip_model", "build_clip_text_model", "register_local_weights", "MODEL_CONFIG_DIR"]
 
 logger = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -158,7 +162,12 @@ def _create(model_name: str, pretrained: str, cache_dir: Optional[str], quick_ge
                                           force_quick_gelu=quick_gelu)
         except Exception as e:  # network errors come in many types (OSError, HTTPError, hub errors...)
             error = e
-    raise RuntimeError(
+    raise _fetch_error(model_name, pretrained, error, offline) from error
+
+
+def _fetch_error(model_name: str, pretrained: str, error: Exception, offline: bool) -> RuntimeError:
+    """The error for weights of a pretrained tag that could not be obtained: how to fetch them offline."""
+    return RuntimeError(
         f"Could not obtain the weights of open_clip model '{model_name}' with pretrained tag '{pretrained}' "
         f"({type(error).__name__}: {error}){' (offline: no connection to its host)' if offline else ''}. "
         f"If this machine is offline, download them on "
@@ -167,16 +176,74 @@ def _create(model_name: str, pretrained: str, cache_dir: Optional[str], quick_ge
         f"(it prints the file's path), copy the folder 'clip_weights' here and set "
         f"MODEL.LDVC.CLIP_CACHE_DIR to it (keeping the tag; README, 'CLIP weights and offline use'), "
         f"or set MODEL.LDVC.CLIP_PRETRAINED to the copied file. HF_HUB_OFFLINE=1 skips the connection probe."
-    ) from error
+    )
 
 
-def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[str] = None) -> Tuple[torch.nn.Module, Any]:
-    """Return ``(clip_model, open_clip tokenizer)``, every CLIP parameter frozen, in eval mode.
+class CLIPTextTower(nn.Module):
+    """open_clip CLIP's text tower alone (C2S inference, seed 003 C13): the modules the text encoders read, named
+    as in ``open_clip.CLIP`` (state-dict keys = a CLIP checkpoint's text keys); ``output_dim``: the joint width d."""
 
-    Weights are downloaded by the local rank-0 process first while the other processes wait at a
-    barrier, then read from the cache by the others, so N GPUs never download N copies; when rank 0
-    fails, every rank raises instead of waiting forever.
-    """
+    def __init__(self, text: nn.Module, embed_dim: int):
+        super().__init__()
+        self.transformer, self.token_embedding = text.transformer, text.token_embedding
+        self.positional_embedding, self.ln_final = text.positional_embedding, text.ln_final
+        self.text_projection, self.text_pool_type = text.text_projection, text.pool_type
+        self.context_length, self.vocab_size, self.output_dim = text.context_length, text.vocab_size, embed_dim
+        self.register_buffer("attn_mask", text.attn_mask, persistent=False)
+
+
+def _text_tower(model_name: str, quick_gelu: bool) -> CLIPTextTower:
+    """A randomly initialised text tower, built from the open_clip model config as ``open_clip.CLIP`` builds it."""
+    cfg = open_clip.get_model_config(model_name)
+    text_cfg = cfg["text_cfg"]
+    if cfg.get("custom_text") or text_cfg.get("hf_model_name") or text_cfg.get("embed_cls"):
+        raise ValueError(f"MODEL.LDVC.CLIP_MODEL: '{model_name}' has a custom text tower (open_clip CustomTextCLIP); "
+                         "the text-only loader and the text encoders support open_clip CLIP's own text transformer.")
+    text = _build_text_tower(cfg["embed_dim"], text_cfg, quick_gelu or bool(cfg.get("quick_gelu", False)))
+    return CLIPTextTower(text, cfg["embed_dim"])
+
+
+def _check_image_keys(state: Dict[str, torch.Tensor], model_name: str) -> None:
+    """A ViT's patch embedding and depth: a file of another model fails here as in the full (strict) load."""
+    vision = open_clip.get_model_config(model_name)["vision_cfg"]
+    if vision.get("timm_model_name") or not isinstance(vision.get("layers"), int):
+        return
+    conv, p = state.get("visual.conv1.weight"), vision.get("patch_size", 16)
+    depth = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
+    if conv is None or tuple(conv.shape) != (vision["width"], 3, p, p) or depth != vision["layers"]:
+        raise ValueError(f"its image tower is not {model_name}'s (patch embedding "
+                         f"{None if conv is None else tuple(conv.shape)}, {depth} blocks)")
+
+
+def _create_text(model_name: str, pretrained: str, cache_dir: Optional[str], quick_gelu: bool) -> CLIPTextTower:
+    """The text tower with the text tensors of the weights ``build_clip_model`` would load ("" random init)."""
+    tower = _text_tower(model_name, quick_gelu)
+    if not pretrained:
+        return tower
+    path, error = pretrained, None
+    if not _is_local_path(pretrained):
+        with _offline_if_unreachable(model_name, pretrained) as offline:
+            try:  # network errors come in many types (OSError, HTTPError, hub errors...)
+                tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+                path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+            except Exception as e:
+                error = e
+        if error is not None or not path:
+            raise _fetch_error(model_name, pretrained, error or FileNotFoundError("no file"), offline) from error
+    try:
+        state = read_open_clip_state_dict(path, weights_only=True)  # tensors only: no code is unpickled
+        _check_image_keys(state, model_name)
+        resize_text_pos_embed(state, tower)
+        tower.load_state_dict({k: state[k] for k in tower.state_dict() if k in state}, strict=True)
+    except Exception as e:  # torch.load / load_state_dict raise many types for bad files
+        raise _local_file_error(model_name, path, e) from e
+    return tower
+
+
+def _build_frozen(model_name: str, pretrained: str, cache_dir: Optional[str], create: Callable[[str, bool], nn.Module]):
+    """``create(weights source, quick_gelu)``, frozen, in eval mode. Local rank 0 downloads the weights first
+    while the others wait at a barrier, then they read the cache (N GPUs never download N copies); when
+    rank 0 fails, every rank raises instead of waiting forever."""
     _check_request(model_name, pretrained)
     provider = _LOCAL_WEIGHTS.get((model_name, pretrained))
     # OpenAI's weights were trained with QuickGELU; open_clip's plain model names build GELU and only
@@ -187,13 +254,13 @@ def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[st
     distributed = needs_fetch and comm.get_world_size() > 1
     first = not distributed or comm.get_local_rank() == 0
 
-    def create() -> torch.nn.Module:
-        return _create(model_name, provider(cache_dir) if provider else pretrained, cache_dir, quick_gelu)
+    def make() -> nn.Module:
+        return create(provider(cache_dir) if provider else pretrained, quick_gelu)
 
     model, error = None, None
     if first:  # local rank 0 downloads (or makes) the weights while the others wait
         try:
-            model = create()
+            model = make()
         except Exception as e:
             error = e
     if distributed and not all(comm.all_gather(error is None)):  # also the barrier the others wait at
@@ -203,9 +270,30 @@ def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[st
     if error is not None:
         raise error
     if model is None:
-        model = create()
-    logger.info(f"Built open_clip '{model_name}' (weights: {pretrained or 'random init'}).")
+        model = make()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[str] = None) -> Tuple[nn.Module, Any]:
+    """Return ``(clip_model, open_clip tokenizer)``, every CLIP parameter frozen, in eval mode."""
+    model = _build_frozen(model_name, pretrained, cache_dir,
+                          lambda source, quick_gelu: _create(model_name, source, cache_dir, quick_gelu))
+    logger.info(f"Built open_clip '{model_name}' (weights: {pretrained or 'random init'}).")
     return model, open_clip.get_tokenizer(model_name)
+
+
+def build_clip_text_model(model_name: str, pretrained: str, *,
+                          cache_dir: Optional[str] = None) -> Tuple[CLIPTextTower, Any]:
+    """Return ``(text tower, open_clip tokenizer)``: CLIP's text tower only, frozen, in eval mode.
+
+    The weight sources and text tensors of :func:`build_clip_model`; the image tower is never built (its tensors
+    are read, not kept). ``pretrained`` "": open_clip's random init without the image tower's draws that precede
+    it in :func:`build_clip_model`, so the numbers differ from its at one seed (the distributions agree).
+    """
+    tower = _build_frozen(model_name, pretrained, cache_dir,
+                          lambda source, quick_gelu: _create_text(model_name, source, cache_dir, quick_gelu))
+    logger.info(f"Built the text tower of open_clip '{model_name}' (weights: {pretrained or 'random init'}).")
+    return tower, open_clip.get_tokenizer(model_name)

@@ -66,8 +66,9 @@ class PromptedVisionEncoder(nn.Module):
         pos_interpolation: str = "bilinear",
     ):
         super().__init__()
-        if pos_interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"Positional-embedding interpolation must be 'bilinear' or 'bicubic', got '{pos_interpolation}'.")
+        if pos_interpolation not in ("bilinear", "bicubic", "bicubic_size"):
+            raise ValueError("Positional-embedding interpolation must be 'bilinear', 'bicubic' or 'bicubic_size', "
+                             f"got '{pos_interpolation}'.")
         self.pos_interpolation = pos_interpolation
         if not isinstance(visual, VisionTransformer):
             raise NotImplementedError(
@@ -118,8 +119,9 @@ class PromptedVisionEncoder(nn.Module):
     def positional_embedding(self, h: int, w: int) -> torch.Tensor:
         """CLIP's positional embedding with its grid part resized to ``h×w``: (1+h*w)×width.
 
-        "bilinear" (LDVC/ZegCLIP: to the exact size) or "bicubic" as CLIPtrase's official code
-        (``clip_utils/model.py:291-309``, DINO's trick: scale factors (h+0.1)/gh, (w+0.1)/gw).
+        "bilinear" (LDVC/ZegCLIP: to the exact size), "bicubic" as CLIPtrase's official code
+        (``clip_utils/model.py:291-309``, DINO's trick: scale factors (h+0.1)/gh, (w+0.1)/gw) or
+        "bicubic_size" (bicubic to the exact size, as DeOP's released CLIP code).
         """
         h, w = int(h), int(w)  # plain ints also while fvcore traces the model
         pos = self.visual.positional_embedding
@@ -131,7 +133,8 @@ class PromptedVisionEncoder(nn.Module):
             grid = F.interpolate(grid, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic",
                                  align_corners=False)
         else:
-            grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+            mode = "bicubic" if self.pos_interpolation == "bicubic_size" else "bilinear"
+            grid = F.interpolate(grid, size=(h, w), mode=mode, align_corners=False)
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
 
     def _group_hooks(self, hooks: Sequence[BlockHook]) -> Dict[int, List[BlockHook]]:
@@ -184,7 +187,8 @@ class PromptedVisionEncoder(nn.Module):
         return x[:, n:] if n else x
 
     def forward(
-        self, images: torch.Tensor, hooks: Optional[Sequence[BlockHook]] = None, return_tokens: bool = False
+        self, images: torch.Tensor, hooks: Optional[Sequence[BlockHook]] = None, return_tokens: bool = False,
+        additive_prompts: Optional[nn.Module] = None,
     ) -> Dict[str, object]:
         """images: normalised B×3×H×W (H, W multiples of the patch size).
 
@@ -192,7 +196,9 @@ class PromptedVisionEncoder(nn.Module):
         and ``intermediate``: list of B×width×h×w raw tokens of ``intermediate_layers``. With ``hooks``
         (see :class:`~ldvc_d2.modeling.clip.surgery.BlockHook`) every output reflects the modified blocks
         and each tap's result is added under its name. ``return_tokens`` adds ``tokens``: the final
-        B×(1+h·w)×d [CLS]+patch tokens after ln_post and proj, not normalised.
+        B×(1+h·w)×d [CLS]+patch tokens after ln_post and proj, not normalised. ``additive_prompts``
+        (DeOP's :class:`~ldvc_d2.modeling.clip.additive_prompts.AdditiveVisualPrompts`) adds its P_0 before
+        ln_pre and its P_b to the [CLS]+patch tokens entering block b.
         """
         grouped = self._group_hooks(hooks) if hooks else {}
         extras: Dict[str, torch.Tensor] = {}
@@ -202,11 +208,16 @@ class PromptedVisionEncoder(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(b, 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding(h, w).to(x.dtype)
+        added = additive_prompts.layers if additive_prompts is not None else []
+        if 0 in added:
+            x = x + additive_prompts(0, h, w).to(x.dtype)
         x = v.ln_pre(x)
 
         batch_first = getattr(v.transformer, "batch_first", True)
         taps: Dict[int, torch.Tensor] = {}
         for i in range(self.num_layers):
+            if i and i in added:
+                x = x + additive_prompts(i, h, w).to(x.dtype)
             if i in grouped:
                 x = self._hooked_block(i, x, grouped[i], extras, batch_first)
             else:

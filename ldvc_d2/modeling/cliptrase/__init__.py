@@ -7,7 +7,7 @@ T6 :func:`denoise_correlation`, T7 :func:`cluster_patches` with :func:`dbscan_pa
 T7-T10 for one image in :func:`refine_with_regions`. Class embeddings (T4) come from
 ``clip.TemplateEnsembleTextEncoder``.
 """
-from .clustering import REFERENCE_POINTS, cluster_patches, dbscan_parameters
+from ..clip.clustering import REFERENCE_POINTS, cluster_patches, dbscan_parameters
 from .meta_arch import CLIPtrase, ClassEmbeddings
 from .correlation import (
     SelfCorrelationAttention, check_branches, cliptrase_hooks, denoise_correlation, patch_logits, self_correlation,

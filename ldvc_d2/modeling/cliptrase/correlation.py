@@ -2,13 +2,15 @@
 
 Shapes: q, k, v are B×H×N×d_h (N = 1 + h·w, [CLS] first, as given by ``clip.surgery.block_qkv``);
 "branches" name which of q, k, v enter a formula ("q", "k", "v"; CLIPtrase uses all three, SCLIP's
-correlative self-attention uses ["q", "k"]).
+correlative self-attention uses ["q", "k"]). T1 and T6 (:func:`self_correlation`,
+:func:`denoise_correlation`) live in ``clip.clustering``, shared with DeOP's cluster proposals.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..clip.clustering import BRANCHES, check_branches, denoise_correlation, pick_branches, self_correlation
 from ..clip.surgery import BlockHook
 
 __all__ = [
@@ -16,32 +18,7 @@ __all__ = [
     "self_correlation",
 ]
 
-_BRANCHES = ("q", "k", "v")
-
-
-def check_branches(branches: Sequence[str], key: str = "branches") -> Tuple[str, ...]:
-    """Validate a non-empty list of distinct names from ("q", "k", "v"); ``key`` names the config key."""
-    branches = tuple(branches)
-    if not branches or len(set(branches)) != len(branches) or any(b not in _BRANCHES for b in branches):
-        raise ValueError(f"{key} must be distinct entries of ['q', 'k', 'v'] (at least one), got {list(branches)}.")
-    return branches
-
-
-def _pick(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, branches: Sequence[str]) -> List[torch.Tensor]:
-    named: Dict[str, torch.Tensor] = {"q": q, "k": k, "v": v}
-    return [named[b] for b in branches]
-
-
-def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     branches: Sequence[str] = _BRANCHES) -> torch.Tensor:
-    """(T1) R = 1/(|branches|·H) Σ_h Σ_a cos(a_h, a_h): B×N×N, symmetric, diagonal 1, |R| ≤ 1.
-
-    Supplement eq. (1)-(3): per-head cosine self-similarity of each branch, averaged over the branches
-    and the heads (official ``clip_utils/attn2.py:295-308`` per branch, head mean ``:336-340``).
-    """
-    branches = check_branches(branches)
-    total = sum(F.normalize(a, dim=-1) @ F.normalize(a, dim=-1).transpose(-1, -2) for a in _pick(q, k, v, branches))
-    return total.mean(dim=1) / len(branches)
+_BRANCHES = BRANCHES
 
 
 class SelfCorrelationAttention:
@@ -59,19 +36,10 @@ class SelfCorrelationAttention:
     def weights(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """A: B×H×N×N, each row summing to ``len(branches)``."""
         s = q.shape[-1] ** -0.5 if self.scale is None else self.scale
-        return sum(torch.softmax(s * a @ a.transpose(-1, -2), dim=-1) for a in _pick(q, k, v, self.branches))
+        return sum(torch.softmax(s * a @ a.transpose(-1, -2), dim=-1) for a in pick_branches(q, k, v, self.branches))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.weights(q, k, v) @ v
-
-
-def denoise_correlation(correlation: torch.Tensor) -> torch.Tensor:
-    """(T6) W_ij = max(0, R_ij − R_0j) over patch indices: (…)×N×N -> (…)×hw×hw.
-
-    Row 0 is the [CLS] token's correlation with every patch; subtracting it removes the "global patch"
-    component (official ``clip_self_correlation.py:148-152``).
-    """
-    return (correlation[..., 1:, 1:] - correlation[..., :1, 1:]).clamp(min=0)
 
 
 def cliptrase_hooks(correlation_layer: int = -2, attention_layer: int = -1,

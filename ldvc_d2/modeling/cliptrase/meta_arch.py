@@ -32,7 +32,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..clip import PromptedVisionEncoder, TemplateEnsembleTextEncoder, build_clip_model
 from ..segmentor import ZeroShotSegmentor, segmentor_config
-from .clustering import dbscan_parameters
+from ..clip.clustering import dbscan_parameters
 from .correlation import check_branches, cliptrase_hooks, denoise_correlation, patch_logits
 from .regions import refine_with_regions
 

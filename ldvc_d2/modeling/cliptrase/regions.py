@@ -1,5 +1,8 @@
 """CLIPtrase's regions and voting (T8-T10, SEED_SYSTEMS.md §2.1), one image at a time.
 
+T7/T8 (:func:`cluster_patches`, :func:`cluster_maps`, :func:`region_map`) live in ``clip.clustering``,
+shared with DeOP's cluster proposals.
+
 The clusters of W (T7) become smooth region masks at image resolution, and the pixels of a region
 decide its class jointly ("pixels in a mask jointly decide", supplement). Official code:
 ``clip_self_correlation.py:172-214`` (script: hard vote, background words) and
@@ -7,47 +10,14 @@ decide its class jointly ("pixels in a mask jointly decide", supplement). Offici
 """
 from typing import NamedTuple, Optional, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.ndimage import median_filter
 
-from .clustering import cluster_patches
+from ..clip.clustering import cluster_maps, cluster_patches, region_map
 
 __all__ = [
     "RegionVote", "cluster_maps", "collapse_background", "refine_with_regions", "region_map", "vote_hard",
     "vote_soft",
 ]
-
-
-def cluster_maps(weights: torch.Tensor, labels: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """G_k = mean_{i: λ_i = k} W_i as maps: K×h×w (K = number of clusters, noise rows left out)."""
-    num = int(labels.max()) + 1 if labels.numel() else 0
-    if num <= 0:
-        return weights.new_zeros(0, *grid)
-    keep = labels >= 0
-    onehot = F.one_hot(labels[keep], num).to(weights.dtype).T  # K×n_kept
-    maps = onehot @ weights[keep] / onehot.sum(dim=1, keepdim=True)
-    return maps.reshape(num, *grid)
-
-
-def region_map(weights: torch.Tensor, labels: torch.Tensor, grid: Tuple[int, int], size: Tuple[int, int],
-               ratio: int = 4, median_size: int = 7) -> torch.Tensor:
-    """(T8) Region index of every pixel: H×W long in 0…K−1 (needs K ≥ 1).
-
-    Cluster maps G_k (h×w) -> bilinear ×``ratio`` -> 2-D median filter of ``median_size`` per map
-    (scipy's default 'reflect' border) -> bilinear to ``size`` -> argmax over k (first k on ties), as
-    ``clip_self_correlation.py:181-201``. Every pixel gets a region, including those of noise patches.
-    """
-    maps = cluster_maps(weights, labels, grid)
-    if maps.shape[0] == 0:
-        raise ValueError("region_map needs at least one cluster; handle K = 0 by the pixel argmax (T8).")
-    h, w = grid
-    maps = F.interpolate(maps[None], size=(ratio * h, ratio * w), mode="bilinear", align_corners=False)[0]
-    smooth = median_filter(maps.detach().cpu().numpy(), size=(1, median_size, median_size))
-    maps = torch.from_numpy(np.ascontiguousarray(smooth)).to(weights.device)
-    maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
-    return maps.argmax(dim=0)
 
 
 def vote_hard(pred: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

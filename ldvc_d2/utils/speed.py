@@ -1,0 +1,78 @@
+"""Time and peak-memory measurement for tools/benchmark_speed.py (issue 15), the same on CPU and CUDA.
+
+Time: the median of several repeats after one warm-up, on CUDA with synchronisation. ``clock="cpu"``
+uses the process's CPU time instead of the wall clock: on a CPU shared with other jobs this counts only
+our own work (run with one thread, OMP_NUM_THREADS=1, for it to equal the wall time of an idle core).
+
+Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before the call. CPU
+(Linux), the peak resident set size above the one before the call: the kernel's high-water mark
+(/proc/self/status VmHWM) is reset through /proc/self/clear_refs, and glibc is told to give every
+allocation above 64 KiB its own mapping for the measurement, so freed tensors leave the resident set at
+once (otherwise the allocator's cache hides reuse). Elsewhere the CPU peak is reported as None.
+"""
+import ctypes
+import gc
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["median_seconds", "peak_mib", "synchronize"]
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, clock: str = "wall") -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"--clock must be 'wall' or 'cpu', got '{clock}'.")
+    now = time.perf_counter if clock == "wall" or device.type == "cuda" else time.process_time
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = now()
+        fn()
+        synchronize(device)
+        times.append(now() - start)
+    return statistics.median(times)
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Peak memory in MiB that one call of ``fn`` adds above what was in use before it (None: unknown)."""
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+        libc.malloc_trim(0)
+        base = _status_mib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+    except OSError:
+        return None
+    try:
+        fn()
+        return _status_mib("VmHWM") - base
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2 ** 20)

@@ -1,0 +1,39 @@
+"""tools/benchmark_speed.py at tiny sizes: the JSON has every section's keys, and its numbers agree with
+each other and with the printed table (ratios recomputed from the printed times)."""
+import json
+import re
+
+import pytest
+
+from tests.scripts import load_script
+
+
+def test_tiny_run_json_and_table_agree(tmp_path, capsys):
+    tool, out = load_script("tools/benchmark_speed.py"), tmp_path / "speed.json"
+    result = tool.main(["--clip-model", "LDVC-Tiny", "--sections", "lcsa,text,train", "--methods", "ldvc",
+                        "--image-size", "64", "--batch", "1", "--repeats", "1", "--grids", "24", "--output", str(out)])
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["lcsa"].keys() == {"24"} and saved["text"].keys() == {"20", "171"}
+    assert set(saved["train"]) == {"ldvc"}
+    row = saved["lcsa"]["24"]
+    assert row["time_ratio"] == pytest.approx(row["lcsa_s"] / row["global_s"])
+    if row["memory_ratio"] is not None:
+        assert row["memory_ratio"] == pytest.approx(row["lcsa_mib"] / row["global_mib"])
+    match = re.search(r"lcsa 24x24: ([\d.]+) / ([\d.]+) ms = ([\d.]+)", printed)
+    lcsa_ms, global_ms, ratio = map(float, match.groups())
+    assert ratio == pytest.approx(lcsa_ms / global_ms, abs=0.02)
+    assert lcsa_ms == pytest.approx(row["lcsa_s"] * 1000, abs=0.06)
+    for count in ("20", "171"):  # the cache answers without re-encoding
+        assert 0 < saved["text"][count]["warm_s"] < saved["text"][count]["cold_s"]
+    train = saved["train"]["ldvc"]
+    assert (train["image_size"], train["batch"], train["training_classes"]) == (64, 1, 156)
+    parts = train["breakdown_s"]
+    assert set(parts) == {"text_encoder", "vit_forward", "head", "loss", "other_forward", "vit_backward",
+                          "head_loss_text_backward", "data_loading_per_image"}
+    assert all(v >= 0 for v in parts.values()) and parts["text_encoder"] > 0 and parts["loss"] > 0
+    shares = train["breakdown_share"]
+    assert sum(shares.values()) == pytest.approx(1.0) and "data_loading_per_image" not in shares
+    assert shares["loss"] == pytest.approx(parts["loss"] / sum(v for k, v in parts.items() if k in shares))
+    assert re.search(rf"train ldvc 64px x1: {train['step_s'] * 1000:.0f} ms/step", printed)
+    assert result["lcsa"] == saved["lcsa"]

@@ -1,0 +1,122 @@
+"""DeOP's CAL head (D6-D8), semantic output (D9), loss (D10) and proposal sources, against loops."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldvc_d2.modeling.deop import (
+    ClassificationAnchorLearning, class_logits, cluster_proposals, combine_proposals, deop_loss, gt_proposals,
+    heatmap_pool, released_loss, sine_positions,
+)
+
+
+def test_heatmap_pool_against_a_loop():
+    torch.manual_seed(0)
+    b, n, l, d, heads = 2, 3, 5, 8, 2
+    q, k, v = torch.randn(b, n, d), torch.randn(b, l, d), torch.randn(b, l, d)
+    m = torch.rand(b, n, l)
+    want = torch.zeros(b, n, d)
+    dh = d // heads
+    for i in range(b):
+        for j in range(n):
+            for h in range(heads):
+                sl = slice(h * dh, (h + 1) * dh)
+                logits = torch.stack([(q[i, j, sl] * k[i, t, sl]).sum() / math.sqrt(dh) for t in range(l)])
+                heat = torch.softmax(logits, dim=0) * m[i, j]  # softmax × mask, not renormalised
+                want[i, j, sl] = sum(heat[t] * v[i, t, sl] for t in range(l))
+            want[i, j] = want[i, j] / want[i, j].norm()
+    torch.testing.assert_close(heatmap_pool(q, k, v, m, heads), want, rtol=0, atol=1e-6)
+
+
+def test_sine_positions_against_the_formula():
+    h, w, dim = 3, 4, 8
+    pos = sine_positions(h, w, dim)
+    half = dim // 2
+    for r in range(h):
+        for c in range(w):
+            for axis, t in ((0, (r + 1) / h * 2 * math.pi), (1, (c + 1) / w * 2 * math.pi)):
+                for i in range(half):
+                    arg = t / 10000 ** (2 * (i // 2) / half)
+                    want = math.sin(arg) if i % 2 == 0 else math.cos(arg)
+                    assert abs(float(pos[r * w + c, axis * half + i]) - want) < 1e-5
+
+
+def test_cal_output_and_logits():
+    torch.manual_seed(0)
+    cal = ClassificationAnchorLearning(16, num_queries=4, num_layers=1, heads=2, ffn=32, dropout=0.0).eval()
+    feats = F.normalize(torch.randn(2, 16, 3, 3), dim=1)
+    out = cal(feats, torch.randn(2, 4, 12, 12))
+    assert out.shape == (2, 4, 16)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 4))
+    text = F.normalize(torch.randn(5, 16), dim=-1)
+    torch.testing.assert_close(class_logits(out, text, 100.0), 100 * torch.einsum("bnd,cd->bnc", out, text))
+    with pytest.raises(ValueError, match="NUM_PROPOSALS"):
+        cal(feats, torch.randn(2, 3, 12, 12))
+
+
+def direct_scores(logits, masks, size):
+    """S′_c(x) = Σ_n softmax(ℓ_n)_c σ(M_n↑(x)), by a loop over proposals."""
+    up = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).sigmoid()
+    out = torch.zeros(logits.shape[0], logits.shape[2], *size)
+    for n in range(logits.shape[1]):
+        out += logits[:, n].softmax(-1)[:, :, None, None] * up[:, n:n + 1]
+    return out
+
+
+def test_semantic_output_d9():
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 4, 6), torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(combine_proposals(logits, masks, (10, 10)), direct_scores(logits, masks, (10, 10)))
+
+
+def test_released_loss_d10_against_direct_formulas():
+    torch.manual_seed(0)
+    b, c1, h, w = 2, 4, 3, 5  # 3 classes + no-object
+    scores = torch.rand(b, c1, h, w) * 2
+    targets = torch.randint(0, 3, (b, h, w))
+    targets[0, 0, :2] = 255
+    targets[1, 2, 4] = 255
+    p = torch.sigmoid(3 * scores - 3)
+    focal, dice = 0.0, 0.0
+    for i in range(b):
+        num = den_p = den_y = 0.0
+        for c in range(c1):
+            for y_ in range(h):
+                for x_ in range(w):
+                    t = int(targets[i, y_, x_])
+                    yv = 1.0 if (t == c or (t == 255 and c == c1 - 1)) else 0.0  # ignore -> no-object
+                    pt = min(max(float(p[i, c, y_, x_]) if yv else 1 - float(p[i, c, y_, x_]), 1e-4), 1 - 1e-4)
+                    focal += -(0.25 if yv else 0.75) * (1 - pt) ** 2 * math.log(pt)
+                    if c < 2:  # num_dice = 2 channels
+                        num += float(p[i, c, y_, x_]) * yv
+                        den_p += float(p[i, c, y_, x_])
+                        den_y += yv
+        dice += 1 - (2 * num + 1) / (den_p + den_y + 1)
+    terms = released_loss(scores, targets, ignore_label=255, output_sig=3.0, num_dice=2)
+    assert abs(float(terms["loss_focal"]) - focal / (b * c1 * h * w)) < 1e-6
+    assert abs(float(terms["loss_dice"]) - dice / b) < 1e-6
+    weighted = deop_loss(scores, targets, kind="released", weights=(2.0, 0.8), ignore_label=255, output_sig=3.0,
+                         num_dice=2)
+    torch.testing.assert_close(weighted["loss_focal"], 2.0 * terms["loss_focal"])
+    torch.testing.assert_close(weighted["loss_dice"], 0.8 * terms["loss_dice"])
+    paper = deop_loss(scores, targets, kind="paper", weights=(1.0, 1.0), ignore_label=255, output_sig=3.0)
+    assert set(paper) == {"loss_focal", "loss_dice"} and all(torch.isfinite(v) for v in paper.values())
+
+
+def test_gt_and_cluster_proposals():
+    labels = torch.tensor([[[0, 0, 3], [255, 3, 3]]])
+    props = gt_proposals(labels, num=3, logit=10.0, ignore_label=255)
+    want = torch.tensor([[[1, 1, 0], [0, 0, 0]], [[0, 0, 1], [0, 1, 1]], [[0, 0, 0], [0, 0, 0]]]) * 20.0 - 10.0
+    torch.testing.assert_close(props[0], want)
+    assert gt_proposals(labels, num=1, logit=10.0, ignore_label=255).shape == (1, 1, 2, 3)
+    # two blocks of patches that correlate only among themselves -> two regions
+    grid = (4, 4)
+    left = torch.tensor([c < 2 for r in range(4) for c in range(4)])
+    corr = torch.zeros(1, 17, 17)
+    corr[0, 1:, 1:] = (left[:, None] == left[None, :]).float()
+    out = cluster_proposals(corr, grid, (8, 8), num=4, logit=5.0, eps=0.5, min_samples=2, scale="fixed",
+                            median_size=1)
+    inside = (out[0] > 0).float()
+    assert inside[:2].sum() == 64 and inside[2:].sum() == 0  # two masks covering the image, two empty slots
+    assert torch.equal(inside[0][:, :4], inside[0][:, :1].expand(8, 4)) and inside[0, 0, 0] != inside[0, 0, 7]

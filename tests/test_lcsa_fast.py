@@ -1,0 +1,97 @@
+"""The chunked LCSA (issue 15) against the batched-gather formula it replaced: same outputs and gradients
+to 1e-5 for any chunk size, and a backward pass that sees the same attention-dropout masks as its forward
+(the chunks are recomputed there)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention
+
+
+def _gather_reference(module, x, h, w):
+    """Eqs. (8)-(12) as before issue 15: gather the m routed windows' K and V for every window at once."""
+    n, m, heads = module.window_size, module.topk, module.num_heads
+    b, l, d = x.shape
+    q, k, v = module.qkv(x).chunk(3, dim=-1)
+
+    def windows(t):  # B×L×c -> B×W×n²×c
+        return t.view(b, h // n, n, w // n, n, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, (h // n) * (w // n), n * n, -1)
+
+    pooled = windows(x).mean(2)
+    ids = (pooled @ pooled.transpose(1, 2)).topk(m, dim=-1).indices
+    batch = torch.arange(b)[:, None, None]
+    ks, vs = windows(k)[batch, ids].flatten(2, 3), windows(v)[batch, ids].flatten(2, 3)
+
+    def split(t):
+        return t.view(*t.shape[:3], heads, d // heads).transpose(2, 3)
+
+    attn = (split(windows(q)) @ split(ks).transpose(-1, -2) * module.scale).softmax(-1)
+    out = (attn @ split(vs)).transpose(2, 3).reshape(b, -1, n, n, d)
+    out = out.view(b, h // n, w // n, n, n, d).permute(0, 1, 3, 2, 4, 5).reshape(b, l, d)
+    return module.proj(out)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 3000, 2 ** 20])
+@pytest.mark.parametrize("scale", ["full_width", "head_dim"])
+def test_outputs_and_gradients_match_the_gather_formula(chunk_elements, scale):
+    torch.manual_seed(0)
+    h, w = 8, 12
+    lcsa = LocalConsensusSelfAttention(32, num_heads=4, window_size=2, topk=5, scale=scale,
+                                       chunk_elements=chunk_elements)
+    x = torch.randn(2, h * w, 32, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(lcsa(x, h, w), _gather_reference(lcsa, x, h, w), atol=1e-5, rtol=1e-5)
+    weights = torch.randn(2, h * w, 32)
+    grads = []
+    for fn in (lcsa, lambda *a: _gather_reference(lcsa, *a)):
+        lcsa.zero_grad()
+        x.grad = None
+        (fn(x, h, w) * weights).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in lcsa.parameters()])
+    for new, ref in zip(*grads):
+        torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_backward_uses_the_forward_dropout_masks():
+    """With attention dropout the chunks are recomputed in the backward pass; their gradient must be the
+    derivative of the function the forward pass computed (same masks), checked by central differences."""
+    torch.manual_seed(1)
+    lcsa = LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=2, attn_dropout=0.5,
+                                       chunk_elements=64).double().train()
+    x = torch.randn(1, 16, 16, dtype=torch.float64, requires_grad=True)
+    weights, direction = torch.randn(1, 16, 16, dtype=torch.float64), torch.randn(1, 16, 16, dtype=torch.float64)
+
+    def f(inp):
+        torch.manual_seed(7)
+        return (lcsa(inp, 4, 4) * weights).sum()
+
+    f(x).backward()
+    eps = 1e-6
+    with torch.no_grad():
+        numeric = (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
+    assert abs((x.grad * direction).sum().item() - numeric.item()) < 1e-6 * max(1.0, abs(numeric.item()))
+    with torch.no_grad():  # the masks really act: another seed gives another output
+        torch.manual_seed(8)
+        assert (lcsa(x, 4, 4) * weights).sum().item() != pytest.approx(f(x).item(), abs=1e-6)
+
+
+def test_attention_does_the_routed_fraction_of_the_work():
+    """Counts the score products of eq. (12): m·n² keys per query, not all h·w tokens."""
+    torch.manual_seed(2)
+    h = w = 8
+    lcsa = LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=3, chunk_elements=512)
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.shape[-2], k.shape[-2], q.shape[0]))
+        return original(q, k, v, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        with torch.no_grad():
+            lcsa(torch.randn(1, h * w, 16), h, w)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert len(seen) > 1 and {(q, k) for q, k, _ in seen} == {(4, 3 * 4)}
+    assert sum(c for *_, c in seen) == (h // 2) * (w // 2)
