@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vision import run_block
+from .text import adopt_text_tower, text_blocks_and_head
 
 __all__ = ["CoOpTextEncoder", "NoObjectEmbedding"]
 
@@ -38,21 +38,9 @@ class CoOpTextEncoder(nn.Module):
     def __init__(self, clip_model: nn.Module, tokenizer=None, *, n_ctx: int = 16, init_std: float = 0.02,
                  suffix: str = "."):
         super().__init__()
-        if getattr(clip_model, "text_pool_type", "argmax") != "argmax":
-            raise NotImplementedError(
-                "CoOpTextEncoder needs a CLIP text tower pooled at the [EOS] token (text_pool_type='argmax'), "
-                f"got '{clip_model.text_pool_type}'."
-            )
+        adopt_text_tower(self, clip_model, "CoOpTextEncoder")
         if n_ctx < 1:
             raise ValueError(f"CoOpTextEncoder: n_ctx (MODEL.DEOP.TEXT_CTX) must be >= 1, got {n_ctx}.")
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
-        self.context_length = self.positional_embedding.shape[0]
-        self.width = self.positional_embedding.shape[1]
         self.tokenizer = tokenizer if tokenizer is not None else open_clip.tokenizer.SimpleTokenizer(
             context_length=self.context_length)
         self.n_ctx = n_ctx
@@ -76,14 +64,7 @@ class CoOpTextEncoder(nn.Module):
         emb = self.token_embedding(tokens[:, : length - n])
         x = torch.cat([emb[:, :1], self.ctx.to(emb.dtype).expand(c, -1, -1), emb[:, 1:]], dim=1)
         x = x + self.positional_embedding[:length].to(x.dtype)
-        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-        batch_first = getattr(self.transformer, "batch_first", True)
-        for block in self.transformer.resblocks:
-            x = run_block(block, x, batch_first, attn_mask=mask)
-        x = self.ln_final(x[torch.arange(c, device=x.device), eos])
-        proj = self.text_projection
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return F.normalize(x, dim=-1)
+        return text_blocks_and_head(self, x, eos)
 
 
 class NoObjectEmbedding(nn.Module):

@@ -28,6 +28,35 @@ from .vision import run_block
 __all__ = ["PromptedTextEncoder", "RandomClassEmbedding", "TemplateEnsembleTextEncoder"]
 
 
+def adopt_text_tower(encoder: nn.Module, clip_model: nn.Module, name: str) -> None:
+    """Give ``encoder`` CLIP's text modules under open_clip's names (shared, not copied; the attention mask
+    as a non-persistent buffer). The tower must pool at the [EOS] token (``name`` is named in the error)."""
+    if getattr(clip_model, "text_pool_type", "argmax") != "argmax":
+        raise NotImplementedError(f"{name} needs a CLIP text tower pooled at the [EOS] token "
+                                  f"(text_pool_type='argmax'), got '{clip_model.text_pool_type}'.")
+    for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
+        setattr(encoder, attr, getattr(clip_model, attr))
+    encoder.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
+    encoder.context_length, encoder.width = encoder.positional_embedding.shape
+
+
+def text_blocks_and_head(encoder: nn.Module, x: torch.Tensor, eos: torch.Tensor, before_block=None) -> torch.Tensor:
+    """CLIP's text transformer on C×L token embeddings ``x`` (causal mask cut to L), then its head: ln_final at
+    each sequence's [EOS], the text projection, L2 normalisation -> C×D (open_clip's ``encode_text``).
+    ``before_block(i, x)`` may rewrite the input of block i (deep prompts)."""
+    length = x.shape[1]
+    mask = encoder.attn_mask[:length, :length] if encoder.attn_mask is not None else None
+    batch_first = getattr(encoder.transformer, "batch_first", True)
+    for i, block in enumerate(encoder.transformer.resblocks):
+        if before_block is not None:
+            x = before_block(i, x)
+        x = run_block(block, x, batch_first, attn_mask=mask)
+    x = encoder.ln_final(x[torch.arange(x.shape[0], device=x.device), eos])
+    proj = encoder.text_projection
+    x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    return F.normalize(x, dim=-1)
+
+
 def _split_template(template: str):
     if template.count("{}") != 1:
         raise ValueError(
@@ -50,23 +79,11 @@ class PromptedTextEncoder(nn.Module):
 
     def __init__(self, clip_model: nn.Module, tokenizer, *, num_prompts: int, init: str, template: str):
         super().__init__()
-        if getattr(clip_model, "text_pool_type", "argmax") != "argmax":
-            raise NotImplementedError(
-                "PromptedTextEncoder needs a CLIP text tower pooled at the [EOS] token "
-                f"(text_pool_type='argmax'), got '{clip_model.text_pool_type}'."
-            )
+        adopt_text_tower(self, clip_model, "PromptedTextEncoder")
         if init not in ("template", "random"):
             raise ValueError(f"MODEL.LDVC.TEXT_PROMPT_INIT must be 'template' or 'random', got '{init}'.")
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
         self.tokenizer = tokenizer
-        self.context_length = self.positional_embedding.shape[0]
         self.num_layers = len(self.transformer.resblocks)
-        self.width = self.positional_embedding.shape[1]
         self.num_prompts = num_prompts
         self.prefix, self.suffix = _split_template(template)
 
@@ -122,16 +139,10 @@ class PromptedTextEncoder(nn.Module):
         if n:  # open n slots after [SOS]; every layer writes its prompts into them
             emb = torch.cat([emb[:, :1], emb.new_zeros(c, n, self.width), emb[:, 1 : length - n]], dim=1)
         x = emb[:, :length] + self.positional_embedding[:length].to(emb.dtype)
-        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-        batch_first = getattr(self.transformer, "batch_first", True)
-        for i, block in enumerate(self.transformer.resblocks):
-            if n:
-                x = torch.cat([x[:, :1], self.prompts[i].to(x.dtype).expand(c, -1, -1), x[:, 1 + n :]], 1)
-            x = run_block(block, x, batch_first, attn_mask=mask)
-        x = self.ln_final(x[torch.arange(c, device=x.device), eos])
-        proj = self.text_projection
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return F.normalize(x, dim=-1)
+
+        def write_prompts(i: int, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[:, :1], self.prompts[i].to(x.dtype).expand(c, -1, -1), x[:, 1 + n :]], 1)
+        return text_blocks_and_head(self, x, eos, write_prompts if n else None)
 
 
 class RandomClassEmbedding(nn.Module):
