@@ -70,6 +70,7 @@ def _cpu_worker(local_rank: int, main_func: Callable, world_size: int, per_machi
     comm.synchronize()
     try:
         main_func(*args)
+        comm.synchronize()  # every process is done with its collectives before any tears its group down
     finally:
         dist.destroy_process_group()
 
