@@ -3,7 +3,6 @@
 Each variant is checked against a direct formula written here (SEED_SYSTEMS §4.5), on random-weight
 ViT-B-16 and LDVC-Tiny.
 """
-import copy
 
 import pytest
 import torch
@@ -17,20 +16,14 @@ from ldvc_d2.modeling.clip.severance import (
 )
 from ldvc_d2.modeling.clip.surgery import run_block_with_attention
 from ldvc_d2.modeling.clip.vision import run_block
+from tests.test_surgery import with_random_biases
 
 MODELS = ["vit_b16", "tiny_clip"]
 
 
 def randomised(block):
     """A float64 copy of ``block`` with random biases and LayerNorm scales (open_clip inits them 0/1)."""
-    block = copy.deepcopy(block).double()
-    with torch.no_grad():
-        for name, p in block.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.5)
-            elif name.startswith("ln_"):
-                p.uniform_(0.5, 1.5)
-    return block
+    return with_random_biases(block).double()
 
 
 def heads_of(t, h):

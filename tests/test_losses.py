@@ -1,35 +1,15 @@
 """Focal + dice loss (DESIGN §1.3) against a per-pixel hand computation."""
-import math
-
 import pytest
 import torch
 
 from ldvc_d2.modeling.losses import focal_dice_loss
+from tests.test_loss_settings import zegclip_loss
 
 
 def _hand(logits, labels, ignore_as_negative, alpha=0.25, gamma=2.0):
-    """Plain-Python loops over images, classes and pixels."""
-    b, c, h, w = len(logits), len(logits[0]), len(logits[0][0]), len(logits[0][0][0])
-    focal_sum = dice_sum = 0.0
-    present = 0
-    for bi in range(b):
-        for ci in range(c):
-            pix = [(y, x) for y in range(h) for x in range(w)
-                   if ignore_as_negative or labels[bi][y][x] != 255]
-            terms, sp, st, spt = [], 0.0, 0.0, 0.0
-            for y, x in pix:
-                t = 1.0 if labels[bi][y][x] == ci else 0.0
-                p = 1 / (1 + math.exp(-logits[bi][ci][y][x]))
-                pt = p if t else 1 - p
-                a = alpha if t else 1 - alpha
-                terms.append(-a * (1 - pt) ** gamma * math.log(pt))
-                sp, st, spt = sp + p, st + t, spt + p * t
-            focal_sum += sum(terms) / max(len(terms), 1)
-            if st > 0:
-                present += 1
-                dice_sum += 1 - (2 * spt + 1) / (sp + st + 1)
-    n = max(present, 1)
-    return focal_sum / n, dice_sum / n
+    """Plain-Python loops over images, classes and pixels (unweighted focal and dice, ignore label 255)."""
+    return zegclip_loss(logits, labels, alpha=alpha, gamma=gamma, focal_weight=1.0, dice_weight=1.0, ignore=255,
+                        ignore_as_negative=ignore_as_negative)
 
 
 @pytest.mark.parametrize("ignore_as_negative", [True, False])

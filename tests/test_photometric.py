@@ -8,19 +8,7 @@ from PIL import Image
 from ldvc_d2.data import LDVCTrainMapper
 from ldvc_d2.data.mapper import photometric_distortion
 from tests.conftest import tiny_cfg
-
-
-def _mmseg_draws(rng):
-    """mmseg's PhotoMetricDistortion draw order: brightness, mode, contrast (mode 1), saturation, hue,
-    contrast (mode 0); every step a coin ``randint(2)`` first."""
-    b = rng.uniform(-32, 32) if rng.randint(2) else None
-    mode = rng.randint(2)
-    c = (rng.uniform(0.5, 1.5) if rng.randint(2) else None) if mode == 1 else None
-    s = rng.uniform(0.5, 1.5) if rng.randint(2) else None
-    h = rng.randint(-18, 18) if rng.randint(2) else None
-    if mode == 0:
-        c = rng.uniform(0.5, 1.5) if rng.randint(2) else None
-    return dict(brightness=b, contrast=c, contrast_first=mode == 1, saturation=s, hue=h)
+from tests.test_mapper import _mmseg_draws
 
 
 def _mapper(distort: bool) -> LDVCTrainMapper:

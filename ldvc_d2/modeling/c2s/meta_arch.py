@@ -110,14 +110,6 @@ class C2S(ZeroShotSegmentor):
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
         return self.text(class_names)
 
-    def text_features(self, class_names: List[str]) -> torch.Tensor:
-        """Frozen text: cached per class list and device in training too."""
-        key = (tuple(class_names), self.device)
-        if key not in self._text_cache:
-            with torch.no_grad():
-                self._text_cache[key] = self.encode_text(list(class_names))
-        return self._text_cache[key]
-
     def train(self, mode: bool = True):
         super().train(mode)
         self.text.eval()

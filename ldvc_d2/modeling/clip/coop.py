@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text import adopt_text_tower, text_blocks_and_head
+from .text import adopt_text_tower, shifted_eos, text_blocks_and_head
 
 __all__ = ["CoOpTextEncoder", "NoObjectEmbedding"]
 
@@ -53,13 +53,8 @@ class CoOpTextEncoder(nn.Module):
             raise ValueError("CoOpTextEncoder: the list of class names is empty.")
         n, c = self.n_ctx, len(class_names)
         tokens = self.tokenizer([name + self.suffix for name in class_names]).to(self.positional_embedding.device)
-        eos = tokens.argmax(dim=-1) + n  # [EOS] has the largest id; it moves n slots right
-        too_long = [name for name, e in zip(class_names, eos.tolist()) if e >= self.context_length]
-        if too_long:
-            raise ValueError(
-                f"Class names too long for the text encoder's {self.context_length} tokens with {n} CoOp "
-                f"context tokens (MODEL.DEOP.TEXT_CTX): {too_long[:3]}. Shorten them or lower TEXT_CTX."
-            )
+        eos = shifted_eos(tokens, n, class_names, self.context_length,
+                          f"{n} CoOp context tokens (MODEL.DEOP.TEXT_CTX)", "Shorten them or lower TEXT_CTX.")
         length = int(eos.max()) + 1  # causal attention: tokens after [EOS] never reach it
         emb = self.token_embedding(tokens[:, : length - n])
         x = torch.cat([emb[:, :1], self.ctx.to(emb.dtype).expand(c, -1, -1), emb[:, 1:]], dim=1)

@@ -40,6 +40,18 @@ def adopt_text_tower(encoder: nn.Module, clip_model: nn.Module, name: str) -> No
     encoder.context_length, encoder.width = encoder.positional_embedding.shape
 
 
+def shifted_eos(tokens: torch.Tensor, n: int, class_names: Sequence[str], context_length: int, inserted: str,
+                advice: str = "Shorten them.") -> torch.Tensor:
+    """Each sequence's [EOS] position (its largest token id) after ``n`` tokens are inserted before it; class
+    names that then no longer fit the context are an error naming them (``inserted`` says what was inserted)."""
+    eos = tokens.argmax(dim=-1) + n
+    too_long = [name for name, e in zip(class_names, eos.tolist()) if e >= context_length]
+    if too_long:
+        raise ValueError(f"Class names too long for the text encoder's {context_length} tokens with {inserted}: "
+                         f"{too_long[:3]}. {advice}")
+    return eos
+
+
 def text_blocks_and_head(encoder: nn.Module, x: torch.Tensor, eos: torch.Tensor, before_block=None) -> torch.Tensor:
     """CLIP's text transformer on C×L token embeddings ``x`` (causal mask cut to L), then its head: ln_final at
     each sequence's [EOS], the text projection, L2 normalisation -> C×D (open_clip's ``encode_text``).
@@ -126,13 +138,7 @@ class PromptedTextEncoder(nn.Module):
         n = self.num_prompts
         body = [(f"{self.prefix} {c}" if (n == 0 and self.prefix) else c) + self.suffix for c in class_names]
         tokens = self._tokenize(body)  # [SOS, body..., EOS, pad...]
-        eos = tokens.argmax(dim=-1) + n
-        too_long = [c for c, e in zip(class_names, eos.tolist()) if e >= self.context_length]
-        if too_long:
-            raise ValueError(
-                f"Class names too long for the text encoder's {self.context_length} tokens with "
-                f"{n} prompts: {too_long[:3]}. Shorten them."
-            )
+        eos = shifted_eos(tokens, n, class_names, self.context_length, f"{n} prompts")
         length = int(eos.max()) + 1  # causal attention: tokens after [EOS] never reach it
         emb = self.token_embedding(tokens)
         c = len(class_names)
