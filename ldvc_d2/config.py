@@ -81,6 +81,9 @@ def add_ldvc_config(cfg: CN) -> None:
     # LCSA softmax scale (eq. 12): "full_width" = 1/sqrt(d) as written (and BiFormer, with any number of
     # heads), "head_dim" = 1/sqrt(d / NUM_HEADS) (the usual multi-head scale).
     cfg.MODEL.LCTD.SCALE = "full_width"
+    # Floats of one head's gathered keys and values per chunk of LCSA's routed step (issue 15; memory /
+    # speed only, results do not depend on it beyond float rounding). Larger chunks mean fewer passes.
+    cfg.MODEL.LCTD.CHUNK_ELEMENTS = 2 ** 18
     # Linear weights of the LCTD head (text adapter included): "trunc_normal" (std 0.02, bias 0; ZegCLIP's
     # decoder init, paper silent) or "torch" (PyTorch's defaults). The eq. (4) Conv1x1 stays zero-initialised.
     cfg.MODEL.LCTD.WEIGHT_INIT = "trunc_normal"

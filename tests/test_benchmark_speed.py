@@ -16,14 +16,16 @@ def test_tiny_run_json_and_table_agree(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["lcsa"].keys() == {"24"} and saved["text"].keys() == {"20", "171"}
     assert set(saved["train"]) == {"ldvc"}
-    row = saved["lcsa"]["24"]
-    assert row["time_ratio"] == pytest.approx(row["lcsa_s"] / row["global_s"])
-    if row["memory_ratio"] is not None:
-        assert row["memory_ratio"] == pytest.approx(row["lcsa_mib"] / row["global_mib"])
-    match = re.search(r"lcsa 24x24: ([\d.]+) / ([\d.]+) ms = ([\d.]+)", printed)
-    lcsa_ms, global_ms, ratio = map(float, match.groups())
-    assert ratio == pytest.approx(lcsa_ms / global_ms, abs=0.02)
-    assert lcsa_ms == pytest.approx(row["lcsa_s"] * 1000, abs=0.06)
+    assert saved["lcsa"]["24"].keys() == {"inference", "training"}
+    for mode, row in saved["lcsa"]["24"].items():
+        assert row["time_ratio"] == pytest.approx(row["lcsa_s"] / row["global_s"])
+        for key, ratio in (("mib", "memory_ratio"), ("tensor_mib", "tensor_memory_ratio")):
+            if row[ratio] is not None:
+                assert row[ratio] == pytest.approx(row[f"lcsa_{key}"] / row[f"global_{key}"])
+        match = re.search(rf"lcsa 24x24 {mode}: ([\d.]+) / ([\d.]+) ms = ([\d.]+)", printed)
+        lcsa_ms, global_ms, ratio = map(float, match.groups())
+        assert ratio == pytest.approx(lcsa_ms / global_ms, abs=0.02)
+        assert lcsa_ms == pytest.approx(row["lcsa_s"] * 1000, abs=0.06)
     for count in ("20", "171"):  # the cache answers without re-encoding
         assert 0 < saved["text"][count]["warm_s"] < saved["text"][count]["cold_s"]
     train = saved["train"]["ldvc"]
@@ -37,3 +39,25 @@ def test_tiny_run_json_and_table_agree(tmp_path, capsys):
     assert shares["loss"] == pytest.approx(parts["loss"] / sum(v for k, v in parts.items() if k in shares))
     assert re.search(rf"train ldvc 64px x1: {train['step_s'] * 1000:.0f} ms/step", printed)
     assert result["lcsa"] == saved["lcsa"]
+
+
+def test_tensor_peak_counts_live_tensors():
+    """tensor_peak_mib against a hand count: 4 MiB + 2 MiB alive together, then 1 MiB after the first is
+    freed -> 6 MiB; a tensor that exists before the call does not count."""
+    import torch
+
+    from ldvc_d2.utils.speed import tensor_peak_mib
+
+    before = torch.empty(1024, 1024)
+
+    def fn():
+        a = torch.empty(1024, 1024)
+        b = torch.empty(512, 1024)
+        del a
+        c = torch.empty(256, 1024)
+        return b, c, before
+
+    peak = tensor_peak_mib(fn, torch.device("cpu"))
+    if peak is None:
+        pytest.skip("this torch's profiler has no memory timeline")
+    assert peak == pytest.approx(6.0)

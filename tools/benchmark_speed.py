@@ -8,11 +8,13 @@
 * eval: images/s of LDVC (whole image; sliding window one window per forward; windows batched) and of
   CLIPtrase at its COCO-Stuff config (inference only);
 * lcsa: one LCSA layer against global self-attention (SDPA) on 32×32, 64×64, 96×96 token grids
-  (d 512, 8 heads, window 4, top-16, batch 1, inference): seconds, peak memory, ratios;
+  (d 512, 8 heads, window 4, top-16, batch 1), inference and training (forward + backward): seconds,
+  peak memory, peak tensor memory, ratios;
 * text: class-embedding time cold (cache cleared) and warm (cached) for 20 and 171 classes.
 
 Times are medians of --repeats calls after a warm-up (ldvc_d2/utils/speed.py); memory is
-CUDA max-allocated on CUDA and the resident-set peak on CPU. CPU defaults are small (--image-size 128,
+CUDA max-allocated on CUDA and the resident-set peak on CPU, and for LCSA also the peak of live tensors
+(on CPU from torch.profiler's allocation timeline; on CUDA the max-allocated figure again). CPU defaults are small (--image-size 128,
 --batch 2); on CUDA the paper's 512 px crops and 4 images per GPU.
 
     OMP_NUM_THREADS=1 python tools/benchmark_speed.py --clock cpu --output output/speed_cpu.json
@@ -31,7 +33,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention  # noqa: E402
 from ldvc_d2.predictor import load_config  # noqa: E402
 from ldvc_d2.utils.io import write_json_atomic  # noqa: E402
-from ldvc_d2.utils.speed import median_seconds, peak_mib  # noqa: E402
+from ldvc_d2.utils.speed import median_seconds, peak_mib, tensor_peak_mib  # noqa: E402
 from ldvc_d2.utils.speed_profile import mapper_seconds, train_breakdown  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,25 +134,37 @@ def eval_section(args, device, notes: List[str]) -> Dict:
 
 
 def lcsa_section(args, device, notes: List[str]) -> Dict:
+    """One LCSA layer (top-16) against global self-attention, inference (no_grad) and training (forward and
+    backward of the output's sum): time, peak memory (resident set / CUDA) and peak tensor memory."""
     out = {}
     for grid in (int(g) for g in args.grids.split(",")):
-        torch.manual_seed(0)
-        x = torch.randn(1, grid * grid, 512, device=device)
-        row = {}
-        for name, topk in (("global", None), ("lcsa", 16)):
-            layer = LocalConsensusSelfAttention(512, num_heads=8, window_size=4, topk=topk).to(device).eval()
+        out[str(grid)] = {mode: _lcsa_row(grid, mode == "training", device, args) for mode in ("inference", "training")}
+    return out
 
-            def run():
+
+def _lcsa_row(grid: int, train: bool, device: torch.device, args) -> Dict:
+    torch.manual_seed(0)
+    x = torch.randn(1, grid * grid, 512, device=device, requires_grad=train)
+    row = {}
+    for name, topk in (("global", None), ("lcsa", 16)):
+        layer = LocalConsensusSelfAttention(512, num_heads=8, window_size=4, topk=topk).to(device).eval()
+
+        def run():
+            if train:
+                layer(x, grid, grid).sum().backward()
+            else:
                 with torch.no_grad():
                     layer(x, grid, grid)
 
-            row[f"{name}_s"] = median_seconds(run, device, args.repeats, args.clock)
-            row[f"{name}_mib"] = peak_mib(run, device)
-        row["time_ratio"] = row["lcsa_s"] / row["global_s"]
-        both = row["global_mib"] is not None and row["lcsa_mib"] is not None
-        row["memory_ratio"] = row["lcsa_mib"] / max(row["global_mib"], 1e-9) if both else None
-        out[str(grid)] = row
-    return out
+        row[f"{name}_s"] = median_seconds(run, device, args.repeats, args.clock)
+        row[f"{name}_mib"] = peak_mib(run, device)
+        row[f"{name}_tensor_mib"] = tensor_peak_mib(run, device)
+    row["time_ratio"] = row["lcsa_s"] / row["global_s"]
+    for key in ("mib", "tensor_mib"):
+        both = row[f"global_{key}"] is not None and row[f"lcsa_{key}"] is not None
+        ratio = row[f"lcsa_{key}"] / max(row[f"global_{key}"], 1e-9) if both else None
+        row["memory_ratio" if key == "mib" else "tensor_memory_ratio"] = ratio
+    return row
 
 
 def text_section(args, device, notes: List[str]) -> Dict:
@@ -179,11 +193,14 @@ def table(result: Dict) -> str:
                      f"{r['breakdown_s']['data_loading_per_image'] * 1000:.0f} ms/image")
     for key, r in result.get("eval", {}).items():
         lines.append(f"eval {key} {r['image_hw'][0]}x{r['image_hw'][1]}: {r['images_per_s']:.3f} images/s")
-    for grid, r in result.get("lcsa", {}).items():
-        mem = "n/a" if r["memory_ratio"] is None else (f"{r['lcsa_mib']:.1f} / {r['global_mib']:.1f} MiB "
-                                                       f"= {r['memory_ratio']:.2f}")
-        lines.append(f"lcsa {grid}x{grid}: {r['lcsa_s'] * 1000:.1f} / {r['global_s'] * 1000:.1f} ms "
-                     f"= {r['time_ratio']:.2f}; peak {mem}")
+    for grid, modes in result.get("lcsa", {}).items():
+        for mode, r in modes.items():
+            mem = "n/a" if r["memory_ratio"] is None else (f"{r['lcsa_mib']:.1f} / {r['global_mib']:.1f} MiB "
+                                                           f"= {r['memory_ratio']:.2f}")
+            tensors = "n/a" if r["tensor_memory_ratio"] is None else (
+                f"{r['lcsa_tensor_mib']:.1f} / {r['global_tensor_mib']:.1f} MiB = {r['tensor_memory_ratio']:.2f}")
+            lines.append(f"lcsa {grid}x{grid} {mode}: {r['lcsa_s'] * 1000:.1f} / {r['global_s'] * 1000:.1f} ms "
+                         f"= {r['time_ratio']:.2f}; peak {mem}; tensors {tensors}")
     for count, r in result.get("text", {}).items():
         lines.append(f"text {count} classes: cold {r['cold_s'] * 1000:.1f} ms, warm {r['warm_s'] * 1000:.3f} ms")
     lines += [f"note: {n}" for n in result["notes"]]

@@ -9,6 +9,11 @@ Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated 
 (/proc/self/status VmHWM) is reset through /proc/self/clear_refs, and glibc is told to give every
 allocation above 64 KiB its own mapping for the measurement, so freed tensors leave the resident set at
 once (otherwise the allocator's cache hides reuse). Elsewhere the CPU peak is reported as None.
+The resident set also counts BLAS workspaces and allocator slack, and varies by a few MiB between
+calls; ``tensor_peak_mib`` counts only tensors (the CPU counterpart of CUDA's max-allocated): the
+peak of live tensor bytes in the allocation/free timeline torch.profiler records with
+``profile_memory=True`` (its memory-timeline analysis, also behind ``export_memory_timeline``),
+deterministic for a given program.
 """
 import ctypes
 import gc
@@ -18,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["median_seconds", "peak_mib", "synchronize"]
+__all__ = ["median_seconds", "peak_mib", "synchronize", "tensor_peak_mib"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
 
@@ -76,3 +81,28 @@ def peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:
         return _status_mib("VmHWM") - base
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2 ** 20)
+
+
+def tensor_peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Peak MiB of tensors that one call of ``fn`` allocates and holds at once (None: not measurable).
+    CUDA: as ``peak_mib``. CPU: from the profiler's allocation timeline (tensors created during the call,
+    minus those freed, at its highest)."""
+    if device.type == "cuda":
+        return peak_mib(fn, device)
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import Action, MemoryProfile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
+            fn()
+        timeline = MemoryProfile(prof.profiler.kineto_results).timeline
+    except (ImportError, AttributeError, RuntimeError):  # a torch without this (private) analysis
+        return None
+    live = peak = 0
+    for _, action, _, size in timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak / 2 ** 20

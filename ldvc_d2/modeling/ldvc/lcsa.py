@@ -14,15 +14,10 @@ on the output (DROPOUT), as ZegCLIP's decoder. With m = number of windows LCSA i
 self-attention (softmax attention does not depend on the order of the keys), which is also how
 ``SELF_ATTENTION="global"`` (Table 4's "w/o LCSA") runs.
 
-Cost (issue 15): the routed step walks the query windows in chunks. Per chunk it gathers the keys and
-values of each window's m routed windows (eq. 11) with one row gather from a B·L×2d K|V table and
-attends (eq. 12); without autograd the chunk's result overwrites its own queries (used by no other
-chunk). So only a chunk's gathered copies exist at any time (about ``chunk_elements`` floats), never the
-W·m·n² copies of K and V a batched gather makes. With autograd (training) the chunks' outputs go to a
-separate tensor, and the backward pass recomputes each chunk (replaying the forward's dropout masks) and
-adds its gradients into one dQ and one dK|V, instead of keeping gathered copies for every window. Peak memory is then
-Q, K and V (3·L·d) plus a chunk, against Q, K, V, the scaled Q and the output of global
-self-attention; the work is m/W of global attention's score and weighting products.
+Cost (issue 15): the routed step (``lcsa_routed.py``) runs head by head and chunk by chunk, so it
+holds the output plus one head's Q, K, V and one chunk (never Q, K, V of all heads nor
+gathered copies of K and V for every window), and its training backward pass recomputes instead of
+storing; the work is m/W of global attention's score and weighting products.
 """
 import logging
 from typing import Optional
@@ -30,6 +25,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .lcsa_routed import RoutedSpec, routed_attention
 
 __all__ = ["LocalConsensusSelfAttention"]
 
@@ -47,8 +44,9 @@ class LocalConsensusSelfAttention(nn.Module):
         dropout: dropout on the output projection.
         attn_dropout: dropout on the softmax weights (training only).
         scale: "full_width" (1/sqrt(dim), eq. 12) or "head_dim" (1/sqrt(dim / num_heads)).
-        chunk_elements: about how many floats of gathered keys and values one chunk of query windows
-            may hold (memory / speed trade-off of the routed step; results do not depend on it).
+        chunk_elements: about how many floats of one head's gathered keys and values one chunk of query
+            windows (of all images) may hold (memory / speed trade-off of the routed step; results do
+            not depend on it).
     """
 
     def __init__(self, dim: int, *, num_heads: int, window_size: int, topk: Optional[int], dropout: float = 0.0,
@@ -56,11 +54,14 @@ class LocalConsensusSelfAttention(nn.Module):
         super().__init__()
         if window_size < 1 or (topk is not None and topk < 1):
             raise ValueError(f"MODEL.LCTD.WINDOW_SIZE ({window_size}) and TOPK_WINDOWS ({topk}) must be >= 1.")
+        if chunk_elements < 1:
+            raise ValueError(f"MODEL.LCTD.CHUNK_ELEMENTS must be >= 1, got {chunk_elements}.")
         if dim % num_heads:
             raise ValueError(f"MODEL.LCTD.NUM_HEADS={num_heads} must divide the feature width {dim}.")
         if scale not in ("full_width", "head_dim"):
             raise ValueError(f"MODEL.LCTD.SCALE must be 'full_width' or 'head_dim', got '{scale}'.")
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads
         self.window_size = window_size
         self.topk = topk
         self.scale = dim ** -0.5 if scale == "full_width" else (dim // num_heads) ** -0.5
@@ -90,10 +91,10 @@ class LocalConsensusSelfAttention(nn.Module):
         if m is None:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
             out = self._attend(self._heads(q), self._heads(k), self._heads(v))
-            out = out.transpose(1, 2).reshape(b, l, d)
+            out = self.proj(out.transpose(1, 2).reshape(b, l, d))
         else:
             out = self._routed(x, m, h, w)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(out)
 
     def _routed_windows(self, h: int, w: int) -> Optional[int]:
         """m for an h×w grid, or None where attention is global (no routing, or m >= the window count)."""
@@ -117,7 +118,7 @@ class LocalConsensusSelfAttention(nn.Module):
         return None
 
     def _routed(self, x: torch.Tensor, m: int, h: int, w: int) -> torch.Tensor:
-        """Eqs. (8)-(12) for B×(h·w)×d tokens, m < W routed windows; returns B×(h·w)×d before the projection."""
+        """Eqs. (8)-(12) and the output projection for B×(h·w)×d tokens, m < W routed windows."""
         n = self.window_size
         b, l, d = x.shape
         gh, gw = h // n, w // n
@@ -127,64 +128,15 @@ class LocalConsensusSelfAttention(nn.Module):
         grid = torch.arange(l, device=x.device).view(gh, n, gw, n).permute(0, 2, 1, 3).reshape(gh * gw, n * n)
         rows = grid + torch.arange(b, device=x.device).view(b, 1, 1) * l
         routed = rows[torch.arange(b, device=x.device).view(b, 1, 1), ids]  # eq. (11): B×W×m×n² key rows
-        weight, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(x, weight[:d], bias[:d]).view(b * l, d)  # eq. (9), Q and K|V of every token
-        kv = F.linear(x, weight[d:], bias[d:]).view(b * l, 2 * d)
-        step = max(1, self.chunk_elements // (m * n * n * 2 * d))
-        if torch.is_grad_enabled() and not torch.jit.is_tracing():  # ONNX export traces the loop below
-            return _RoutedAttention.apply(q, kv, self, rows, routed, step).view(b, l, d)
-        for s in range(0, gh * gw, step):  # a chunk's result replaces its own queries, used by no other chunk
-            q_rows = rows[:, s:s + step].reshape(-1)
-            q.index_copy_(0, q_rows, self._chunk(q, kv, q_rows, routed[:, s:s + step]))
-        return q.view(b, l, d)
-
-    def _chunk(self, q: torch.Tensor, kv: torch.Tensor, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
-        """Eq. (12) for the c query windows of ``q_rows`` (B·c·n² rows of the B·L×d queries, window by window)
-        against the m·n² routed keys each (``k_rows``: B×c×m×n² rows of the B·L×2d K|V table).
-        Returns (B·c·n²)×d in the order of ``q_rows``."""
-        return self._window_attention(q.index_select(0, q_rows), kv.index_select(0, k_rows.reshape(-1)),
-                                      k_rows.shape[0] * k_rows.shape[1])
-
-    def _window_attention(self, q: torch.Tensor, kv: torch.Tensor, windows: int) -> torch.Tensor:
-        """(windows·n²)×d queries against (windows·m·n²)×2d gathered K|V, window by window.
-        Returns (windows·n²)×d."""
-        d = q.shape[1]
-        heads, hd = self.num_heads, d // self.num_heads
-        k, v = kv.view(windows, -1, 2, heads, hd).unbind(2)
-        out = self._attend(q.view(windows, -1, heads, hd).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2).reshape(-1, d)
-
-class _RoutedAttention(torch.autograd.Function):
-    """Eq. (12) chunk by chunk with a backward pass that recomputes each chunk (same dropout masks: the
-    random state of the forward pass is replayed) and adds its gradients into one dQ and one dK|V."""
-
-    @staticmethod
-    def forward(ctx, q, kv, layer, rows, routed, step):
-        ctx.layer, ctx.step = layer, step
-        ctx.rng = torch.cuda.get_rng_state(q.device) if q.is_cuda else torch.get_rng_state()
-        ctx.save_for_backward(q, kv, rows, routed)
-        out = torch.empty_like(q)
-        for s in range(0, rows.shape[1], step):
-            q_rows = rows[:, s:s + step].reshape(-1)
-            out.index_copy_(0, q_rows, layer._chunk(q, kv, q_rows, routed[:, s:s + step]))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, kv, rows, routed = ctx.saved_tensors
-        dq, dkv = torch.zeros_like(q), torch.zeros_like(kv)
-        with torch.random.fork_rng(devices=[q.device] if q.is_cuda else []), torch.enable_grad():
-            if q.is_cuda:
-                torch.cuda.set_rng_state(ctx.rng, q.device)
-            else:
-                torch.set_rng_state(ctx.rng)
-            for s in range(0, rows.shape[1], ctx.step):
-                q_rows, k_rows = rows[:, s:s + ctx.step].reshape(-1), routed[:, s:s + ctx.step]
-                k_rows = k_rows.reshape(-1)
-                q_chunk = q.index_select(0, q_rows).requires_grad_()
-                kv_chunk = kv.index_select(0, k_rows).requires_grad_()
-                out = ctx.layer._window_attention(q_chunk, kv_chunk, rows.shape[0] * min(ctx.step, rows.shape[1] - s))
-                gq, gkv = torch.autograd.grad(out, (q_chunk, kv_chunk), grad.index_select(0, q_rows))
-                dq.index_add_(0, q_rows, gq)
-                dkv.index_add_(0, k_rows, gkv)
-        return dq, dkv, None, None, None, None
+        weights = (self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias)
+        if torch.is_autocast_enabled(x.device.type):  # the passes run in autocast's dtype, autocast off
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weights = x.to(dtype), tuple(t.to(dtype) for t in weights)
+        # plain ints: a traced size would make the chunk bounds dynamic in an ONNX export
+        step = max(1, self.chunk_elements // (int(b) * m * n * n * 2 * self.head_dim))
+        # training keeps the heads' attention outputs for backward while they are at most 4 chunks
+        keep = int(b) * l * d <= 4 * self.chunk_elements
+        spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, self.attn_dropout if self.training else 0.0,
+                          step, keep)
+        with torch.autocast(x.device.type, enabled=False):
+            return routed_attention(x.reshape(b * l, d), *weights, rows, routed, spec).view(b, l, d)

@@ -49,6 +49,7 @@ class LCTDBlock(nn.Module):
         dropout: float,
         attn_dropout: float = 0.0,
         scale: str = "full_width",
+        chunk_elements: int = 2 ** 18,
     ):
         super().__init__()
         self.skip = nn.Conv2d(intermediate_dim, dim, kernel_size=1)
@@ -57,7 +58,7 @@ class LCTDBlock(nn.Module):
         self.norm_sa = nn.LayerNorm(dim)
         self.self_attn = LocalConsensusSelfAttention(
             dim, num_heads=num_heads, window_size=window_size, topk=topk, dropout=dropout,
-            attn_dropout=attn_dropout, scale=scale,
+            attn_dropout=attn_dropout, scale=scale, chunk_elements=chunk_elements,
         )
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -117,6 +118,7 @@ class LCTDHead(nn.Module):
         scale: str = "full_width",
         weight_init: str = "trunc_normal",
         text_adapter: bool = True,
+        chunk_elements: int = 2 ** 18,
     ):
         super().__init__()
         if weight_init not in ("trunc_normal", "torch"):
@@ -127,6 +129,7 @@ class LCTDHead(nn.Module):
             LCTDBlock(
                 dim, intermediate_dim, num_heads=num_heads, window_size=window_size, topk=topk,
                 mlp_ratio=mlp_ratio, dropout=dropout, attn_dropout=attn_dropout, scale=scale,
+                chunk_elements=chunk_elements,
             )
             for _ in range(num_blocks)
         )
@@ -161,6 +164,7 @@ class LCTDHead(nn.Module):
             "scale": cfg.MODEL.LCTD.SCALE,
             "weight_init": cfg.MODEL.LCTD.WEIGHT_INIT,
             "text_adapter": cfg.MODEL.LCTD.TEXT_ADAPTER,
+            "chunk_elements": cfg.MODEL.LCTD.CHUNK_ELEMENTS,
         }
 
     def adapt_text(self, text: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
