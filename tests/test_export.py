@@ -69,6 +69,19 @@ def test_exported_model_matches_pytorch_inference(toy_dataset, method, tmp_path)
     assert scores.shape == (1, 3, 64, 96) and np.abs(scores[0] - reference).max() <= BOUND
 
 
+def test_ldvc_exports_with_torch_export_and_a_dynamic_batch(toy_dataset, tmp_path):
+    """--exporter dynamo (torch.export, dynamic batch axis): LCSA's routed step must not specialise the
+    batch (its chunk bounds are per image while exporting) and hands SDPA 4-D tensors; the tool checks
+    onnxruntime on a batch of 3 against the traced 2."""
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install -e .[export])")
+    _, weights = _trained_weights(toy_dataset, "LDVC", tmp_path)
+    diff = load_script("tools/export_model.py").main([
+        "--config-file", CONFIGS["LDVC"], "--dataset-classes", toy_dataset, "--output", str(tmp_path / "d.onnx"),
+        "--image-size", "64x96", "--exporter", "dynamo", *TINY, "DATASETS.TRAIN", f"('{toy_dataset}',)",
+        "MODEL.WEIGHTS", weights])
+    assert diff <= BOUND
+
+
 def test_failed_check_writes_nothing(toy_dataset, tmp_path, monkeypatch):
     script = load_script("tools/export_model.py")
     monkeypatch.setattr(script, "onnxruntime_difference", lambda *a, **k: 1.0)

@@ -149,3 +149,23 @@ def test_routed_step_under_bf16_autocast(train):
         for g, r in zip(grads, grads_ref):
             assert g.dtype == r.dtype == torch.float32
             assert (g - r).norm() <= 3e-2 * r.norm() + 1e-3
+
+
+def test_frozen_weights_and_float64_under_autocast():
+    """Gradients only for what needs them (frozen projections get none, the input's is still right), and
+    autocast leaves a float64 layer in float64 as it does its linear layers."""
+    torch.manual_seed(7)
+    lcsa = LocalConsensusSelfAttention(32, num_heads=4, window_size=2, topk=3, chunk_elements=3000)
+    x = torch.randn(2, 64, 32, requires_grad=True)
+    ref = torch.autograd.grad(_gather_reference(lcsa, x, 8, 8).square().sum(), x)[0]
+    lcsa.qkv.requires_grad_(False)
+    lcsa(x, 8, 8).square().sum().backward()
+    assert lcsa.qkv.weight.grad is None and lcsa.proj.weight.grad is not None
+    torch.testing.assert_close(x.grad, ref, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lcsa.double()(x.detach().double(), 8, 8).dtype == torch.float64
+
+
+def test_attention_dropout_must_be_below_one():
+    with pytest.raises(ValueError, match="MODEL.LCTD.ATTN_DROPOUT"):
+        LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=2, attn_dropout=1.0)

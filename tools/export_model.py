@@ -142,7 +142,7 @@ def get_parser() -> argparse.ArgumentParser:
                              "MODEL.LDVC.INFERENCE.CROP_SIZE)")
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                         help="torch.onnx.export's TorchScript tracer (default; LDVC and ZegCLIP) or torch.export "
-                             "(dynamo=True; ZegCLIP, not LDVC's 5-D routed attention)")
+                             "(dynamo=True; LDVC and ZegCLIP)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--check-images", type=int, default=3, help="random images of the onnxruntime check (0: skip)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max |onnxruntime - PyTorch|")

@@ -54,6 +54,8 @@ class LocalConsensusSelfAttention(nn.Module):
         super().__init__()
         if window_size < 1 or (topk is not None and topk < 1):
             raise ValueError(f"MODEL.LCTD.WINDOW_SIZE ({window_size}) and TOPK_WINDOWS ({topk}) must be >= 1.")
+        if not 0 <= attn_dropout < 1:
+            raise ValueError(f"MODEL.LCTD.ATTN_DROPOUT must be in [0, 1), got {attn_dropout}.")
         if chunk_elements < 1:
             raise ValueError(f"MODEL.LCTD.CHUNK_ELEMENTS must be >= 1, got {chunk_elements}.")
         if dim % num_heads:
@@ -122,20 +124,24 @@ class LocalConsensusSelfAttention(nn.Module):
         n = self.window_size
         b, l, d = x.shape
         gh, gw = h // n, w // n
-        windows = x.view(b, gh, n, gw, n, d).mean(dim=(2, 4)).view(b, gh * gw, d)  # eq. (8): B×W×d summaries
-        ids = (windows @ windows.transpose(1, 2)).topk(m, dim=-1).indices  # eq. (10): B×W×m
+        with torch.autocast(x.device.type, enabled=False):  # routing in fp32 at least: no bf16 near-ties
+            xr = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            windows = xr.view(b, gh, n, gw, n, d).mean(dim=(2, 4)).view(b, gh * gw, d)  # eq. (8): B×W×d
+            ids = (windows @ windows.transpose(1, 2)).topk(m, dim=-1).indices  # eq. (10): B×W×m
         # rows of the flattened B·L token table that make up each window (row-major inside a window): B×W×n²
         grid = torch.arange(l, device=x.device).view(gh, n, gw, n).permute(0, 2, 1, 3).reshape(gh * gw, n * n)
         rows = grid + torch.arange(b, device=x.device).view(b, 1, 1) * l
         routed = rows[torch.arange(b, device=x.device).view(b, 1, 1), ids]  # eq. (11): B×W×m×n² key rows
         weights = (self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias)
-        if torch.is_autocast_enabled(x.device.type):  # the passes run in autocast's dtype, autocast off
-            dtype = torch.get_autocast_dtype(x.device.type)
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:  # as autocast's linear
+            dtype = torch.get_autocast_dtype(x.device.type)  # the passes run in this dtype, autocast off
             x, weights = x.to(dtype), tuple(t.to(dtype) for t in weights)
-        # plain ints: a traced size would make the chunk bounds dynamic in an ONNX export
-        step = max(1, self.chunk_elements // (int(b) * m * n * n * 2 * self.head_dim))
-        # training keeps the heads' attention outputs for backward while they are at most 4 chunks
-        keep = int(b) * l * d <= 4 * self.chunk_elements
+        # Plain ints: while exporting (ONNX tracing, torch.export) sizes stay symbolic, so the chunk is
+        # bounded per image there; eagerly it is bounded for the whole batch.
+        images = 1 if torch.jit.is_tracing() or torch.compiler.is_compiling() else int(b)
+        step = max(1, self.chunk_elements // (images * m * n * n * 2 * self.head_dim))
+        # training keeps the heads' attention outputs for backward while one image's are at most 4 chunks
+        keep = h * w * d <= 4 * self.chunk_elements
         spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, self.attn_dropout if self.training else 0.0,
                           step, keep)
         with torch.autocast(x.device.type, enabled=False):

@@ -9,14 +9,15 @@ values with one row gather (eq. 11) and attend (eq. 12), and adds the head's sha
 projection, ``out += attn_h W_o[:, h]^T`` (the projection written per head). So the routed step holds
 the output, one head's Q, K, V and one chunk, never Q, K and V of all heads or gathered copies of K and
 V for every window; results equal the all-heads formula up to float rounding. One head per pass was
-the fastest and smallest of 1, 2, 4 or 8 heads per pass on the CPU (one LCSA layer, d 512, 8 heads;
+the fastest and smallest of 1, 2 or 4 heads per pass on the CPU (one LCSA layer, d 512, 8 heads;
 docs/speed.md).
 
 Without autograd a chunk uses ``scaled_dot_product_attention`` and its result overwrites its own
 queries (used by no other chunk). With autograd (training) ``_RoutedAttention`` saves only the tokens,
 weights and routing, plus the heads' attention outputs (B·L×d, projected together at the end) while
-they are at most four chunks' worth (``keep_outputs``: at a 32×32 grid this makes a training step ~10%
-faster, at 64×64 it would cost a fifth of global attention's memory); its backward pass recomputes
+one image's are at most four chunks' worth (``keep_outputs``; d 512: grids up to 32×32, where this made
+a training step ~10% faster on the CPU; at 64×64 it would add 0.11 of global attention's training
+memory to LCSA's 0.49); its backward pass recomputes
 each head's projections and each chunk's softmax with the same dropout masks (the forward's random
 state is replayed, and both passes draw the masks in the same order) and applies the softmax-attention
 derivative by hand (``_chunk_backward``), adding a chunk's gradients into the head's dQ and dK|V; the
@@ -49,7 +50,8 @@ def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, 
     Returns the projected B·L×d output. Differentiable (recomputing backward) when autograd is on, except
     while tracing for ONNX export, which records the inference passes. Attention dropout (``spec``'s,
     training only) always goes through the written-out eq. (12), with or without autograd."""
-    if torch.is_grad_enabled() and not torch.jit.is_tracing():
+    tensors = (x, w_qkv, b_qkv, w_o, b_o)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not torch.jit.is_tracing():
         return _RoutedAttention.apply(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec)
     return _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, True if spec.attn_dropout else None)
 
@@ -78,15 +80,17 @@ def _split(q: torch.Tensor, kv: torch.Tensor, windows: int):
 
 def _chunk_inference(q: torch.Tensor, kv: torch.Tensor, windows: int, spec: RoutedSpec) -> torch.Tensor:
     """Eq. (12) through SDPA (whose own scale is 1/sqrt(head_dim), so q is rescaled first)."""
-    qh, k, v = _split(q, kv, windows)
+    qh, k, v = (t.unsqueeze(1) for t in _split(q, kv, windows))  # windows×1×r×hd: SDPA's fused kernels want 4-D
     return F.scaled_dot_product_attention(qh * (spec.scale * spec.head_dim ** 0.5), k, v).view(-1, q.shape[1])
 
 
 def _chunk_forward(q: torch.Tensor, kv: torch.Tensor, windows: int, spec: RoutedSpec, output: bool = True):
-    """Eq. (12) written out for training: (output, softmax P, dropout keep-mask or None, q, k, v per
-    window). The mask is drawn here, the same way in the forward and the recomputing backward pass."""
+    """Eq. (12) written out for training: (output, softmax P, dropout keep-mask or None, scaled q, k, v
+    per window). The mask is drawn here, the same way in the forward and the recomputing backward pass;
+    q is scaled before the product (no fp16 overflow of unscaled scores)."""
     qh, k, v = _split(q, kv, windows)
-    p = torch.softmax((qh @ k.transpose(-1, -2)) * spec.scale, dim=-1)
+    qh = qh * spec.scale
+    p = torch.softmax(qh @ k.transpose(-1, -2), dim=-1)
     keep = None
     if spec.attn_dropout:
         keep = (torch.rand_like(p) >= spec.attn_dropout).to(p.dtype) / (1 - spec.attn_dropout)
@@ -97,14 +101,14 @@ def _chunk_forward(q: torch.Tensor, kv: torch.Tensor, windows: int, spec: Routed
 def _chunk_backward(d_out: torch.Tensor, p: torch.Tensor, keep: Optional[torch.Tensor], qh: torch.Tensor,
                     k: torch.Tensor, v: torch.Tensor, spec: RoutedSpec) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``_chunk_forward``'s output w.r.t. its queries and gathered K|V, by hand:
-    dV = P_d^T dO, dP = (dO V^T) ⊙ keep, dS = P ⊙ (dP - Σ_j dP ⊙ P), dQ = s dS K, dK = s dS^T Q."""
+    dV = P_d^T dO, dP = (dO V^T) ⊙ keep, dS = P ⊙ (dP - Σ_j dP ⊙ P), dQ = s dS K, dK = dS^T (s Q)."""
     d_o = d_out.view(qh.shape)
     dv = (p if keep is None else p * keep).transpose(-1, -2) @ d_o
     dp = d_o @ v.transpose(-1, -2)
     dp = dp if keep is None else dp * keep
     ds = p * (dp - (dp * p).sum(-1, keepdim=True))
     dq = ((ds @ k) * spec.scale).view(-1, qh.shape[-1])
-    dk = (ds.transpose(-1, -2) @ qh) * spec.scale
+    dk = ds.transpose(-1, -2) @ qh  # qh is already scaled
     return dq, torch.cat([dk, dv], -1).view(-1, 2 * qh.shape[-1])
 
 
@@ -145,39 +149,60 @@ class _RoutedAttention(torch.autograd.Function):
     def backward(ctx, grad):
         x, w_qkv, b_qkv, w_o, rows, routed, attn = ctx.saved_tensors
         spec, hd = ctx.spec, ctx.spec.head_dim
+        need_x, need_w, need_b, need_wo, need_bo = ctx.needs_input_grad[:5]
         # dx and the dK|V rows collect several terms: fp32 sums under low-precision autocast
         acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        dx = torch.zeros(x.shape, dtype=acc, device=x.device)
-        dw_qkv, db_qkv = torch.empty_like(w_qkv), torch.empty_like(b_qkv)
-        dw_o = torch.empty_like(w_o) if attn is None else grad.t() @ attn
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            if x.is_cuda:
-                torch.cuda.set_rng_state(ctx.rng, x.device)
-            else:
-                torch.set_rng_state(ctx.rng)
-            for head in range(spec.num_heads):
-                cols = slice(head * hd, (head + 1) * hd)
-                w_h, b_h, parts = _head_weights(w_qkv, b_qkv, spec, head)
-                qkv = F.linear(x, w_h, b_h)
-                q, kv = qkv[:, :hd], qkv[:, hd:]
-                d_attn = grad @ w_o[:, cols]  # gradient at the head's attention output
-                dq = torch.empty(q.shape, dtype=acc, device=x.device)
-                head_attn = torch.empty_like(q) if attn is None else None
-                dkv = torch.zeros(kv.shape, dtype=acc, device=x.device)
-                for q_rows, k_rows, windows in _chunks(rows, routed, spec.step):
-                    out, *saved = _chunk_forward(q.index_select(0, q_rows), kv.index_select(0, k_rows), windows,
-                                                 spec, output=attn is None)
-                    if attn is None:
-                        head_attn.index_copy_(0, q_rows, out)
-                    gq, gkv = _chunk_backward(d_attn.index_select(0, q_rows), *saved, spec)
-                    dq.index_copy_(0, q_rows, gq.to(acc))  # each query row is in one chunk
-                    dkv.index_add_(0, k_rows, gkv.to(acc))
-                if attn is None:
-                    dw_o[:, cols] = grad.t() @ head_attn
-                d_qkv = torch.cat([dq, dkv], 1)
-                dx.addmm_(d_qkv, w_h.to(acc))
-                d_qkv = d_qkv.to(x.dtype)
-                dw_h, db_h = d_qkv.t() @ x, d_qkv.sum(0)
-                for i, r in enumerate(parts):
-                    dw_qkv[r], db_qkv[r] = dw_h[i * hd:(i + 1) * hd], db_h[i * hd:(i + 1) * hd]
-        return dx.to(x.dtype), dw_qkv, db_qkv, dw_o, grad.sum(0), None, None, None
+        dx = torch.zeros(x.shape, dtype=acc, device=x.device) if need_x else None
+        dw_qkv = torch.empty_like(w_qkv) if need_w else None
+        db_qkv = torch.empty_like(b_qkv) if need_b else None
+        dw_o = (torch.empty_like(w_o) if attn is None else grad.t() @ attn) if need_wo else None
+        recompute_outputs = need_wo and attn is None
+        if need_x or need_w or need_b or recompute_outputs:
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
+                    torch.autocast(x.device.type, enabled=False):  # as the forward's passes
+                if x.is_cuda:
+                    torch.cuda.set_rng_state(ctx.rng, x.device)
+                else:
+                    torch.set_rng_state(ctx.rng)
+                for head in range(spec.num_heads):
+                    _head_backward(x, w_qkv, b_qkv, w_o, rows, routed, grad, spec, head, acc,
+                                   dx, dw_qkv, db_qkv, dw_o if recompute_outputs else None)
+        return (None if dx is None else dx.to(x.dtype), dw_qkv, db_qkv, dw_o, grad.sum(0) if need_bo else None,
+                None, None, None)
+
+
+def _head_backward(x, w_qkv, b_qkv, w_o, rows, routed, grad, spec: RoutedSpec, head: int, acc: torch.dtype,
+                   dx: Optional[torch.Tensor], dw_qkv: Optional[torch.Tensor], db_qkv: Optional[torch.Tensor],
+                   dw_o: Optional[torch.Tensor]) -> None:
+    """One head of ``_RoutedAttention.backward``: recompute its Q|K|V and chunks, write its gradients
+    into the given buffers (None: not needed; ``dw_o`` only when the attention outputs were not kept)."""
+    hd = spec.head_dim
+    cols = slice(head * hd, (head + 1) * hd)
+    w_h, b_h, parts = _head_weights(w_qkv, b_qkv, spec, head)
+    qkv = F.linear(x, w_h, b_h)
+    q, kv = qkv[:, :hd], qkv[:, hd:]
+    d_attn = grad @ w_o[:, cols]  # gradient at the head's attention output
+    dq = torch.empty(q.shape, dtype=acc, device=x.device)
+    dkv = torch.zeros(kv.shape, dtype=acc, device=x.device)
+    head_attn = torch.empty_like(q) if dw_o is not None else None
+    for q_rows, k_rows, windows in _chunks(rows, routed, spec.step):
+        out, *saved = _chunk_forward(q.index_select(0, q_rows), kv.index_select(0, k_rows), windows, spec,
+                                     output=head_attn is not None)
+        if head_attn is not None:
+            head_attn.index_copy_(0, q_rows, out)
+        gq, gkv = _chunk_backward(d_attn.index_select(0, q_rows), *saved, spec)
+        dq.index_copy_(0, q_rows, gq.to(acc))  # each query row is in one chunk
+        dkv.index_add_(0, k_rows, gkv.to(acc))
+    if dw_o is not None:
+        dw_o[:, cols] = grad.t() @ head_attn
+    d_qkv = torch.cat([dq, dkv], 1)
+    if dx is not None:
+        dx.addmm_(d_qkv, w_h.to(acc))
+    if dw_qkv is not None or db_qkv is not None:
+        d_qkv = d_qkv.to(x.dtype)
+        dw_h = d_qkv.t() @ x if dw_qkv is not None else None
+        for i, r in enumerate(parts):
+            if dw_qkv is not None:
+                dw_qkv[r] = dw_h[i * hd:(i + 1) * hd]
+            if db_qkv is not None:
+                db_qkv[r] = d_qkv[:, i * hd:(i + 1) * hd].sum(0)
