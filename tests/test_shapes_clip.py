@@ -38,6 +38,16 @@ def test_batches_are_deterministic_and_captioned():
     assert all(any(c in cap for c in shapes_clip.CLASS_NAMES) for cap in caps_a)
 
 
+def test_background_rendering_draws_the_batches_of_the_loop():
+    cfg = PretrainConfig(steps=3, batch_size=5, image_size=48)
+    rng = np.random.default_rng(7)
+    expected = [sample_batch(rng, 5, 48, cfg.two_object_prob) for _ in range(3)]
+    got = list(shapes_clip._batches(np.random.default_rng(7), cfg))
+    assert len(got) == 3
+    for (images, captions), (want_images, want_captions) in zip(got, expected):
+        assert torch.equal(images, want_images) and captions == want_captions
+
+
 def test_pretraining_is_deterministic_and_written_atomically(tmp_path):
     p1, p2 = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
     m1 = pretrain_tiny_clip(p1, TINY, progress=False)
@@ -68,9 +78,10 @@ def test_pretraining_is_deterministic_and_written_atomically(tmp_path):
 
 def test_patch_dropout_is_training_only_and_named_in_the_cache_key(tmp_path, monkeypatch):
     """FLIP patch dropout: training steps see 1 + 32 of the 1 + 64 image tokens, the accuracy evaluation
-    all 65; the cache key names it, and without it the key is the one from before the field existed."""
-    off = PretrainConfig(patch_dropout=0.0)
-    old_key = {k: v for k, v in dataclasses.asdict(off).items() if k != "patch_dropout"}
+    all 65; the cache key names it, and without it (and in fp32) the key is the one from before the fields
+    patch_dropout and precision existed."""
+    off = PretrainConfig(patch_dropout=0.0, precision="fp32")
+    old_key = {k: v for k, v in dataclasses.asdict(off).items() if k not in ("patch_dropout", "precision")}
     old_key["world"] = shapes_clip.GENERATOR_VERSION
     assert off.digest() == hashlib.sha1(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:10]
     assert PretrainConfig(patch_dropout=0.5).digest() != off.digest()
@@ -88,6 +99,49 @@ def test_patch_dropout_is_training_only_and_named_in_the_cache_key(tmp_path, mon
                        progress=False)
     assert {n for training, n in seen if training} == {1 + 32}
     assert {n for training, n in seen if not training} == {1 + 64}
+
+
+def test_encode_captions_equals_encode_text_and_its_gradients():
+    """Running the causal text tower only up to the longest caption's [EOS] changes nothing: features and
+    gradients equal open_clip's full-context encode_text."""
+    torch.manual_seed(0)
+    model = open_clip.create_model(shapes_clip.TINY_CLIP_MODEL, pretrained=None)
+    tokens = open_clip.get_tokenizer(shapes_clip.TINY_CLIP_MODEL)(sample_batch(np.random.default_rng(0), 12, 48)[1])
+    assert tokens.argmax(-1).max() + 1 < tokens.shape[1]  # something is cut
+    grads = []
+    for encode in (model.encode_text, lambda t: shapes_clip.encode_captions(model, t)):
+        model.zero_grad()
+        out = encode(tokens)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.transformer.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    for cut, full in zip(grads[1][1], grads[0][1]):  # sums over other token counts: rounding only
+        assert (cut - full).abs().max() <= 1e-5 * full.abs().max()
+
+
+def test_bf16_pretraining_runs_products_in_bfloat16_and_is_named_in_the_cache_key(tmp_path, monkeypatch):
+    """precision "bf16": training forwards under bfloat16 autocast, the accuracy evaluation and the saved
+    weights in float32; a key of its own; an unknown precision is an error naming the field."""
+    assert PretrainConfig(precision="bf16").digest() != PretrainConfig(precision="fp32").digest()
+    seen = []
+    real_build = shapes_clip._build
+
+    def build(image_size):
+        model, tokenizer = real_build(image_size)
+        model.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
+            lambda m, args, out: seen.append((m.training, out.dtype)))
+        return model, tokenizer
+
+    monkeypatch.setattr(shapes_clip, "_build", build)
+    metrics = pretrain_tiny_clip(str(tmp_path / "bf16.pt"), PretrainConfig(steps=2, batch_size=4, warmup_steps=1,
+                                                                           precision="bf16"), progress=False)
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    state = torch.load(str(tmp_path / "bf16.pt"), weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert math.isfinite(metrics["final_loss"])
+    with pytest.raises(ValueError, match="PretrainConfig.precision"):
+        PretrainConfig(precision="fp16")
 
 
 def test_short_pretraining_aligns_images_and_text(tmp_path):
@@ -114,6 +168,20 @@ def test_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):
     saved = torch.load(path, weights_only=True)["state_dict"]
     assert torch.equal(model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"])
     assert len(calls) == 1
+
+
+def test_each_recipe_tag_pretrains_its_own_checkpoint(tmp_path, monkeypatch):
+    """"shapes" is the default PretrainConfig (the benchmark's and the quick start's checkpoint, name
+    unchanged), "shapes-quick" the opt-in cheaper recipe; each resolves to a file named by its own digest."""
+    assert shapes_clip.TINY_CLIP_RECIPES["shapes"] == PretrainConfig()
+    quick = shapes_clip.TINY_CLIP_RECIPES["shapes-quick"]
+    assert quick.digest() != PretrainConfig().digest()
+    trained = []
+    monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda path, cfg: trained.append(cfg) or
+                        pretrain_tiny_clip(path, TINY, progress=False))
+    build_clip_model("LDVC-Tiny", "shapes-quick", cache_dir=str(tmp_path))
+    assert trained == [quick]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"LDVC-Tiny-shapes-{quick.digest()}.pt"]
 
 
 def test_random_class_embedding_is_fixed_per_name():

@@ -27,6 +27,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # name -> (config, description)
     "ldvc": ("configs/shapes/ldvc.yaml", "LDVC (VLPT + LCTD)"),
+    "demo": ("configs/demo.yaml", "LDVC, the quick start's schedule (400 x 4 images, lr 2e-3)"),
     "zegclip": ("configs/shapes/zegclip.yaml", "ZegCLIP-style head + prompts"),
     "no_language": ("configs/shapes/no_language.yaml", "no language (floor)"),
     "frozen_clip": ("configs/shapes/frozen_clip.yaml", "frozen CLIP, no prompts"),
