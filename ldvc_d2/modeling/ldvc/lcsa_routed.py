@@ -148,7 +148,7 @@ class _RoutedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w_qkv, b_qkv, w_o, rows, routed, attn = ctx.saved_tensors
-        spec, hd = ctx.spec, ctx.spec.head_dim
+        spec = ctx.spec
         need_x, need_w, need_b, need_wo, need_bo = ctx.needs_input_grad[:5]
         # dx and the dK|V rows collect several terms: fp32 sums under low-precision autocast
         acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
