@@ -1,10 +1,9 @@
 """Config keys for speed (issue 15): batched sliding windows, half-precision inference, AMP training."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_inference_config", "inference_config_problems", "AMP_DTYPES", "PRECISIONS"]
+from .utils.precision import AMP_DTYPES, PRECISION_DTYPES
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-AMP_DTYPES = ("float16", "bfloat16")
+__all__ = ["add_inference_config", "inference_config_problems"]
 
 
 def add_inference_config(cfg: CN) -> None:
@@ -30,8 +29,8 @@ def inference_config_problems(cfg: CN) -> list:
     if int(inference.WINDOW_BATCH) < 0:
         problems.append(f"MODEL.LDVC.INFERENCE.WINDOW_BATCH is {inference.WINDOW_BATCH}; it must be >= 0 "
                         "(0 or 1: one window per forward pass)")
-    if inference.PRECISION not in PRECISIONS:
-        problems.append(f"MODEL.LDVC.INFERENCE.PRECISION is '{inference.PRECISION}'; use one of {list(PRECISIONS)}")
+    if inference.PRECISION not in PRECISION_DTYPES:
+        problems.append(f"MODEL.LDVC.INFERENCE.PRECISION is '{inference.PRECISION}'; use one of {list(PRECISION_DTYPES)}")
     if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
         problems.append(f"SOLVER.AMP.DTYPE is '{cfg.SOLVER.AMP.DTYPE}'; use one of {list(AMP_DTYPES)}")
     return problems

@@ -38,6 +38,7 @@ from .data.datasets.shapes_world import (
 )
 from .modeling.clip.loading import register_local_weights
 from .utils.io import atomic_path
+from .utils.precision import PRECISION_DTYPES, autocast
 
 __all__ = ["PretrainConfig", "TINY_CLIP_RECIPES", "encode_captions", "ensure_tiny_clip", "pretrain_tiny_clip",
            "zero_shot_accuracy", "TINY_CLIP_MODEL"]
@@ -169,7 +170,7 @@ def _train_precision(precision: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+    stack.enter_context(autocast("cpu", PRECISION_DTYPES[precision]))
     stack.enter_context(sdpa_kernel(SDPBackend.MATH))
     return stack
 

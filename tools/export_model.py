@@ -31,7 +31,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
@@ -69,9 +68,7 @@ class FixedVocabularySegmentor(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
-        x = (image - self.model.pixel_mean) / self.model.pixel_std
-        ph, pw = self.model._padded_size(h, w)
-        x = F.pad(x, (0, pw - w, 0, ph - h))
+        x = self.model._pad((image - self.model.pixel_mean) / self.model.pixel_std, 0.0)
         return self.model.batch_window_scores(x, self.text)[:, :, :h, :w] - self.calibration
 
 

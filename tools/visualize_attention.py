@@ -73,7 +73,7 @@ def attention_maps(model: torch.nn.Module, image: torch.Tensor, class_names: Seq
     """Cross-attention maps of every decoder block for one image: a list of C×H×W tensors.
 
     ``image``: 3×H×W uint8 in the model's input format, already resized. The steps are the model's
-    own for one whole-image window (ZeroShotSegmentor._window_scores): normalise, pad to the patch × window
+    own for one whole-image window (ZeroShotSegmentor.preprocess, window_scores): normalise, pad to the patch × window
     multiple, backbone, class embeddings (cached), head; the maps are upsampled by the patch size
     like the logits and the padding is cut off.
     """

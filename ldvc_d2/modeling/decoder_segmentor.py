@@ -107,9 +107,6 @@ class CLIPDecoderSegmentor(ZeroShotSegmentor):
         """Normalised B×3×H×W (H, W multiples of ``pad_multiple``) -> B×C×H/p×W/p logits."""
         return self.sem_seg_head(self.backbone(images), text)
 
-    def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.batch_window_scores(images, text)[0]
-
     def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """B windows in one pass (backbone and head take batches) -> B×C×H×W sigmoid scores."""
         logits = F.interpolate(self.logits(images, text), scale_factor=self.backbone.size_divisibility,

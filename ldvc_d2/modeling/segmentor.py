@@ -190,8 +190,12 @@ class ZeroShotSegmentor(nn.Module):
 
     def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Normalised 1×3×H×W window (H, W multiples of ``pad_multiple``) and C×d class embeddings
-        -> C×H×W per-class scores at the window's resolution."""
-        raise NotImplementedError
+        -> C×H×W per-class scores at the window's resolution. A method implements this or
+        :meth:`batch_window_scores`; by default it is the one window of a batch of one."""
+        if type(self).batch_window_scores is ZeroShotSegmentor.batch_window_scores:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither window_scores nor batch_window_scores.")
+        return self.batch_window_scores(images, text)[0]
 
     def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """B×3×H×W windows -> B×C×H×W scores. By default one :meth:`window_scores` call per window (for a
@@ -289,11 +293,6 @@ class ZeroShotSegmentor(nn.Module):
         h, w = t.shape[-2:]
         size = size or self._padded_size(h, w)
         return F.pad(t, (0, size[1] - w, 0, size[0] - h), value=value)
-
-    def _window_scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Scores C×H×W of one normalised 3×H×W crop of any size (padded, scored, cropped back)."""
-        h, w = image.shape[-2:]
-        return self.window_scores(self._pad(image, 0.0)[None], text)[:, :h, :w]
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:

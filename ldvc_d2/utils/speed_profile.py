@@ -93,7 +93,7 @@ def train_breakdown(model: torch.nn.Module, step: Callable[[], None], device: to
             "head_loss_text_backward": rest["backward"]}
 
 
-def mapper_seconds(cfg, crop: int, repeats: int) -> float:
+def mapper_seconds(cfg, repeats: int) -> float:
     """Seconds for the training mapper to produce one image of a 640×480 COCO-like JPEG / label PNG."""
     from ..data.mapper import LDVCTrainMapper
 

@@ -119,9 +119,6 @@ class C2S(ZeroShotSegmentor):
         logits, _ = class_logits(self.student(images), text, None, self.alpha, self.beta)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False).softmax(dim=1)
 
-    def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.batch_window_scores(images, text)[0]
-
     # ---- training --------------------------------------------------------------------------------
     @property
     def teacher(self) -> CLIPTeacher:
@@ -140,8 +137,12 @@ class C2S(ZeroShotSegmentor):
             v[: x["image"].shape[-2], : x["image"].shape[-1]] = True
         features = self.student(images)
         seen_text = self.text_features(self.train_class_names)
-        if not (self.global_distill or self.local_distill or self.latent_decoder is not None):
+
+        def seen_pixel_losses() -> Dict[str, torch.Tensor]:  # the classifier of seen classes alone (no decoder)
             return self._pixel_losses(*class_logits(features, seen_text, None, self.alpha, self.beta), targets)
+
+        if not (self.global_distill or self.local_distill or self.latent_decoder is not None):
+            return seen_pixel_losses()
         tokens = self.teacher.encode(images)
         out: Dict[str, torch.Tensor] = {}
         if self.global_distill:
@@ -151,7 +152,7 @@ class C2S(ZeroShotSegmentor):
             positives = offset + torch.arange(len(images), device=self.device)
             out["loss_global"] = self.loss_weights[0] * info_nce(proto, candidates, positives, self.tau)
         if not (self.local_distill or self.latent_decoder is not None):
-            return {**out, **self._pixel_losses(*class_logits(features, seen_text, None, self.alpha, self.beta), targets)}
+            return {**out, **seen_pixel_losses()}
         yp, feat_labels, image_index, region_label = self._pseudo_regions(tokens["dense"], targets, valid,
                                                                           features.shape[-2:])
         crops = self.teacher.region_tokens(images, yp[image_index] == region_label[:, None, None], image_index)
@@ -161,7 +162,7 @@ class C2S(ZeroShotSegmentor):
                 info_nce(protos, crops, torch.arange(len(protos), device=self.device), self.tau)
                 if len(protos) else features.sum() * 0.0)
         if self.latent_decoder is None:
-            return {**out, **self._pixel_losses(*class_logits(features, seen_text, None, self.alpha, self.beta), targets)}
+            return {**out, **seen_pixel_losses()}
         n_seen = len(self.train_class_names)
         queries, memory = [], []
         for b in range(len(images)):

@@ -18,8 +18,6 @@ __all__ = [
     "self_correlation",
 ]
 
-_BRANCHES = BRANCHES
-
 
 class SelfCorrelationAttention:
     """(T2) Attention of CLIPtrase's last block: A_h = Σ_a softmax(s a_h a_hᵀ), output A_h v_h.
@@ -29,7 +27,7 @@ class SelfCorrelationAttention:
     Use as ``BlockHook.attn_fn``: maps q, k, v (B×H×N×d_h) to per-head outputs B×H×N×d_h.
     """
 
-    def __init__(self, branches: Sequence[str] = _BRANCHES, scale: Optional[float] = None):
+    def __init__(self, branches: Sequence[str] = BRANCHES, scale: Optional[float] = None):
         self.branches = check_branches(branches)
         self.scale = scale
 
@@ -43,8 +41,8 @@ class SelfCorrelationAttention:
 
 
 def cliptrase_hooks(correlation_layer: int = -2, attention_layer: int = -1,
-                    correlation_branches: Sequence[str] = _BRANCHES,
-                    attention_branches: Sequence[str] = _BRANCHES) -> List[BlockHook]:
+                    correlation_branches: Sequence[str] = BRANCHES,
+                    attention_branches: Sequence[str] = BRANCHES) -> List[BlockHook]:
     """The two block hooks of CLIPtrase: a T1 tap named "correlation" and the T2 attention.
 
     The official code taps block 10 and replaces block 11 of ViT-B/16 (``clip_utils/model.py:248-251``),

@@ -183,9 +183,6 @@ class DeOP(ZeroShotSegmentor):
         return deop_loss(scores, targets, kind=self.loss_kind, weights=self.loss_weights, ignore_label=self.ignore_label,
                          output_sig=self.output_sig, num_dice=self.loss_num_class)
 
-    def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.batch_window_scores(images, text)[0]
-
     def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(D9) B×C×H×W: S without the no-object channel (the ORACLE: one image, its label set by :meth:`inference`)."""
         labels = None

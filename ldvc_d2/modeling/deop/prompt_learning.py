@@ -103,9 +103,6 @@ class DeOPPromptLearner(ZeroShotSegmentor):
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
         return self.text_encoder(class_names)
 
-    def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.batch_window_scores(images, text)[0]
-
     def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """B windows -> B×C×H×W class probabilities of CLIP's dense tokens (see the module docstring)."""
         dense = self.image_encoder(images)["dense"]

@@ -15,6 +15,7 @@ from typing import Sequence, Tuple
 import torch
 
 from ..clip.clustering import cluster_patches, dbscan_parameters, denoise_correlation, region_map
+from .proposals.network import semantic_to_masks
 
 __all__ = ["binary_to_logits", "cluster_proposals", "gt_proposals"]
 
@@ -29,12 +30,7 @@ def binary_to_logits(masks: torch.Tensor, num: int, logit: float) -> torch.Tenso
 
 def gt_proposals(labels: torch.Tensor, num: int, logit: float, ignore_label: int) -> torch.Tensor:
     """ORACLE. labels B×H×W (class indices of the full benchmark, ``ignore_label`` = none) → B×N×H×W logits."""
-    out = []
-    for label in labels:
-        classes = [c for c in torch.unique(label).tolist() if c != ignore_label]
-        masks = torch.stack([label == c for c in classes]) if classes else label.new_zeros((0, *label.shape))
-        out.append(binary_to_logits(masks.float(), num, logit))
-    return torch.stack(out)
+    return torch.stack([binary_to_logits(semantic_to_masks(label, ignore_label)[0], num, logit) for label in labels])
 
 
 def cluster_proposals(correlation: torch.Tensor, grid: Tuple[int, int], size: Sequence[int], num: int, logit: float,

@@ -67,9 +67,6 @@ class DeOPProposals(ZeroShotSegmentor):
                 rows[i, self.train_class_names.index(name)] = 1.0
         return rows
 
-    def window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.batch_window_scores(images, text)[0]
-
     def batch_window_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """B windows -> B×C×H×W scores: the semantic inference above, upsampled from 1/4 to the window."""
         class_logits, mask_logits, _ = self.proposal_net.predict(images)
