@@ -9,10 +9,15 @@ concepts; LDVC's segmentation training later sees only the seen classes. Its qua
 classification accuracy of held-out single-object images against the 16 class names (chance 1/16).
 
 ``MODEL.LDVC.CLIP_MODEL "LDVC-Tiny"`` with ``MODEL.LDVC.CLIP_PRETRAINED "shapes"`` resolves to the
-checkpoint cached under ``$DETECTRON2_DATASETS/shapes_zs_clip/``; it is trained on first use
-(deterministic given the seed, a few minutes on 2 CPU cores) and written atomically. The file is a
+checkpoint cached under ``$DETECTRON2_DATASETS/shapes_zs_clip/``, written atomically on first use from
+the shipped checkpoint (below) or, for a recipe without one, pretrained (deterministic given the seed
+and thread count, a few minutes on 2 CPU cores). The file is a
 plain open_clip checkpoint (``{"state_dict": ...}``), loadable with ``open_clip.create_model``.
 ``"shapes-quick"`` names a cheaper, opt-in recipe (``TINY_CLIP_RECIPES``), cached under its own name.
+
+The package ships the default recipe's checkpoint (``ldvc_d2/assets/``; ``shapes_clip_shipped``): on
+first use it is written to the cache instead of pretraining, which keeps the quick start under 3
+minutes (issue 15). ``tools/pretrain_tiny_clip.py`` pretrains it afresh and compares.
 """
 import contextlib
 import dataclasses
@@ -41,7 +46,7 @@ from .utils.io import atomic_path
 from .utils.precision import PRECISION_DTYPES, autocast
 
 __all__ = ["PretrainConfig", "TINY_CLIP_RECIPES", "encode_captions", "ensure_tiny_clip", "pretrain_tiny_clip",
-           "zero_shot_accuracy", "TINY_CLIP_MODEL"]
+           "zero_shot_accuracy", "TINY_CLIP_MODEL", "cache_path"]
 
 logger = logging.getLogger(__name__)
 TINY_CLIP_MODEL = "LDVC-Tiny"
@@ -236,11 +241,30 @@ def _pretrain(out_path: str, cfg: PretrainConfig, progress: bool) -> Dict:
     return metrics
 
 
-def ensure_tiny_clip(cache_dir: Optional[str] = None, cfg: PretrainConfig = PretrainConfig()) -> str:
-    """Path of the cached tiny-CLIP checkpoint for ``cfg``; trains it first when it is missing."""
+def cache_path(cache_dir: Optional[str], cfg: PretrainConfig = PretrainConfig()) -> str:
+    """Where the checkpoint of recipe ``cfg`` is cached: ``<cache_dir or $DETECTRON2_DATASETS/shapes_zs_clip>/
+    LDVC-Tiny-shapes-<digest>.pt``."""
     root = cache_dir or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "shapes_zs_clip")
-    path = os.path.join(root, f"{TINY_CLIP_MODEL}-{TINY_CLIP_TAG}-{cfg.digest()}.pt")
-    if not os.path.isfile(path):
+    return os.path.join(root, f"{TINY_CLIP_MODEL}-{TINY_CLIP_TAG}-{cfg.digest()}.pt")
+
+
+def ensure_tiny_clip(cache_dir: Optional[str] = None, cfg: PretrainConfig = PretrainConfig()) -> str:
+    """Path of the cached tiny-CLIP checkpoint for ``cfg``. When it is missing, it is written from the
+    checkpoint shipped with the package for that recipe (:func:`shipped_path`) if there is one, else
+    pretrained (a few minutes on a CPU)."""
+    from . import shapes_clip_shipped as shipped_files  # imports this module: a function-level import
+
+    path = cache_path(cache_dir, cfg)
+    if os.path.isfile(path):
+        return path
+    shipped = shipped_files.shipped_path(cfg)
+    if shipped.is_file():
+        logger.info(f"No tiny CLIP at {path}; writing the one shipped with ldvc_d2 ({shipped.name}: this recipe, "
+                    f"pretrained once; `python tools/pretrain_tiny_clip.py --force` pretrains it afresh).")
+        state, metrics = shipped_files.read_shipped(shipped, cfg)
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": state, "ldvc_tiny_clip": {**metrics, "source": shipped.name}}, tmp)
+    else:
         logger.info(f"No tiny CLIP at {path}; pretraining it (once, a few minutes on a CPU).")
         pretrain_tiny_clip(path, cfg)
     return path

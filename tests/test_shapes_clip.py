@@ -152,6 +152,10 @@ def test_short_pretraining_aligns_images_and_text(tmp_path):
 
 
 def test_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):
+    # without a shipped checkpoint (tests/test_tiny_clip_shipped.py covers the shipped one) first use pretrains
+    from ldvc_d2 import shapes_clip_shipped
+
+    monkeypatch.setattr(shapes_clip_shipped, "SHIPPED_DIR", tmp_path / "no_shipped")
     calls = []
     real = shapes_clip.pretrain_tiny_clip
     monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda path, cfg: calls.append(path) or real(path, TINY, progress=False))
