@@ -66,8 +66,11 @@ def deop_config_problems(cfg: CN, training: bool = False) -> list:
         problems.append(f"MODEL.DEOP.NUM_PROPOSALS is {d.NUM_PROPOSALS}; it must be >= 1")
     if d.POS_INTERPOLATION not in ("bicubic_size", "bilinear"):
         problems.append(f"MODEL.DEOP.POS_INTERPOLATION is '{d.POS_INTERPOLATION}'; use 'bicubic_size' or 'bilinear'")
-    if d.GPS_MODE not in ("gps", "mask_weighted", "mask_guided"):
-        problems.append(f"MODEL.DEOP.GPS_MODE is '{d.GPS_MODE}'; use 'gps', 'mask_weighted' or 'mask_guided'")
+    # the severance module owns its modes; imported here, not at the top: ldvc_d2.modeling imports this file
+    from .modeling.clip.severance import GPS_MODES
+
+    if d.GPS_MODE not in GPS_MODES:
+        problems.append(f"MODEL.DEOP.GPS_MODE is '{d.GPS_MODE}'; use one of {list(GPS_MODES)}")
     for key, layers, alphas in (("MODEL.DEOP.GPS", d.GPS_LAYERS, d.GPS_ALPHA),
                                 ("MODEL.LDVC.PATCH_SEVERANCE", cfg.MODEL.LDVC.PATCH_SEVERANCE_LAYERS,
                                  cfg.MODEL.LDVC.PATCH_SEVERANCE_ALPHA)):

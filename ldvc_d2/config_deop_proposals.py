@@ -7,7 +7,9 @@ say where they come from. The CLIP tower keys stay ``MODEL.LDVC.CLIP_*``; the Co
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_deop_proposals_config", "deop_proposals_config_problems"]
+__all__ = ["MASK_FILLS", "add_deop_proposals_config", "deop_proposals_config_problems"]
+
+MASK_FILLS = ("mean", "none")  # MODEL.DEOP_PROMPT_LEARNING.MASK_FILL; also checked by DeOPPromptLearner
 
 
 def add_deop_proposals_config(cfg: CN) -> None:
@@ -59,6 +61,6 @@ def deop_proposals_config_problems(cfg: CN) -> list:
         problems.append(f"MODEL.DEOP_PROPOSALS.NUM_CLASSES is {p.NUM_CLASSES}; it must be >= 0 (0 = automatic)")
     if int(p.HIDDEN_DIM) % max(int(p.NUM_HEADS), 1):
         problems.append(f"MODEL.DEOP_PROPOSALS.HIDDEN_DIM ({p.HIDDEN_DIM}) must be a multiple of NUM_HEADS ({p.NUM_HEADS})")
-    if s.MASK_FILL not in ("mean", "none"):
-        problems.append(f"MODEL.DEOP_PROMPT_LEARNING.MASK_FILL is '{s.MASK_FILL}'; it must be 'mean' or 'none'")
+    if s.MASK_FILL not in MASK_FILLS:
+        problems.append(f"MODEL.DEOP_PROMPT_LEARNING.MASK_FILL is '{s.MASK_FILL}'; use one of {list(MASK_FILLS)}")
     return problems

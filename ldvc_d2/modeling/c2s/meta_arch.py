@@ -24,6 +24,7 @@ from torch import nn
 
 from ..clip import PromptedTextEncoder, TemplateEnsembleTextEncoder
 from ..clip.loading import build_clip_text_model
+from ..label_ops import resize_labels_nearest
 from ..segmentor import ZeroShotSegmentor, segmentor_config
 from .distill import CLSBank, gather_tokens, global_prototype, info_nce, region_prototypes
 from .latent import LatentDecoder, class_logits, pixel_loss
@@ -32,10 +33,6 @@ from .students import build_student
 from .teacher import CLIPTeacher
 
 __all__ = ["C2S"]
-
-
-def _nearest(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(labels.dtype)
 
 
 @META_ARCH_REGISTRY.register()
@@ -148,7 +145,7 @@ class C2S(ZeroShotSegmentor):
         if self.global_distill:
             gathered, offset = gather_tokens(tokens["global"])
             candidates = self.bank.push(gathered)
-            proto = global_prototype(features, tokens["global"], _nearest(valid, features.shape[-2:]))
+            proto = global_prototype(features, tokens["global"], resize_labels_nearest(valid, features.shape[-2:]))
             positives = offset + torch.arange(len(images), device=self.device)
             out["loss_global"] = self.loss_weights[0] * info_nce(proto, candidates, positives, self.tau)
         if not (self.local_distill or self.latent_decoder is not None):
@@ -188,11 +185,11 @@ class C2S(ZeroShotSegmentor):
         ignore = -1, and per region its image index and label, image-major, labels ascending)."""
         n_seen, ignore = len(self.train_class_names), self.ignore_label
         grid = dense.shape[-2:]
-        token_labels, token_valid = _nearest(targets, grid), _nearest(valid, grid)
+        token_labels, token_valid = resize_labels_nearest(targets, grid), resize_labels_nearest(valid, grid)
         latent = torch.stack([mine_latent_classes(d, (lab == ignore) & ok, **self.mining)
                               for d, lab, ok in zip(dense, token_labels, token_valid)])
         yp = pseudo_mask(targets, latent, valid, n_seen, ignore)
-        feat = _nearest(yp, feature_size)
+        feat = resize_labels_nearest(yp, feature_size)
         size = max(ignore, n_seen + int(self.mining["max_classes"])) + 1
         image_index, region_label = [], []
         for b in range(len(yp)):

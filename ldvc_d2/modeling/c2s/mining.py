@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..label_ops import resize_labels_nearest
+
 __all__ = ["cosine_kmeans", "merge_clusters", "mine_latent_classes", "pseudo_mask", "window_seeds"]
 
 
@@ -89,6 +91,6 @@ def pseudo_mask(targets: torch.Tensor, latent: torch.Tensor, valid: torch.Tensor
                 ignore_label: int) -> torch.Tensor:
     """Y_p (B×H×W): seen targets kept; unannotated valid pixels whose token (``latent``: B×h×w, nearest
     upsampled) has latent class k become ``num_seen + k``; everything else stays ``ignore_label``."""
-    up = F.interpolate(latent[:, None].float(), size=targets.shape[-2:], mode="nearest")[:, 0].long()
+    up = resize_labels_nearest(latent, targets.shape[-2:])
     fill = (targets == ignore_label) & valid & (up >= 0)
     return torch.where(fill, num_seen + up, targets)

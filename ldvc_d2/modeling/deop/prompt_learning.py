@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ...config_deop_proposals import MASK_FILLS
 from ..clip import PromptedVisionEncoder, build_clip_model
 from ..clip.coop import CoOpTextEncoder
 from ..segmentor import ZeroShotSegmentor, segmentor_config
@@ -72,8 +73,8 @@ class DeOPPromptLearner(ZeroShotSegmentor):
             kwargs: :class:`ZeroShotSegmentor`'s.
         """
         super().__init__(pad_multiple=image_encoder.patch_size, **kwargs)
-        if mask_fill not in ("mean", "none"):
-            raise ValueError(f"MODEL.DEOP_PROMPT_LEARNING.MASK_FILL must be 'mean' or 'none', got '{mask_fill}'.")
+        if mask_fill not in MASK_FILLS:
+            raise ValueError(f"MODEL.DEOP_PROMPT_LEARNING.MASK_FILL must be one of {list(MASK_FILLS)}, got '{mask_fill}'.")
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.mask_fill = mask_fill

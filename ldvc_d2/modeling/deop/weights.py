@@ -4,34 +4,43 @@
   ``proposal_net.*`` tensors of a stage-2 checkpoint (MODEL.DEOP.PROPOSAL_WEIGHTS), frozen afterwards.
 * :func:`load_text_context`: the CoOp context learned in stage 1 (MODEL.DEOP.TEXT_PROMPT_WEIGHTS).
 * :func:`read_oracle_label`: the ground truth of a test image for the ORACLE proposals.
-All files go through the plugin's safe loader (:func:`~ldvc_d2.checkpoint.load_checkpoint_file`).
+All weight files, the stage-2 backbone's ImageNet weights included, are read by :func:`read_state_dict`
+through the plugin's safe loader (:func:`~ldvc_d2.checkpoint.load_checkpoint_file`).
 """
 import logging
 import os
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoint import load_checkpoint_file
+from ..label_ops import resize_labels_nearest
 
-__all__ = ["load_proposal_net", "load_text_context", "read_oracle_label"]
+__all__ = ["load_proposal_net", "load_text_context", "read_oracle_label", "read_state_dict"]
 
 PREFIX = "proposal_net."
+STAGE_HINT = "give the checkpoint (model_final.pth) of the earlier DeOP stage (docs/deop.md)."
 logger = logging.getLogger(__name__)
 
 
-def _state_dict(path: str, key: str) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str, key: str, hint: str = STAGE_HINT,
+                    unwrap: Sequence[str] = ("model",)) -> Dict[str, torch.Tensor]:
+    """The state dict in checkpoint file ``path`` (config key ``key``), through the safe loader.
+
+    One reader for every DeOP weight file, so each refusal names the key, the file and ``hint`` (what to
+    give instead). ``unwrap``: keys tried in order, each replacing the dict by its dict value when present
+    (a detectron2 checkpoint keeps its weights under "model"; torchvision/timm files may use "state_dict").
+    """
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{key} '{path}' is not a file; give the checkpoint (model_final.pth) of the "
-                                "earlier DeOP stage (docs/deop.md).")
+        raise FileNotFoundError(f"{key} '{path}' is not a file; {hint}")
     state = load_checkpoint_file(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    for name in unwrap:
+        if isinstance(state, dict) and isinstance(state.get(name), dict):
+            state = state[name]
     if not isinstance(state, dict):
-        raise ValueError(f"{key} '{path}' holds a {type(state).__name__}, not a state dict.")
+        raise ValueError(f"{key} '{path}' holds a {type(state).__name__}, not a state dict; {hint}")
     return state
 
 
@@ -53,7 +62,7 @@ def load_proposal_net(cfg, path: str) -> nn.Module:
         logger.info("DeOP: proposal network built without MODEL.DEOP.PROPOSAL_WEIGHTS; its weights must come "
                     "from MODEL.WEIGHTS (a stage-3 checkpoint).")
         return net.eval()
-    state = _state_dict(path, "MODEL.DEOP.PROPOSAL_WEIGHTS")
+    state = read_state_dict(path, "MODEL.DEOP.PROPOSAL_WEIGHTS")
     weights = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not weights:
         raise ValueError(f"MODEL.DEOP.PROPOSAL_WEIGHTS '{path}' has no '{PREFIX}*' tensors; give a checkpoint "
@@ -67,7 +76,7 @@ def load_proposal_net(cfg, path: str) -> nn.Module:
 
 def load_text_context(text: nn.Module, path: str) -> None:
     """Copy the one tensor of ``path`` whose key ends in "ctx" and fits ``text.ctx`` (n_ctx×width)."""
-    state = _state_dict(path, "MODEL.DEOP.TEXT_PROMPT_WEIGHTS")
+    state = read_state_dict(path, "MODEL.DEOP.TEXT_PROMPT_WEIGHTS")
     found = [k for k, v in state.items() if k.split(".")[-1] == "ctx" and tuple(np.shape(v)) == tuple(text.ctx.shape)]
     if len(found) != 1:
         raise ValueError(f"MODEL.DEOP.TEXT_PROMPT_WEIGHTS '{path}': expected one '*ctx' tensor of shape "
@@ -90,5 +99,5 @@ def read_oracle_label(inputs: Dict, ignore_label: int) -> torch.Tensor:
                          "in each input; they exist for registered datasets only, not for your own images.")
     size = tuple(inputs["image"].shape[-2:])
     if tuple(label.shape) != size:
-        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0]
+        label = resize_labels_nearest(label[None], size)[0]
     return label.long()

@@ -6,12 +6,12 @@ backbone is given as an explicit ``TimmBackboneConfig`` (a backbone *name* makes
 on the Hugging Face Hub), and ImageNet weights come from a local file only (``BACKBONE_WEIGHTS``).
 """
 import logging
-import os
 from typing import Optional
 
 from torch import nn
 
 from ...segmentor import class_lists_from_metadata, registered_train_sets
+from ..weights import read_state_dict
 from .network import MaskFormerProposals
 
 __all__ = ["build_proposal_network", "proposal_num_classes"]
@@ -44,16 +44,14 @@ def _import_transformers():
 
 
 def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load a local torchvision/timm ResNet state dict (its classifier ``fc.*`` dropped) into ``backbone``."""
-    from ....checkpoint import load_checkpoint_file
+    """Load a local torchvision/timm ResNet state dict (its classifier ``fc.*`` dropped) into ``backbone``.
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS '{path}' is not a file; give a local "
-                                "torchvision/timm ImageNet checkpoint of MODEL.DEOP_PROPOSALS.BACKBONE, or '' for random init.")
-    state = load_checkpoint_file(path)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    Read by DeOP's one checkpoint reader (:func:`~ldvc_d2.modeling.deop.weights.read_state_dict`), which also
+    unwraps the "state_dict" key of timm/Lightning-style files.
+    """
+    state = read_state_dict(path, "MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS",
+                            hint="give a local torchvision/timm ImageNet checkpoint of MODEL.DEOP_PROPOSALS.BACKBONE, "
+                                 "or '' for random init.", unwrap=("state_dict", "model"))
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     hint = "Give the weights of MODEL.DEOP_PROPOSALS.BACKBONE (torchvision or timm key names)."
     try:
