@@ -28,10 +28,12 @@ def _full_tensor_reference(logits, targets, ignore_label=255, alpha=0.25, gamma=
     return 100 * focal, (dice * present).sum() / num
 
 
+@pytest.mark.parametrize("keep", [0, 2 ** 21])
 @pytest.mark.parametrize("chunk", [7, 50, 2 ** 22])
 @pytest.mark.parametrize("ignore_as_negative", [True, False])
-def test_values_and_gradients_match_the_full_tensor_formula(monkeypatch, chunk, ignore_as_negative):
+def test_values_and_gradients_match_the_full_tensor_formula(monkeypatch, chunk, ignore_as_negative, keep):
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(losses, "_KEEP_ELEMENTS", keep)  # 0: every block recomputed in the backward
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 6, 5, 7)).requires_grad_()
     targets = torch.randint(0, 6, (3, 5, 7))
@@ -54,6 +56,7 @@ def test_backward_keeps_no_full_resolution_terms(monkeypatch):
     """With blocks of one row, the storages saved for backward are the logits, the targets and small
     indices: their total is about the logits' size, not a multiple of it."""
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(losses, "_KEEP_ELEMENTS", 0)
     logits = torch.randn(2, 8, 16, 16, requires_grad=True)
     targets = torch.randint(0, 8, (2, 16, 16))
     saved = {}
@@ -69,3 +72,23 @@ def test_backward_keeps_no_full_resolution_terms(monkeypatch):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _full_tensor_reference(logits, targets)
     assert sum(saved.values()) > 5 * logits.numel() * 4  # the old formula keeps several full-size maps
+
+
+def test_small_steps_keep_their_terms_large_ones_recompute_with_equal_gradients(monkeypatch):
+    """A step with at most _KEEP_ELEMENTS terms runs each block once; a larger one runs them again in the
+    backward; the gradients are bitwise those of the other path."""
+    torch.manual_seed(1)
+    logits = (2 * torch.randn(2, 5, 6, 6)).requires_grad_()
+    targets = torch.randint(0, 5, (2, 6, 6))
+    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 72)  # 2 rows of 36 pixels per block: 5 blocks
+    calls = []
+    real = losses._row_sums
+    monkeypatch.setattr(losses, "_row_sums", lambda *a: calls.append(1) or real(*a))
+    grads = {}
+    for keep in (logits.numel(), logits.numel() - 1):
+        monkeypatch.setattr(losses, "_KEEP_ELEMENTS", keep)
+        calls.clear()
+        out = losses.focal_dice_loss(logits, targets)
+        (grads[keep],) = torch.autograd.grad(out["loss_focal"] + out["loss_dice"], logits)
+        assert len(calls) == (5 if keep == logits.numel() else 10)
+    assert torch.equal(grads[logits.numel()], grads[logits.numel() - 1])
