@@ -21,7 +21,8 @@ from detectron2.modeling import build_backbone, build_sem_seg_head
 from torch import nn
 
 from .losses import focal_dice_loss
-from .segmentor import ZeroShotSegmentor, registered_train_sets, seen_score_calibration, segmentor_config
+from .segmentor import ZeroShotSegmentor
+from .segmentor_config import registered_train_sets, seen_score_calibration, segmentor_config
 
 __all__ = ["CLIPDecoderSegmentor"]
 

@@ -25,7 +25,8 @@ from torch import nn
 from ..clip import PromptedTextEncoder, TemplateEnsembleTextEncoder
 from ..clip.loading import build_clip_text_model
 from ..label_ops import resize_labels_nearest
-from ..segmentor import ZeroShotSegmentor, segmentor_config
+from ..segmentor import ZeroShotSegmentor
+from ..segmentor_config import segmentor_config
 from .distill import CLSBank, gather_tokens, global_prototype, info_nce, region_prototypes
 from .latent import LatentDecoder, class_logits, pixel_loss
 from .mining import mine_latent_classes, pseudo_mask

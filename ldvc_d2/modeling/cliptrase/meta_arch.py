@@ -31,7 +31,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..clip import PromptedVisionEncoder, TemplateEnsembleTextEncoder, build_clip_model
-from ..segmentor import ZeroShotSegmentor, segmentor_config
+from ..segmentor import ZeroShotSegmentor
+from ..segmentor_config import segmentor_config
 from ..clip.clustering import dbscan_parameters
 from .correlation import check_branches, cliptrase_hooks, denoise_correlation, patch_logits
 from .regions import refine_with_regions

@@ -27,7 +27,8 @@ from ..clip.additive_prompts import AdditiveVisualPrompts
 from ..clip.clustering import self_correlation
 from ..clip.coop import CoOpTextEncoder, NoObjectEmbedding
 from ..clip.severance import severance_hooks
-from ..segmentor import ZeroShotSegmentor, segmentor_config
+from ..segmentor import ZeroShotSegmentor
+from ..segmentor_config import segmentor_config
 from .cal_head import ClassificationAnchorLearning, class_logits
 from .loss import combine_proposals, deop_loss
 from .weights import load_proposal_net, load_text_context, read_oracle_label

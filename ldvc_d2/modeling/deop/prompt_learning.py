@@ -26,7 +26,8 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ...config_deop_proposals import MASK_FILLS
 from ..clip import PromptedVisionEncoder, build_clip_model
 from ..clip.coop import CoOpTextEncoder
-from ..segmentor import ZeroShotSegmentor, segmentor_config
+from ..segmentor import ZeroShotSegmentor
+from ..segmentor_config import segmentor_config
 
 __all__ = ["DeOPPromptLearner", "region_crops"]
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from torch import nn
 
-from ...segmentor import class_lists_from_metadata, registered_train_sets
+from ...segmentor_config import class_lists_from_metadata, registered_train_sets
 from ..weights import read_state_dict
 from .network import MaskFormerProposals
 

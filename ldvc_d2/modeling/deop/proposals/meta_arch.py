@@ -20,7 +20,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ...segmentor import ZeroShotSegmentor, segmentor_config
+from ...segmentor import ZeroShotSegmentor
+from ...segmentor_config import segmentor_config
 from .build import build_proposal_network
 
 __all__ = ["DeOPProposals"]
