@@ -4,8 +4,9 @@ quick start needs no pretraining; :func:`ldvc_d2.shapes_clip.ensure_tiny_clip` w
 
 The random, frozen token embedding (49408 rows, 80% of a full checkpoint) is not stored: it is redrawn
 exactly as pretraining drew it (the recipe's seed, the same ``open_clip.create_model`` call), checked by
-its SHA-256, with the rows of the pretraining vocabulary stored as a fallback for a torch / open_clip
-that draws differently. ``tools/pretrain_tiny_clip.py --ship`` writes the file.
+its SHA-256, with the rows of the pretraining vocabulary stored for a machine that draws differently (a
+CPU without AVX2, e.g. ARM, or another torch): only those rows are ever read by the shapes configs.
+``tools/pretrain_tiny_clip.py --ship`` writes the file.
 """
 import dataclasses
 import hashlib
@@ -105,9 +106,11 @@ def write_shipped(checkpoint: str, out_path: str, cfg: PretrainConfig = Pretrain
 
 def read_shipped(path: Union[str, Path], cfg: PretrainConfig = PretrainConfig()) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """The full state dict and metrics of a file :func:`write_shipped` wrote. The token embedding is
-    redrawn as pretraining drew it; when this torch / open_clip draws another one (its SHA-256 differs),
-    the file's pretraining-vocabulary rows replace those rows of it (a warning says so): every word of the
-    shapes world then reads as in pretraining, other words get other, equally untrained, vectors."""
+    redrawn as pretraining drew it; when this machine draws another one (its SHA-256 differs: torch's
+    ``normal_`` takes another code path on CPUs without AVX2, e.g. ARM, and may change between versions),
+    the file's pretraining-vocabulary rows replace those rows of it (logged): every text of the shapes
+    world then embeds exactly as with the pretrained checkpoint, other words get other, equally untrained,
+    vectors."""
     from safetensors import safe_open
 
     try:
@@ -125,10 +128,10 @@ def read_shipped(path: Union[str, Path], cfg: PretrainConfig = PretrainConfig())
     ids, rows = tensors.pop(_VOCAB_IDS), tensors.pop(_VOCAB_ROWS)
     token = _initial_token_embedding(cfg)
     if list(token.shape) != json.loads(meta["token_embedding_shape"]) or _sha256(token) != meta["token_embedding_sha256"]:
-        logger.warning(f"{path}: this torch / open_clip draws another random token embedding for seed {cfg.seed} "
-                       "than pretraining did; the shapes world's words keep their pretraining vectors (stored in "
-                       "the file), other words get other untrained ones. Results may differ slightly from the "
-                       "docs; `python tools/pretrain_tiny_clip.py --force` pretrains a checkpoint here.")
+        logger.info(f"{path}: this machine draws another random token embedding for seed {cfg.seed} than "
+                    "pretraining did (torch's normal_ differs between CPU kernels, e.g. ARM vs AVX2, and between "
+                    "versions); the 28 rows of the shapes world's words come from the file, so every shapes "
+                    "config reads exactly the pretrained vectors; other words get other, equally untrained, ones.")
         token[ids] = rows
     tensors[_TOKEN_KEY] = token
     return tensors, json.loads(meta["metrics"])

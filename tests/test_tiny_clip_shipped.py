@@ -49,13 +49,14 @@ def test_write_then_read_restores_every_tensor_exactly(tmp_path):
 
 
 def test_another_drawn_embedding_keeps_the_pretraining_vocabulary(tmp_path, monkeypatch, caplog):
-    """If a future torch / open_clip drew another embedding for the seed, the shapes world's words keep their
-    pretraining rows (stored), the others take the new draw, and a warning says so."""
+    """On a machine that draws another embedding for the seed (a CPU without AVX2, another torch), the shapes
+    world's words keep their pretraining rows (stored), the others take the new draw, the log says so, and
+    every caption and class prompt embeds bit for bit as with the pretrained checkpoint."""
     state = _fake_pretrained(tmp_path / "p.pt", TINY)
     shipped.write_shipped(str(tmp_path / "p.pt"), str(tmp_path / "s.safetensors"), TINY)
     other = torch.randn(state["token_embedding.weight"].shape)
     monkeypatch.setattr(shipped, "_initial_token_embedding", lambda cfg: other.clone())
-    with caplog.at_level(logging.WARNING, logger="ldvc_d2.shapes_clip_shipped"):
+    with caplog.at_level(logging.INFO, logger="ldvc_d2.shapes_clip_shipped"):
         got, _ = shipped.read_shipped(tmp_path / "s.safetensors", TINY)
     assert "another random token embedding" in caplog.text
     tokens = got["token_embedding.weight"]
@@ -64,6 +65,16 @@ def test_another_drawn_embedding_keeps_the_pretraining_vocabulary(tmp_path, monk
     rest = torch.ones(len(tokens), dtype=torch.bool)
     rest[vocab] = False
     assert torch.equal(tokens[rest], other[rest])
+    texts = [t.format(shapes_clip.make_caption([a, b])) for t in shapes_clip.CAPTION_TEMPLATES for a, b in [(0, 5), (7, 7)]]
+    texts += [shapes_clip.EVAL_TEMPLATE.format(c) for c in shapes_clip.CLASS_NAMES]
+    tokenizer = shapes_clip.open_clip.get_tokenizer("LDVC-Tiny")
+    features = []
+    for weights in (state, got):
+        model, _ = shapes_clip._build(64)
+        model.load_state_dict(weights)
+        with torch.no_grad():
+            features.append(model.eval().encode_text(tokenizer(texts)))
+    assert torch.equal(features[0], features[1])
 
 
 def test_pretraining_vocabulary_covers_every_caption():
@@ -120,25 +131,22 @@ def test_first_use_writes_the_shipped_checkpoint_without_pretraining(tmp_path, m
 
 def test_the_shipped_checkpoint_is_the_default_recipes_and_gives_its_accuracy(tmp_path, monkeypatch):
     """The package's file: present for the quick start's recipe (re-ship it when the world or the recipe
-    changes: `python tools/pretrain_tiny_clip.py --force --ship`), small, its token embedding redrawn
-    exactly on this torch / open_clip, and its weights classify held-out shapes as its metadata says."""
+    changes: `python tools/pretrain_tiny_clip.py --force --ship`), small, and its weights (token embedding
+    redrawn, or its vocabulary rows on a machine that draws differently) classify held-out shapes as its
+    metadata says."""
     cfg = PretrainConfig()
     path = shipped.shipped_path(cfg)
     assert path.is_file(), f"no shipped tiny CLIP for the default recipe ({path}): run tools/pretrain_tiny_clip.py --ship"
     assert path.stat().st_size < 8 * 2**20
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["token_embedding_sha256"] == shipped._sha256(shipped._initial_token_embedding(cfg)), (
-        "this torch / open_clip draws another token embedding for the recipe's seed than the one the shipped file "
-        "was pretrained with: loading still works (the shapes vocabulary's rows are stored), but results move; "
-        "re-ship it: python tools/pretrain_tiny_clip.py --force --ship")
     claimed = json.loads(meta["metrics"])
     assert claimed["config"] == dataclasses.asdict(cfg)
     monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda *a, **k: pytest.fail("pretrained"))
     model, _ = build_clip_model("LDVC-Tiny", "shapes", cache_dir=str(tmp_path))
     got = shapes_clip.zero_shot_accuracy(model, shapes_clip.open_clip.get_tokenizer("LDVC-Tiny"))
-    # 400 held-out images; other thread counts may flip a near-tie (one image = 0.25 points)
-    assert abs(got["accuracy"] - claimed["accuracy"]) <= 0.5, (got, claimed)
+    # 400 held-out images; other thread counts or CPUs may flip a near-tie (one image = 0.25 points)
+    assert abs(got["accuracy"] - claimed["accuracy"]) <= 1.0, (got, claimed)
     assert got["accuracy"] > 8 * got["chance"]
 
 
@@ -218,3 +226,27 @@ def test_every_token_a_shapes_config_encodes_is_in_the_pretraining_vocabulary(co
 
 def test_only_current_recipes_are_shipped():
     assert shipped.stale_shipped_files() == [], "remove older shipped files (tools/pretrain_tiny_clip.py --ship does)"
+
+
+def test_a_cpu_without_avx2_gets_the_same_shapes_vectors(tmp_path):
+    """torch's normal_ takes another code path without AVX2 (ATEN_CPU_CAPABILITY=default here stands in for
+    ARM): the redrawn embedding's SHA differs there, and the file's vocabulary rows make the rows every shapes
+    text reads equal to this machine's, which redraws the embedding pretraining used."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from ldvc_d2 import shapes_clip_shipped as s; from ldvc_d2.shapes_clip import PretrainConfig;"
+        "state, _ = s.read_shipped(s.shipped_path(PretrainConfig()));"
+        "torch.save({'capability': torch.backends.cpu.get_cpu_capability(), 'token': state['token_embedding.weight']},"
+        " sys.argv[1])")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "t.pt")], check=True, cwd=REPO, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert other["capability"] == "DEFAULT"
+    here, _ = shipped.read_shipped(shipped.shipped_path(PretrainConfig()))
+    vocab = shipped.pretraining_vocabulary(shapes_clip.open_clip.get_tokenizer("LDVC-Tiny"))
+    assert torch.equal(other["token"][vocab], here["token_embedding.weight"][vocab])
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # the two draws differ outside the vocabulary
+        assert not torch.equal(other["token"], here["token_embedding.weight"])
