@@ -46,13 +46,15 @@ def test_cal_output_and_logits():
     torch.manual_seed(0)
     cal = ClassificationAnchorLearning(16, num_queries=4, num_layers=1, heads=2, ffn=32, dropout=0.0).eval()
     feats = F.normalize(torch.randn(2, 16, 3, 3), dim=1)
-    out = cal(feats, torch.randn(2, 4, 12, 12))
+    out = cal(feats, torch.rand(2, 4, 9))  # σ(M̃) on the 3×3 grid of F_V, flattened
     assert out.shape == (2, 4, 16)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 4))
     text = F.normalize(torch.randn(5, 16), dim=-1)
     torch.testing.assert_close(class_logits(out, text, 100.0), 100 * torch.einsum("bnd,cd->bnc", out, text))
     with pytest.raises(ValueError, match="NUM_PROPOSALS"):
-        cal(feats, torch.randn(2, 3, 12, 12))
+        cal(feats, torch.rand(2, 3, 9))
+    with pytest.raises(ValueError, match="3×3 feature grid"):
+        cal(feats, torch.rand(2, 4, 12, 12))  # mask logits at their own size: the caller resizes them
 
 
 def direct_scores(logits, masks, size):

@@ -10,7 +10,10 @@ features F_V (B×d×h×w, L2-normalised patch tokens) the evidence for the propo
   H_{h,n,l} = softmax_l(W_q^h(q_n + Q_pos,n) · W_k^h(F_V,l + S_l) / √d_h) · σ(M̃_{n,l}) with M̃ the mask
   logits resized bilinearly to the h×w grid; the value is the raw F_V split into H channel slices;
   F_I,n = normalize(concat_h Σ_l H_{h,n,l} F_V,l[slice h]). No output projection, H not renormalised
-  (paper eq. 3: H = softmax(q F_V / √d) ⊙ M, F_I = H ⊙ F_V, i.e. the single-head case).
+  (paper eq. 3: H = softmax(q F_V / √d) ⊙ M, F_I = H ⊙ F_V, i.e. the single-head case; "the attention maps
+  are multiplied with the N proposal masks, enabling each anchor query to be aware of its corresponding
+  mask/segment"). CAL takes σ(M̃) already on the grid: the mask-based patch severance [D3] needs the very
+  same grid masks, so the DeOP forward computes them once for both.
 * (D8) class logits ℓ_n = scale · F_I,n · Tᵀ over the C classes and the no-object embedding: :func:`class_logits`.
 """
 import math
@@ -81,7 +84,7 @@ class _DecoderLayer(nn.Module):
 
 
 class ClassificationAnchorLearning(nn.Module):
-    """CAL (D6-D7): dense features + proposal masks → one L2-normalised feature per proposal.
+    """CAL (D6-D7): dense features + proposal masks on their grid → one L2-normalised feature per proposal.
 
     Args:
         dim: CLIP embedding width d (512 for ViT-B/16). num_queries: N (= proposals).
@@ -100,12 +103,16 @@ class ClassificationAnchorLearning(nn.Module):
         self.heat_q = nn.Linear(dim, dim)
         self.heat_k = nn.Linear(dim, dim)
 
-    def forward(self, features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-        """features: F_V B×d×h×w; mask_logits: B×N×H×W (any size) → F_I B×N×d."""
+    def forward(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """features: F_V B×d×h×w; masks: σ(M̃) B×N×(h·w) in [0, 1], the proposals on F_V's grid flattened
+        row-major (bilinear resize of the logits, then sigmoid) → F_I B×N×d."""
         b, d, h, w = features.shape
-        if mask_logits.shape[1] != self.num_queries:
+        if masks.dim() != 3 or masks.shape[2] != h * w:
+            raise ValueError(f"CAL: the masks must be B×N×(h·w) on the {h}×{w} feature grid, flattened; got "
+                             f"shape {tuple(masks.shape)}.")
+        if masks.shape[1] != self.num_queries:
             raise ValueError(f"CAL has {self.num_queries} anchor queries (MODEL.DEOP.NUM_PROPOSALS) but got "
-                             f"{mask_logits.shape[1]} proposals; the two must match.")
+                             f"{masks.shape[1]} proposals; the two must match.")
         memory = features.flatten(2).transpose(1, 2)  # B×L×d
         mpos = sine_positions(h, w, d).to(memory)[None]
         qpos = self.query_pos.weight[None].expand(b, -1, -1)
@@ -113,6 +120,4 @@ class ClassificationAnchorLearning(nn.Module):
         for layer in self.layers:
             q = layer(q, qpos, memory, mpos)
         q = self.out_self(q, qpos, memory, mpos)
-        masks = F.interpolate(mask_logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-        masks = masks.sigmoid().flatten(2)
         return heatmap_pool(self.heat_q(q + qpos), self.heat_k(memory + mpos), memory, masks, self.heads)

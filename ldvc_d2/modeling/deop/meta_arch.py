@@ -26,7 +26,7 @@ from ..clip import BlockHook, PromptedVisionEncoder, build_clip_model
 from ..clip.additive_prompts import AdditiveVisualPrompts
 from ..clip.clustering import self_correlation
 from ..clip.coop import CoOpTextEncoder, NoObjectEmbedding
-from ..clip.severance import severance_hooks
+from ..clip.severance import severance_hooks, token_mask_weights
 from ..segmentor import ZeroShotSegmentor
 from ..segmentor_config import segmentor_config
 from .cal_head import ClassificationAnchorLearning, class_logits
@@ -163,12 +163,18 @@ class DeOP(ZeroShotSegmentor):
         return masks
 
     def semantic_scores(self, images: torch.Tensor, text: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Normalised B×3×H×W, T C×d, masks B×N×h×w → S′ B×(C+1)×H×W (D2-D8, then D9's sum)."""
+        """Normalised B×3×H×W, T C×d, masks B×N×h×w → S′ B×(C+1)×H×W (D2-D8, then D9's sum).
+
+        The proposals on the patch grid, σ(bilinear(M)) with a [CLS] column, are computed once here and
+        shared: the mask-based severance [D3] uses them all, CAL [D7] the patch columns (the grid of
+        F_V, out["dense"], is H // patch × W // patch, the encoder's own).
+        """
         grid = (images.shape[-2] // self.visual.patch_size, images.shape[-1] // self.visual.patch_size)
+        token_masks = token_mask_weights(masks, grid, reduce=False)  # B×N×(1 + h·w)
         layers, alphas, mode = self.gps
-        hooks = severance_hooks(layers, alphas, mode, mask_logits=masks, grid=grid) if layers else None
+        hooks = severance_hooks(layers, alphas, mode, token_masks=token_masks) if layers else None
         out = self.visual(images, hooks=hooks, additive_prompts=self.visual_prompts)
-        anchors = self.cal(out["dense"], masks)
+        anchors = self.cal(out["dense"], token_masks[:, :, 1:])
         logits = class_logits(anchors, self.no_object.append(text), self.logit_scale)
         return combine_proposals(logits, masks, images.shape[-2:])
 
