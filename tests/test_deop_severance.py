@@ -86,8 +86,8 @@ def test_mask_weighted_and_mask_guided_severance_equal_their_formulas(request, m
     logits = torch.randn(2, 5, 12, 12, dtype=torch.float64) * 3
     masks = direct_token_masks(logits, (3, 3))
     weight = masks.sum(dim=1)  # w_l = Σ_n m_{n,l}; [CLS]: 5
-    torch.testing.assert_close(token_mask_weights(logits, (3, 3)).double(), weight)
-    got = run_block_with_attention(block, x, PatchSeverance(1.0, token_weight=token_mask_weights(logits, (3, 3))))
+    torch.testing.assert_close(token_mask_weights(logits, (3, 3)).double(), masks)
+    got = run_block_with_attention(block, x, PatchSeverance(1.0, token_weight=token_mask_weights(logits, (3, 3)).sum(1)))
     torch.testing.assert_close(got, direct_block(block, x, lambda q, k, v: weight[:, None, :, None] * v),
                                rtol=0, atol=1e-5)
 
@@ -99,7 +99,7 @@ def test_mask_weighted_and_mask_guided_severance_equal_their_formulas(request, m
                 a[i, r] = torch.softmax(s, dim=0)
         return a[:, None] @ v
 
-    got = run_block_with_attention(block, x, MaskGuidedSeverance(token_mask_weights(logits, (3, 3), reduce=False)))
+    got = run_block_with_attention(block, x, MaskGuidedSeverance(token_mask_weights(logits, (3, 3))))
     torch.testing.assert_close(got, direct_block(block, x, guided), rtol=0, atol=1e-5)
 
 
@@ -136,7 +136,7 @@ def test_severance_hooks_check_their_arguments():
         severance_hooks([-1], 1.0, "soft")
     with pytest.raises(ValueError, match="2 alphas for 3 layers"):
         severance_hooks([0, 1, 2], [1.0, 0.5])
-    with pytest.raises(ValueError, match="needs proposal mask logits"):
+    with pytest.raises(ValueError, match="needs the proposal masks on the token grid"):
         severance_hooks([-1], 1.0, "mask_weighted")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         PatchSeverance(1.5)

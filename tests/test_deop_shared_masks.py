@@ -1,14 +1,16 @@
 """DeOP's proposals on the patch grid are computed once per forward and shared by severance (D3) and CAL (D7).
 
-The severance hooks built from precomputed token masks must be exactly those built from the mask logits;
-a DeOP forward must resize + sigmoid the proposals to the grid once, and hand CAL those very masks.
+The severance hooks built from the token masks must be exactly the severance they stand for; a DeOP
+forward must resize + sigmoid the proposals to the grid once, and hand CAL those very masks.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from ldvc_d2.modeling.clip.severance import GPS_MODES, PatchSeverance, severance_hooks, token_mask_weights
+from ldvc_d2.modeling.clip.severance import (
+    GPS_MODES, MaskGuidedSeverance, PatchSeverance, severance_hooks, token_mask_weights,
+)
 from ldvc_d2.modeling.clip.surgery import run_block_with_attention
 from tests.conftest import registered_toy_dataset, tiny_cfg
 from tests.test_surgery import with_random_biases
@@ -27,13 +29,14 @@ def block_and_tokens(tiny_clip):
 
 @pytest.mark.parametrize("mode", GPS_MODES)
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
-def test_precomputed_token_masks_give_the_hooks_own_result(block_and_tokens, mode, alpha):
+def test_hooks_from_token_masks_are_the_severance_they_stand_for(block_and_tokens, mode, alpha):
     block, x, logits = block_and_tokens
-    own = severance_hooks([-1], alpha, mode, mask_logits=logits, grid=GRID)
-    given = severance_hooks([-1], alpha, mode, token_masks=token_mask_weights(logits, GRID, reduce=False))
-    assert [h.layer for h in given] == [h.layer for h in own]
-    assert torch.equal(run_block_with_attention(block, x, given[0].attn_fn),
-                       run_block_with_attention(block, x, own[0].attn_fn))
+    masks = token_mask_weights(logits, GRID)
+    given = severance_hooks([-1], alpha, mode, token_masks=masks)
+    own = {"gps": PatchSeverance(alpha), "mask_weighted": PatchSeverance(alpha, token_weight=masks.sum(dim=1)),
+           "mask_guided": MaskGuidedSeverance(masks)}[mode]
+    assert [h.layer for h in given] == [-1]
+    assert torch.equal(run_block_with_attention(block, x, given[0].attn_fn), run_block_with_attention(block, x, own))
 
 
 def test_precomputed_token_masks_are_the_ones_used(block_and_tokens):
@@ -43,8 +46,6 @@ def test_precomputed_token_masks_are_the_ones_used(block_and_tokens):
     hook = severance_hooks([-1], 1.0, "mask_weighted", token_masks=ones)[0]
     want = run_block_with_attention(block, x, PatchSeverance(1.0, token_weight=torch.full((2, x.shape[1]), 5.0)))
     assert torch.equal(run_block_with_attention(block, x, hook.attn_fn), want)
-    with pytest.raises(ValueError, match="not both"):
-        severance_hooks([-1], 1.0, "mask_weighted", mask_logits=torch.zeros(2, 5, 4, 4), grid=GRID, token_masks=ones)
     with pytest.raises(ValueError, match=r"B×P×\(1\+h·w\)"):
         severance_hooks([-1], 1.0, "mask_guided", token_masks=ones[0])
 

@@ -72,7 +72,7 @@ def test_config_check_and_severance_accept_the_same_gps_modes():
     for mode in GPS_MODES:
         cfg.MODEL.DEOP.GPS_MODE = mode
         assert not [p for p in deop_config_problems(cfg) if "GPS_MODE" in p]
-        assert len(severance_hooks([-1], 1.0, mode, mask_logits=torch.zeros(1, 2, 4, 4), grid=(2, 2))) == 1
+        assert len(severance_hooks([-1], 1.0, mode, token_masks=torch.ones(1, 2, 5))) == 1
     cfg.MODEL.DEOP.GPS_MODE = "soft"
     assert [p for p in deop_config_problems(cfg) if "GPS_MODE" in p and all(m in p for m in GPS_MODES)]
     with pytest.raises(ValueError, match="GPS_MODE"):

@@ -13,8 +13,8 @@ prompt tokens never enter a replaced block):
   α = 1 hard-wired; α < 1 is our generalisation).
 * **Mask-guided PS**, paper eq. 1 (D3′): A_ij = softmax_j(Σ_n m_{n,i} m_{n,j}), o = A v, same m.
 
-:func:`severance_hooks` builds the hooks of one forward pass (the mask variants need that pass's masks,
-given as logits or, when the caller needs the same grid masks elsewhere, e.g. DeOP's CAL, precomputed once).
+:func:`severance_hooks` builds the hooks of one forward pass (the mask variants need that pass's masks on
+the token grid, :func:`token_mask_weights`, which the caller computes once: DeOP's CAL uses them too).
 """
 from typing import List, Optional, Sequence, Union
 
@@ -57,7 +57,7 @@ class PatchSeverance:
 class MaskGuidedSeverance:
     """(eq. 1 / D3′) A_ij = softmax_j(Σ_n m_{n,i} m_{n,j}) shared by all heads; o = A v.
 
-    masks: B×P×N token masks m in [0, 1] (:func:`token_mask_weights` with ``reduce=False``).
+    masks: B×P×N token masks m in [0, 1] (:func:`token_mask_weights`).
     """
 
     def __init__(self, masks: torch.Tensor):
@@ -69,28 +69,25 @@ class MaskGuidedSeverance:
         return attn[:, None] @ v
 
 
-def token_mask_weights(mask_logits: torch.Tensor, grid: Sequence[int], reduce: bool = True) -> torch.Tensor:
-    """Proposal mask logits B×P×H×W → per-token masks over [CLS] + patches.
+def token_mask_weights(mask_logits: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Proposal mask logits B×P×H×W → per-token masks B×P×(1+hw) over [CLS] + patches.
 
     m = σ(bilinear resize of the logits to ``grid`` (h, w)), flattened, with a [CLS] column of ones
-    (released code). ``reduce=False``: B×P×(1+hw); ``reduce=True``: w = Σ_n m_n, B×(1+hw).
+    (released code). Mask-weighted severance weighs token l by w_l = Σ_n m_{n,l}.
     """
     b, p = mask_logits.shape[:2]
     small = F.interpolate(mask_logits.float(), size=tuple(int(g) for g in grid), mode="bilinear", align_corners=False)
     m = torch.cat([small.new_ones(b, p, 1), small.sigmoid().flatten(2)], dim=2)
-    return m.sum(dim=1) if reduce else m
+    return m
 
 
 def severance_hooks(layers: Sequence[int], alphas: Union[float, Sequence[float]], mode: str = "gps",
-                    mask_logits: Optional[torch.Tensor] = None, grid: Optional[Sequence[int]] = None,
                     token_masks: Optional[torch.Tensor] = None) -> List[BlockHook]:
     """The attention replacements of one forward pass: one :class:`BlockHook` per entry of ``layers``.
 
     alphas: one α for all layers or one per layer. mode: "gps", "mask_weighted" or "mask_guided" (the
-    latter two need the proposal masks; α is unused by "mask_guided"), given either as ``mask_logits``
-    B×P×H×W with the patch ``grid``, or as ``token_masks`` B×P×(1+h·w), the output of
-    :func:`token_mask_weights` with ``reduce=False``: a caller that needs the same grid masks elsewhere
-    (DeOP's CAL) computes them once; the hooks are then exactly those built from the logits.
+    latter two need the proposal masks as ``token_masks`` B×P×(1+h·w), :func:`token_mask_weights` of the
+    mask logits; α is unused by "mask_guided").
     """
     if mode not in GPS_MODES:
         raise ValueError(f"MODEL.DEOP.GPS_MODE must be one of {list(GPS_MODES)}, got '{mode}'.")
@@ -101,19 +98,15 @@ def severance_hooks(layers: Sequence[int], alphas: Union[float, Sequence[float]]
     if len(alphas) != len(layers):
         raise ValueError(f"Patch severance: {len(alphas)} alphas for {len(layers)} layers {layers}; give one "
                          "alpha, or one per layer (MODEL.DEOP.GPS_ALPHA / MODEL.LDVC.PATCH_SEVERANCE_ALPHA).")
-    if token_masks is not None and mask_logits is not None:
-        raise ValueError("severance_hooks: give the proposal masks once, as mask_logits (+ grid) or as "
-                         "token_masks, not both.")
+    if mode != "gps" and token_masks is None:
+        raise ValueError(f"Patch severance mode '{mode}' needs the proposal masks on the token grid "
+                         "(token_masks = token_mask_weights(mask logits, patch grid)).")
     if token_masks is not None and token_masks.dim() != 3:
-        raise ValueError(f"severance_hooks: token_masks must be B×P×(1+h·w) (token_mask_weights(..., "
-                         f"reduce=False)), got shape {tuple(token_masks.shape)}.")
-    if mode != "gps" and token_masks is None and (mask_logits is None or grid is None):
-        raise ValueError(f"Patch severance mode '{mode}' needs proposal mask logits and the patch grid, "
-                         "or precomputed token_masks.")
+        raise ValueError(f"severance_hooks: token_masks must be B×P×(1+h·w) (token_mask_weights), got shape "
+                         f"{tuple(token_masks.shape)}.")
     if mode == "gps":
         return [BlockHook(layer=i, attn_fn=PatchSeverance(a)) for i, a in zip(layers, alphas)]
-    masks = token_mask_weights(mask_logits, grid, reduce=False) if token_masks is None else token_masks
     if mode == "mask_weighted":
-        weight = masks.sum(dim=1)
+        weight = token_masks.sum(dim=1)
         return [BlockHook(layer=i, attn_fn=PatchSeverance(a, token_weight=weight)) for i, a in zip(layers, alphas)]
-    return [BlockHook(layer=i, attn_fn=MaskGuidedSeverance(masks)) for i in layers]
+    return [BlockHook(layer=i, attn_fn=MaskGuidedSeverance(token_masks)) for i in layers]

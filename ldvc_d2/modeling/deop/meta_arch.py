@@ -170,7 +170,7 @@ class DeOP(ZeroShotSegmentor):
         F_V, out["dense"], is H // patch × W // patch, the encoder's own).
         """
         grid = (images.shape[-2] // self.visual.patch_size, images.shape[-1] // self.visual.patch_size)
-        token_masks = token_mask_weights(masks, grid, reduce=False)  # B×N×(1 + h·w)
+        token_masks = token_mask_weights(masks, grid)  # B×N×(1 + h·w)
         layers, alphas, mode = self.gps
         hooks = severance_hooks(layers, alphas, mode, token_masks=token_masks) if layers else None
         out = self.visual(images, hooks=hooks, additive_prompts=self.visual_prompts)
