@@ -23,10 +23,9 @@ import logging
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .lcsa_routed import RoutedSpec, routed_attention
+from .lcsa_routed import RoutedSpec, routed_attention, scaled_sdpa
 
 __all__ = ["LocalConsensusSelfAttention"]
 
@@ -79,10 +78,8 @@ class LocalConsensusSelfAttention(nn.Module):
         return t.view(b, l, self.num_heads, d // self.num_heads).transpose(1, 2)  # B×H×L×hd
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T · scale) v over the last two dims (eq. 12). SDPA's own scale is 1/sqrt(head_dim),
-        so q is rescaled first (works on every torch with SDPA, also without its ``scale`` argument)."""
-        q = q * (self.scale * q.shape[-1] ** 0.5)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        """softmax(q k^T · scale) v over the last two dims (eq. 12), attention dropout while training."""
+        return scaled_sdpa(q, k, v, self.scale, dropout_p=self.attn_dropout if self.training else 0.0)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """x: B×(h·w)×d tokens in row-major grid order. Returns B×(h·w)×d."""

@@ -53,7 +53,7 @@ def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, 
     tensors = (x, w_qkv, b_qkv, w_o, b_o)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not torch.jit.is_tracing():
         return _RoutedAttention.apply(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec)
-    return _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, True if spec.attn_dropout else None)
+    return _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, written_out=bool(spec.attn_dropout))
 
 
 def _head_weights(w_qkv: torch.Tensor, b_qkv: torch.Tensor, spec: RoutedSpec, head: int):
@@ -78,10 +78,17 @@ def _split(q: torch.Tensor, kv: torch.Tensor, windows: int):
     return q.view(windows, -1, q.shape[1]), k, v
 
 
+def scaled_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T · scale) v over the last two dims (eq. 12) through SDPA. SDPA's own scale is
+    1/sqrt(head_dim), so q is rescaled first (works on every torch with SDPA, also without its ``scale``
+    argument). Shared by LCSA's global path and the routed inference chunks."""
+    return F.scaled_dot_product_attention(q * (scale * q.shape[-1] ** 0.5), k, v, dropout_p=dropout_p)
+
+
 def _chunk_inference(q: torch.Tensor, kv: torch.Tensor, windows: int, spec: RoutedSpec) -> torch.Tensor:
-    """Eq. (12) through SDPA (whose own scale is 1/sqrt(head_dim), so q is rescaled first)."""
+    """Eq. (12) of one chunk through :func:`scaled_sdpa`."""
     qh, k, v = (t.unsqueeze(1) for t in _split(q, kv, windows))  # windows×1×r×hd: SDPA's fused kernels want 4-D
-    return F.scaled_dot_product_attention(qh * (spec.scale * spec.head_dim ** 0.5), k, v).view(-1, q.shape[1])
+    return scaled_sdpa(qh, k, v, spec.scale).view(-1, q.shape[1])
 
 
 def _chunk_forward(q: torch.Tensor, kv: torch.Tensor, windows: int, spec: RoutedSpec, output: bool = True):
@@ -112,10 +119,10 @@ def _chunk_backward(d_out: torch.Tensor, p: torch.Tensor, keep: Optional[torch.T
     return dq, torch.cat([dk, dv], -1).view(-1, 2 * qh.shape[-1])
 
 
-def _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec: RoutedSpec, train: Optional[bool],
+def _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec: RoutedSpec, written_out: bool,
             attn: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The routed attention of B·L×d tokens, projected: head by head, chunk by chunk (``train``: the
-    written-out eq. (12) with dropout masks; None: SDPA). With ``attn`` (B·L×d) the heads' attention
+    """The routed attention of B·L×d tokens, projected: head by head, chunk by chunk (``written_out``: the
+    written-out eq. (12) with dropout masks; otherwise SDPA). With ``attn`` (B·L×d) the heads' attention
     outputs are kept there and projected together at the end."""
     out = None
     for head in range(spec.num_heads):
@@ -125,8 +132,8 @@ def _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec: RoutedSpec, train: Op
         dest = q if attn is None else attn[:, cols]  # a chunk's result replaces its own queries
         for q_rows, k_rows, windows in _chunks(rows, routed, spec.step):
             q_c, kv_c = q.index_select(0, q_rows), kv.index_select(0, k_rows)
-            result = _chunk_inference(q_c, kv_c, windows, spec) if train is None else _chunk_forward(
-                q_c, kv_c, windows, spec)[0]
+            result = _chunk_forward(q_c, kv_c, windows, spec)[0] if written_out else _chunk_inference(
+                q_c, kv_c, windows, spec)
             dest.index_copy_(0, q_rows, result)
         if attn is None:
             out = torch.addmm(b_o, q, w_o[:, cols].t()) if out is None else out.addmm_(q, w_o[:, cols].t())
