@@ -250,7 +250,7 @@ def cache_path(cache_dir: Optional[str], cfg: PretrainConfig = PretrainConfig())
 
 def ensure_tiny_clip(cache_dir: Optional[str] = None, cfg: PretrainConfig = PretrainConfig()) -> str:
     """Path of the cached tiny-CLIP checkpoint for ``cfg``. When it is missing, it is written from the
-    checkpoint shipped with the package for that recipe (:func:`shipped_path`) if there is one, else
+    checkpoint shipped with the package for that recipe (``shapes_clip_shipped.shipped_path``) if there is one, else
     pretrained (a few minutes on a CPU)."""
     from . import shapes_clip_shipped as shipped_files  # imports this module: a function-level import
 

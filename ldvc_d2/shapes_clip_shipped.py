@@ -130,7 +130,7 @@ def read_shipped(path: Union[str, Path], cfg: PretrainConfig = PretrainConfig())
     if list(token.shape) != json.loads(meta["token_embedding_shape"]) or _sha256(token) != meta["token_embedding_sha256"]:
         logger.info(f"{path}: this machine draws another random token embedding for seed {cfg.seed} than "
                     "pretraining did (torch's normal_ differs between CPU kernels, e.g. ARM vs AVX2, and between "
-                    "versions); the 28 rows of the shapes world's words come from the file, so every shapes "
+                    f"versions); the {len(ids)} rows of the shapes world's words come from the file, so every shapes "
                     "config reads exactly the pretrained vectors; other words get other, equally untrained, ones.")
         token[ids] = rows
     tensors[_TOKEN_KEY] = token

@@ -16,6 +16,7 @@ from ldvc_d2 import shapes_clip_shipped as shipped
 from ldvc_d2.modeling.clip import build_clip_model
 from ldvc_d2.shapes_clip import PretrainConfig
 from tests.conftest import REPO
+from tests.scripts import load_script
 
 TINY = PretrainConfig(steps=2, batch_size=4, warmup_steps=1)
 
@@ -150,20 +151,8 @@ def test_the_shipped_checkpoint_is_the_default_recipes_and_gives_its_accuracy(tm
     assert got["accuracy"] > 8 * got["chance"]
 
 
-def _tool():
-    import importlib.util
-    import os
-
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_clip", os.path.join(REPO, "tools", "pretrain_tiny_clip.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_pretrains_into_the_cache_compares_and_ships(tmp_path, monkeypatch, capsys):
-    tool = _tool()
+    tool = load_script("tools/pretrain_tiny_clip.py")
     monkeypatch.setitem(shapes_clip.TINY_CLIP_RECIPES, "tiny", TINY)
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "assets")
     assert tool.main(["--recipe", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -7,9 +7,9 @@ class names (:meth:`ZeroShotSegmentor.encode_text`) and, if it trains, its losse
 
 * **Class lists** (LDVC §4.1, DESIGN §1.5; read from a config by :mod:`.segmentor_config`): the
   training classes come from the training dataset's metadata, its *seen* classes (inductive) or all
-  of them (MODEL.LDVC.TRAINING_CLASSES "all": transductive / fully supervised). Labels arrive over all classes of the benchmark and are mapped to
-  indices of the training class list, so an unseen pixel becomes ``ignore_label`` (the seen-only view
-  is derived here, never stored on disk).
+  of them (MODEL.LDVC.TRAINING_CLASSES "all": transductive / fully supervised). Labels arrive over all
+  classes of the benchmark and are mapped to indices of the training class list, so an unseen pixel
+  becomes ``ignore_label`` (the seen-only view is derived here, never stored on disk).
 * **Inference** (DESIGN §1.4): the classes are those of the input (``"class_names"`` in each input
   dict, set by the test data loader or given by the user for an open vocabulary), else the model's
   default test classes (the first test dataset's). Scores are averaged over sliding windows (mmseg's
