@@ -16,7 +16,7 @@ setup(
     long_description=Path("README.md").read_text() if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ldvc_d2", "ldvc_d2.*"]),
-    package_data={"ldvc_d2": ["modeling/clip/model_configs/*.json", "assets/*.safetensors"]},
+    package_data={"ldvc_d2": ["modeling/clip/model_configs/*.json", "benchmarks/shapes/assets/*.safetensors"]},
     python_requires=">=3.9",
     # Lower bounds are the versions this project was tested with (README.md, "Tested versions").
     install_requires=[

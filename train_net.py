@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from ldvc_d2 import add_ldvc_config
 from ldvc_d2.checkpoint import Checkpointer, training_free
-from ldvc_d2.config import load_config_file, validate_config
+from ldvc_d2.config import load_config_file, merge_overrides, validate_config
 from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper, add_register_argument, load_user_modules
 from ldvc_d2.engine.data import build_train_stream
 from ldvc_d2.engine.launch import create_ddp_model, launch
@@ -125,7 +125,7 @@ def setup(args):
     cfg = get_cfg()
     add_ldvc_config(cfg)
     load_config_file(cfg, args.config_file)  # YAML safe loader: a !!python tag is an error, never code
-    cfg.merge_from_list(args.opts)
+    merge_overrides(cfg, args.opts)
     validate_config(cfg, training=not args.eval_only)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         logging.getLogger("ldvc_d2").warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")

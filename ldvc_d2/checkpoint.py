@@ -16,7 +16,7 @@ evaluates a partly random model with normal-looking metrics.
 * :class:`Checkpointer` is detectron2's ``DetectionCheckpointer`` (same constructor, plus
   ``partial_load``) using that loader. Every trainable parameter and buffer of the model must be in
   the checkpoint with its shape, and nothing else may be: otherwise :class:`IncompleteWeightsError`
-  names the keys. Frozen parameters (the CLIP encoders, built from ``MODEL.LDVC.CLIP_PRETRAINED``)
+  names the keys. Frozen parameters (the CLIP encoders, built from ``MODEL.CLIP.PRETRAINED``)
   may be absent and then keep those weights. ``partial_load=True`` (config
   ``MODEL.WEIGHTS_PARTIAL_LOAD``) turns the error into a warning. ``load_status`` records what was
   loaded (file, sha256, status) for the metrics file. ``save`` writes to a temporary name, fsyncs and
@@ -250,7 +250,7 @@ class Checkpointer(DetectionCheckpointer):
             shapes = [f"{k} {tuple(a)} in the file, {tuple(b)} in the model"
                       for k, a, b in incompatible.incorrect_shapes]
             problems.append(f"{len(shapes)} shape mismatch(es): {_names(shapes)}")
-        note = f"; {frozen} frozen tensor(s) not in the file keep the CLIP_PRETRAINED weights" if frozen else ""
+        note = f"; {frozen} frozen tensor(s) not in the file keep the MODEL.CLIP.PRETRAINED weights" if frozen else ""
         if not problems:
             self.load_status["status"] = "complete" + note
             return incompatible._replace(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])

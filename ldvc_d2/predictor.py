@@ -29,7 +29,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from .checkpoint import Checkpointer, training_free
-from .config import add_ldvc_config, load_config_file, validate_config
+from .config import add_ldvc_config, load_config_file, merge_overrides, validate_config
 from .data import load_user_modules
 from .data.mapper import LDVCTestMapper
 
@@ -51,7 +51,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     cfg = get_cfg()
     add_ldvc_config(cfg)
     load_config_file(cfg, config_file)
-    cfg.merge_from_list(list(opts))
+    merge_overrides(cfg, opts)
     validate_config(cfg, training=False)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
@@ -195,7 +195,7 @@ class OpenVocabPredictor:
             image: H×W×3 uint8 in ``input_format`` order (H×W grey and H×W×4 with alpha also work).
             class_names: the vocabulary; the output channels follow its order.
             seen_classes: indices of classes the model was trained on; their scores get the seen-score
-                calibration of the config (MODEL.LDVC.SEEN_SCORE_CALIBRATION), as in evaluation.
+                calibration of the config (MODEL.SEGMENTOR.SEEN_SCORE_CALIBRATION), as in evaluation.
                 Leave empty for an open vocabulary.
             score_threshold: pixels whose best score is below it are labelled ``UNLABELED`` (-1).
 

@@ -44,9 +44,21 @@ def tiny_cfg(config_file: str = "configs/demo.yaml", *opts):
     cfg = get_cfg()
     add_ldvc_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(["MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.LDVC.CLIP_PRETRAINED", "",
+    cfg.merge_from_list(["MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "",
                          "MODEL.DEVICE", "cpu", *opts])
     return cfg
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(request):
+    """A registered toy dataset (:func:`registered_toy_dataset`) named after the test module, for its tests."""
+    with registered_toy_dataset(f"ldvc_test_toy_{request.module.__name__.rsplit('.', 1)[-1]}") as name:
+        yield name
+
+
+def toy_cfg(dataset: str, config_file: str = "configs/demo.yaml", *opts):
+    """:func:`tiny_cfg` training and testing on the registered dataset ``dataset``."""
+    return tiny_cfg(config_file, "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)", *opts)
 
 
 TOY_CLASSES = ["red circle", "green square", "blue star", "yellow triangle", "red square"]

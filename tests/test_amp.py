@@ -1,5 +1,5 @@
 """Mixed precision (issue 15): SOLVER.AMP training in the accumulating trainer and half-precision inference
-(MODEL.LDVC.INFERENCE.PRECISION), on the CPU, against the same model in fp32.
+(MODEL.SEGMENTOR.INFERENCE.PRECISION), on the CPU, against the same model in fp32.
 
 Bounds (measured on tiny random-weight models, CPU, torch 2.14, in brackets): bf16 training loss within
 2% of fp32's [0.5%], parameters after one SGD step within 5% of the fp32 step's size [1.3%]; bf16 gradient
@@ -18,8 +18,8 @@ from tests.test_schedule import _FixedStream
 
 CONFIGS = {"LDVC": "configs/demo.yaml", "ZegCLIP": "configs/shapes/zegclip.yaml",
            "CLIPtrase": "configs/cliptrase/shapes.yaml"}
-NO_DROPOUT = ("MODEL.LCTD.DROPOUT", "0.0", "MODEL.LCTD.ATTN_DROPOUT", "0.0", "MODEL.ZEGCLIP.DROPOUT", "0.0",
-              "MODEL.ZEGCLIP.ATTN_DROPOUT", "0.0", "MODEL.LDVC.VISUAL_PROMPT_DROPOUT", "0.0")
+NO_DROPOUT = ("MODEL.LDVC.LCTD.DROPOUT", "0.0", "MODEL.LDVC.LCTD.ATTN_DROPOUT", "0.0", "MODEL.ZEGCLIP.DROPOUT", "0.0",
+              "MODEL.ZEGCLIP.ATTN_DROPOUT", "0.0", "MODEL.CLIP.VISUAL_PROMPT_DROPOUT", "0.0")
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_float16_uses_a_grad_scaler_that_resumes(toy_dataset):
 def test_half_precision_inference_is_close_to_fp32(toy_dataset, method):
     g = torch.Generator().manual_seed(1)
     inputs = [{"image": torch.randint(0, 256, (3, 64, 150), generator=g, dtype=torch.uint8)}]
-    window = ("MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "40")
-    scores = {p: _model(toy_dataset, method, *window, "MODEL.LDVC.INFERENCE.PRECISION", p).eval()(inputs)[0]["sem_seg"]
+    window = ("MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "40")
+    scores = {p: _model(toy_dataset, method, *window, "MODEL.SEGMENTOR.INFERENCE.PRECISION", p).eval()(inputs)[0]["sem_seg"]
               for p in ("fp32", "bf16", "fp16")}
     for precision, bound in (("bf16", 1e-2), ("fp16", 2e-3)):
         assert scores[precision].dtype == torch.float32
@@ -125,6 +125,6 @@ def test_half_precision_inference_is_close_to_fp32(toy_dataset, method):
 def test_precision_keys_are_checked():
     from ldvc_d2.config import validate_config
 
-    cfg = tiny_cfg("configs/demo.yaml", "MODEL.LDVC.INFERENCE.PRECISION", "half", "SOLVER.AMP.DTYPE", "fp8")
-    with pytest.raises(ValueError, match="MODEL.LDVC.INFERENCE.PRECISION is 'half'.*SOLVER.AMP.DTYPE is 'fp8'"):
+    cfg = tiny_cfg("configs/demo.yaml", "MODEL.SEGMENTOR.INFERENCE.PRECISION", "half", "SOLVER.AMP.DTYPE", "fp8")
+    with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE is 'fp8'.*MODEL.SEGMENTOR.INFERENCE.PRECISION is 'half'"):
         validate_config(cfg, training=False)

@@ -1,4 +1,5 @@
-"""tools/analyze_model.py: parameter counts, fvcore FLOPs (with attention handles), speed/memory, JSON."""
+"""tools/analyze_model.py: parameter counts, fvcore FLOPs (with attention handles, ldvc_d2/utils/model_stats.py),
+speed/memory, JSON."""
 import json
 import os
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
+from ldvc_d2.utils.model_stats import FLOP_HANDLES
 from tests.conftest import REPO, tiny_cfg
 from tests.scripts import load_script
 
@@ -39,7 +41,7 @@ def test_attention_flop_handles_count_the_matrix_products(tool):
     q, k, v = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 5)
     from fvcore.nn import FlopCountAnalysis
 
-    flops = FlopCountAnalysis(SDPA(), (q, k, v)).set_op_handle(**tool.FLOP_HANDLES)
+    flops = FlopCountAnalysis(SDPA(), (q, k, v)).set_op_handle(**FLOP_HANDLES)
     assert flops.total() == 2 * 3 * 10 * 7 * (8 + 5)  # Q K^T and weights x V, multiply-adds
     class FastPathMHA(torch.nn.Module):
         """nn.MultiheadAttention's eval fast path (frozen CLIP runs it), called explicitly."""
@@ -55,7 +57,7 @@ def test_attention_flop_handles_count_the_matrix_products(tool):
 
     x = torch.randn(2, 10, 16)
     module = FastPathMHA().eval().requires_grad_(False)
-    fast = FlopCountAnalysis(module, (x,)).set_op_handle(**tool.FLOP_HANDLES)
+    fast = FlopCountAnalysis(module, (x,)).set_op_handle(**FLOP_HANDLES)
     fast.unsupported_ops_warnings(False)
     assert set(fast.by_operator()) == {"_native_multi_head_attention"}
     # fvcore's own handles on the slow path (linear + bmm) of the same layer: the same multiply-adds

@@ -112,7 +112,7 @@ def test_tool_writes_the_grid_png(tool, tmp_path, monkeypatch):
     monkeypatch.setattr(tool, "draw_map_grid", lambda *a, **kw: drawn.append((a, kw)) or draw(*a, **kw))
     rc = tool.main(["--config-file", os.path.join(REPO, "configs/demo.yaml"), "--input", str(image),
                     "--classes", "red,green,blue", "--output", str(out),
-                    "--opts", "MODEL.LDVC.CLIP_PRETRAINED", ""])
+                    "--opts", "MODEL.CLIP.PRETRAINED", ""])
     assert rc == 0
     assert os.listdir(out) == ["photo_attention.png"]
     ((shown, blocks, titles), kw), = drawn

@@ -119,8 +119,8 @@ def test_all_unseen_training_set_is_refused_at_start(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("MODEL.LDVC.INFERENCE.STRIDE", "0", "INFERENCE.STRIDE is 0; it must be in 1..CROP_SIZE"),
-    ("MODEL.LDVC.INFERENCE.CROP_SIZE", "0", "INFERENCE.CROP_SIZE is 0; it must be > 0"),
+    ("MODEL.SEGMENTOR.INFERENCE.STRIDE", "0", "INFERENCE.STRIDE is 0; it must be in 1..CROP_SIZE"),
+    ("MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "0", "INFERENCE.CROP_SIZE is 0; it must be > 0"),
     ("SOLVER.MAX_ITER", "0", "SOLVER.MAX_ITER is 0; training needs at least 1 iteration"),
 ])
 def test_sizes_are_validated_at_start(tmp_path, key, value, message):
@@ -182,7 +182,7 @@ def test_unreachable_hub_fails_fast_and_says_how_to_skip(tmp_path, monkeypatch):
     before = constants.HF_HUB_OFFLINE
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"'ViT-B-16' with pretrained tag 'openai'.*offline: no connection.*"
-                                           r"CLIP_CACHE_DIR.*HF_HUB_OFFLINE=1 skips"):
+                                           r"MODEL.CLIP.CACHE_DIR.*HF_HUB_OFFLINE=1 skips"):
         build_clip_model("ViT-B-16", "openai", cache_dir=str(tmp_path / "empty_cache"))
     assert time.perf_counter() - start < 10  # the hub client's retries take ~50 s
     assert constants.HF_HUB_OFFLINE == before
@@ -221,8 +221,8 @@ def test_demo_caps_thin_overlays_and_skips_images_the_resize_cannot_handle(tmp_p
     Image.fromarray(rng.integers(0, 256, (1, 1000, 3), dtype=np.uint8)).save(inputs / "thin.png")
     Image.fromarray(rng.integers(0, 256, (1, 10000, 3), dtype=np.uint8)).save(inputs / "thinner.png")
     rc = demo.main(["--config-file", os.path.join(REPO, "configs/demo.yaml"), "--input", str(inputs), "--output",
-                    str(tmp_path / "out"), "--classes", "sky,road", "--opts", "MODEL.LDVC.CLIP_PRETRAINED", "",
-                    "MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.WEIGHTS", weights])
+                    str(tmp_path / "out"), "--classes", "sky,road", "--opts", "MODEL.CLIP.PRETRAINED", "",
+                    "MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.WEIGHTS", weights])
     assert rc == 1  # thinner.png skipped, by name (logged), thin.png done
     assert sorted(os.listdir(tmp_path / "out")) == ["thin_labels.png", "thin_overlay.png", "vocabulary.json"]
     with Image.open(tmp_path / "out" / "thin_overlay.png") as im:

@@ -1,4 +1,4 @@
-"""Batched sliding windows (MODEL.LDVC.INFERENCE.WINDOW_BATCH, issue 15): the same scores as one window per
+"""Batched sliding windows (MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH, issue 15): the same scores as one window per
 forward pass, with the windows grouped as documented (consecutive, equal size and vocabulary, at most N)."""
 import pytest
 import torch
@@ -18,7 +18,7 @@ def toy_dataset():
 
 def _model(dataset, method, *opts):
     cfg = tiny_cfg(CONFIGS[method], "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)",
-                   "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "40", *opts)
+                   "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "40", *opts)
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -52,12 +52,12 @@ def test_consecutive_chunks_keep_order_and_split_on_key_and_limit():
 
 @pytest.mark.parametrize("method", ["LDVC", "ZegCLIP"])
 def test_batched_windows_equal_one_by_one(toy_dataset, method):
-    one = _model(toy_dataset, method, "MODEL.LDVC.INFERENCE.WINDOW_BATCH", "1")
+    one = _model(toy_dataset, method, "MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH", "1")
     sizes_one = _record_batch_sizes(one)
     reference = one(_inputs())
     assert sizes_one == [1] * 10
     for n, expected in ((8, [8, 2]), (3, [3, 3, 2, 2]), (0, [1] * 10)):
-        model = _model(toy_dataset, method, "MODEL.LDVC.INFERENCE.WINDOW_BATCH", str(n))
+        model = _model(toy_dataset, method, "MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH", str(n))
         sizes = _record_batch_sizes(model)
         outputs = model(_inputs())
         assert sizes == expected, (n, sizes)
@@ -68,8 +68,8 @@ def test_batched_windows_equal_one_by_one(toy_dataset, method):
 
 def test_batched_whole_image_passes_equal_one_by_one(toy_dataset):
     """Whole-image mode: equal-size images share a pass, another size gets its own."""
-    opts = ("MODEL.LDVC.INFERENCE.MODE", "whole")
-    one = _model(toy_dataset, "LDVC", *opts, "MODEL.LDVC.INFERENCE.WINDOW_BATCH", "1")
+    opts = ("MODEL.SEGMENTOR.INFERENCE.MODE", "whole")
+    one = _model(toy_dataset, "LDVC", *opts, "MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH", "1")
     batched = _model(toy_dataset, "LDVC", *opts)
     sizes = _record_batch_sizes(batched)
     for out, ref in zip(batched(_inputs()), one(_inputs())):
@@ -80,15 +80,15 @@ def test_batched_whole_image_passes_equal_one_by_one(toy_dataset):
 def test_window_batch_must_not_be_negative():
     from ldvc_d2.config import validate_config
 
-    with pytest.raises(ValueError, match="MODEL.LDVC.INFERENCE.WINDOW_BATCH is -1"):
-        validate_config(tiny_cfg("configs/demo.yaml", "MODEL.LDVC.INFERENCE.WINDOW_BATCH", "-1"), training=False)
+    with pytest.raises(ValueError, match="MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH is -1"):
+        validate_config(tiny_cfg("configs/demo.yaml", "MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH", "-1"), training=False)
 
 
 def test_per_window_methods_get_one_window_per_call(toy_dataset):
     """CLIPtrase clusters each window on its own (DBSCAN): it keeps the default batch_window_scores, which
     hands window_scores one 1×3×H×W window at a time, whatever WINDOW_BATCH is."""
-    cfg = tiny_cfg("configs/cliptrase/shapes.yaml", "DATASETS.TEST", f"('{toy_dataset}',)", "MODEL.LDVC.INFERENCE.MODE",
-                   "slide", "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "40")
+    cfg = tiny_cfg("configs/cliptrase/shapes.yaml", "DATASETS.TEST", f"('{toy_dataset}',)", "MODEL.SEGMENTOR.INFERENCE.MODE",
+                   "slide", "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "40")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     shapes, score = [], model.window_scores

@@ -40,8 +40,8 @@ def test_parallel_runs_are_single_threaded_and_summarised(tmp_path, monkeypatch)
             calls.append((cmd[cmd.index("--config-file") + 1], seed, env.get("OMP_NUM_THREADS")))
 
     monkeypatch.setattr(tool.subprocess, "run", fake_run)
-    monkeypatch.setattr("ldvc_d2.data.datasets.shapes.generate_shapes_dataset", lambda root: None)
-    monkeypatch.setattr("ldvc_d2.shapes_clip.ensure_tiny_clip", lambda: "clip.pt")
+    monkeypatch.setattr("ldvc_d2.benchmarks.shapes.dataset.generate_shapes_dataset", lambda root: None)
+    monkeypatch.setattr("ldvc_d2.benchmarks.shapes.cache.ensure_tiny_clip", lambda: "clip.pt")
     monkeypatch.setattr("torch.load", lambda *a, **k: {"ldvc_tiny_clip": {"accuracy": 77.0, "chance": 6.25}})
     monkeypatch.setattr(tool, "plot", lambda *a: None)
     out = tmp_path / "bench"

@@ -20,12 +20,12 @@ from tests.fake_datasets import (coco_contiguous, coco_used_ids, make_coco_stuff
 
 SIZE = (96, 128)  # (h, w) of every fake image
 # CPU, tiny random CLIP (patch 8), 2 iterations, 64 px crops and test short side.
-FAST = ["MODEL.DEVICE", "cpu", "MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.LDVC.CLIP_PRETRAINED", "",
-        "MODEL.LDVC.VISUAL_PROMPTS", "4", "MODEL.LCTD.NUM_HEADS", "4", "MODEL.LCTD.TOPK_WINDOWS", "4",
+FAST = ["MODEL.DEVICE", "cpu", "MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.VISUAL_PROMPTS", "4", "MODEL.LDVC.LCTD.NUM_HEADS", "4", "MODEL.LDVC.LCTD.TOPK_WINDOWS", "4",
         "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_WORLD_SIZE", "0",
         "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "(64, 64)",
         "INPUT.TRAIN_SCALE", "(256, 64)", "INPUT.MIN_SIZE_TEST", "64",
-        "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "48"]
+        "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "48"]
 PROTOCOL = ("LDVC: sliding window 64x64 stride 48, short side 64, seen-score calibration 0.1, "
             "trained on seen classes of ['{train}']")
 COPYPASTE_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU", "mIoU(S)", "mIoU(U)", "hIoU")

@@ -74,7 +74,7 @@ def test_ablation_switches_choose_the_losses(toy_dataset):
 def test_inference_uses_the_student_and_cached_text_only(toy_dataset):
     trained = _model(toy_dataset).train()
     trained(_batch())  # builds the teacher, fills the bank
-    model = _model(toy_dataset, "MODEL.LDVC.INFERENCE.MODE", "whole")
+    model = _model(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.MODE", "whole")
     model.load_state_dict(trained.state_dict(), strict=True)  # nothing of the teacher is in a checkpoint
     model.eval()
     image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)

@@ -16,7 +16,7 @@ from tests import tiny_shapes
 from tests.conftest import REPO
 
 CONFIG = os.path.join(REPO, "configs/c2s/shapes.yaml")
-FAST = ["MODEL.LDVC.CLIP_PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0",
+FAST = ["MODEL.CLIP.PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000", "INPUT.CROP.SIZE", "(64, 64)",
         "MODEL.C2S.MERGE_THRESHOLD", "0.5", "MODEL.C2S.MIN_CLUSTER", "2"]
 NO_IMAGE_TOWER = """

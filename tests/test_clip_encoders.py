@@ -169,7 +169,7 @@ def test_backbone_api_and_frozen_clip():
 def test_clip_loading_errors(tmp_path):
     with pytest.raises(ValueError, match="no model named 'ViT-X-99'"):
         build_clip_model("ViT-X-99", "")
-    with pytest.raises(FileNotFoundError, match="CLIP_PRETRAINED.*does not exist"):
+    with pytest.raises(FileNotFoundError, match="MODEL.CLIP.PRETRAINED.*does not exist"):
         build_clip_model("LDVC-Tiny", str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="neither a local file nor a pretrained tag"):
         build_clip_model("ViT-B-16", "no-such-tag")
@@ -192,7 +192,7 @@ def test_offline_download_error_names_model_and_tag(monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(RuntimeError, match="'ViT-B-16' with pretrained tag 'openai'.*CLIP_PRETRAINED"):
+    with pytest.raises(RuntimeError, match="'ViT-B-16' with pretrained tag 'openai'.*MODEL.CLIP.PRETRAINED"):
         build_clip_model("ViT-B-16", "openai")
 
 

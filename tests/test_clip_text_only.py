@@ -100,7 +100,7 @@ def test_pretrained_tag_reads_the_downloaded_file_with_the_tags_activation(monke
         raise OSError("network unreachable")
 
     monkeypatch.setattr(open_clip, "download_pretrained", offline)
-    with pytest.raises(RuntimeError, match="'LDVC-Tiny' with pretrained tag 'fake'.*CLIP_PRETRAINED"):
+    with pytest.raises(RuntimeError, match="'LDVC-Tiny' with pretrained tag 'fake'.*MODEL.CLIP.PRETRAINED"):
         build_clip_text_model("LDVC-Tiny", "fake")
 
 
@@ -112,7 +112,7 @@ def test_files_of_another_model_are_refused(tmp_path, saved_tiny):
     for name, tensors in (("shallow.pt", shallow), ("no_text.pt", no_text)):
         path = str(tmp_path / name)
         torch.save(tensors, path)
-        with pytest.raises(RuntimeError, match="CLIP_PRETRAINED.*another architecture than 'LDVC-Tiny'"):
+        with pytest.raises(RuntimeError, match="MODEL.CLIP.PRETRAINED.*another architecture than 'LDVC-Tiny'"):
             build_clip_text_model("LDVC-Tiny", path)
-        with pytest.raises(RuntimeError, match="CLIP_PRETRAINED"):  # the full loader refuses it too
+        with pytest.raises(RuntimeError, match="MODEL.CLIP.PRETRAINED"):  # the full loader refuses it too
             build_clip_model("LDVC-Tiny", path)

@@ -106,8 +106,8 @@ def test_background_words_expand_the_background_entry():
 
 
 def test_grid_scaled_dbscan_and_slide_inference_run_on_any_size():
-    model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", "grid", "MODEL.LDVC.INFERENCE.MODE", "slide",
-                   "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "48")
+    model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", "grid", "MODEL.SEGMENTOR.INFERENCE.MODE", "slide",
+                   "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "48")
     out = model([{"image": _image(70, 100), "class_names": TOY_CLASSES, "height": 35, "width": 50}])[0]["sem_seg"]
     assert out.shape == (len(TOY_CLASSES), 35, 50) and torch.isfinite(out).all()
     assert out.min() >= 0 and out.max() <= 1
@@ -143,7 +143,7 @@ def test_eval_only_through_train_net_on_shapes_without_weights(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, BASE), "--eval-only",
-         "MODEL.LDVC.CLIP_PRETRAINED", "", "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", "0"],
+         "MODEL.CLIP.PRETRAINED", "", "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", "0"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
         env={**os.environ, "DETECTRON2_DATASETS": os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))},
     )
@@ -172,7 +172,7 @@ def test_every_config_names_a_registered_set_and_the_official_settings(name):
         if name.endswith(f"_{size}.yaml"):  # the official script's pairs, the crop set, whole-image pass
             assert (c.DBSCAN_EPS, c.DBSCAN_MIN_SAMPLES, c.DBSCAN_SCALE) == (eps, min_samples, "fixed")
             assert dataset.endswith(f"_crop{size}") and cfg.INPUT.MIN_SIZE_TEST == size
-            assert cfg.MODEL.LDVC.INFERENCE.MODE == "whole" and cfg.TEST.MIOU_RULE == "cliptrase"
+            assert cfg.MODEL.SEGMENTOR.INFERENCE.MODE == "whole" and cfg.TEST.MIOU_RULE == "cliptrase"
             assert c.IMAGE_LEVEL_REWEIGHT == name.startswith("voc20")
             # The official script's label maps (VOC21, COCO-Object) and its skip of images without
             # an object label (the three with-background sets).
@@ -206,7 +206,7 @@ def test_open_vocabulary_without_weights_predictor_and_demo(tmp_path, caplog):
 
     from ldvc_d2.predictor import OpenVocabPredictor, load_config
 
-    opts = ["MODEL.LDVC.CLIP_PRETRAINED", ""]
+    opts = ["MODEL.CLIP.PRETRAINED", ""]
     cfg = load_config(os.path.join(REPO, BASE), opts)
     torch.manual_seed(0)
     predictor = OpenVocabPredictor(cfg, input_format="RGB")
@@ -247,7 +247,7 @@ def test_stage_maps_and_the_attention_tool(tmp_path):
     Image.fromarray(np.asarray(image.permute(1, 2, 0))).save(tmp_path / "img.png")
     rc = tool.main(["--config-file", os.path.join(REPO, BASE), "--input", str(tmp_path / "img.png"),
                     "--classes", "red,blue", "--output", str(tmp_path / "maps.png"),
-                    "--opts", "MODEL.LDVC.CLIP_PRETRAINED", "", *opts])
+                    "--opts", "MODEL.CLIP.PRETRAINED", "", *opts])
     assert rc == 0
     with Image.open(tmp_path / "maps.png") as grid:
         assert grid.mode == "RGB"

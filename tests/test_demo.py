@@ -140,7 +140,7 @@ def test_demo_writes_overlay_labels_scores(demo, trained, predictor, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(NAMES) + "\n")
     rc = demo.main(["--config-file", CONFIG, "--input", str(inputs), "--output", str(out), "--vocabulary-file",
-                    str(vocab), "--save-scores", "--opts", "MODEL.LDVC.CLIP_PRETRAINED", "", "MODEL.WEIGHTS",
+                    str(vocab), "--save-scores", "--opts", "MODEL.CLIP.PRETRAINED", "", "MODEL.WEIGHTS",
                     trained[1]])
     assert rc == 1  # broken.png could not be read; the others are done
     assert sorted(os.listdir(out)) == sorted(

@@ -74,7 +74,7 @@ def test_oracle_inference_reads_the_label_and_is_labelled(toy_dataset):
         model._oracle_label = None
         model([{"image": x["image"]}])
     with pytest.raises(ValueError, match="INFERENCE.MODE 'whole'"):
-        build_model(_cfg(toy_dataset, "MODEL.LDVC.INFERENCE.MODE", "slide"))
+        build_model(_cfg(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.MODE", "slide"))
     with pytest.raises(ValueError, match="has 4 blocks"):
         build_model(_cfg(toy_dataset, "MODEL.DEOP.VISUAL_PROMPT_LAYERS", "[0, 4]"))
     with pytest.raises(ValueError, match="LOSS_NUM_CLASS is 9"):
@@ -102,7 +102,7 @@ def test_maskformer_proposals_load_stage2_weights(toy_dataset, tmp_path):
         load_proposal_net(cfg, path)
 
 
-FAST = ["MODEL.LDVC.CLIP_PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "64",
+FAST = ["MODEL.CLIP.PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "64",
         "INPUT.CROP.SIZE", "(64, 64)", "INPUT.TRAIN_SCALE", "(256, 64)"]
 
 

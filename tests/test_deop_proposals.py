@@ -20,10 +20,10 @@ from ldvc_d2.solver import build_optimizer  # noqa: E402
 from tests.conftest import registered_toy_dataset, tiny_cfg  # noqa: E402
 
 CONFIG = "configs/deop/proposals_shapes.yaml"
-TINY = ["MODEL.DEOP_PROPOSALS.BACKBONE", "resnet10t", "MODEL.DEOP_PROPOSALS.NUM_QUERIES", "5",
-        "MODEL.DEOP_PROPOSALS.HIDDEN_DIM", "32", "MODEL.DEOP_PROPOSALS.PIXEL_DECODER_DIM", "32",
-        "MODEL.DEOP_PROPOSALS.MASK_DIM", "32", "MODEL.DEOP_PROPOSALS.DIM_FEEDFORWARD", "64",
-        "MODEL.DEOP_PROPOSALS.DROPOUT", "0.0"]
+TINY = ["MODEL.DEOP.PROPOSAL_NET.BACKBONE", "resnet10t", "MODEL.DEOP.PROPOSAL_NET.NUM_QUERIES", "5",
+        "MODEL.DEOP.PROPOSAL_NET.HIDDEN_DIM", "32", "MODEL.DEOP.PROPOSAL_NET.PIXEL_DECODER_DIM", "32",
+        "MODEL.DEOP.PROPOSAL_NET.MASK_DIM", "32", "MODEL.DEOP.PROPOSAL_NET.DIM_FEEDFORWARD", "64",
+        "MODEL.DEOP.PROPOSAL_NET.DROPOUT", "0.0"]
 
 
 def _focal(logits, y, alpha=0.25, gamma=2.0):
@@ -166,23 +166,23 @@ def test_backbone_weights_come_from_a_local_torchvision_style_file(tmp_path, fro
     torch.save(reference.state_dict(), path)
     with registered_toy_dataset("deop_prop_weights") as name:
         net = build_proposal_network(tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)",
-                                              "MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS", path,
-                                              "MODEL.DEOP_PROPOSALS.FREEZE_BACKBONE_BN", frozen_bn))
+                                              "MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS", path,
+                                              "MODEL.DEOP.PROPOSAL_NET.FREEZE_BACKBONE_BN", frozen_bn))
         loaded = net.maskformer.model.pixel_level_module.encoder._backbone.state_dict()
         assert torch.equal(loaded["conv1.0.weight"], reference.state_dict()["conv1.0.weight"])
         for key in ("layer4.0.conv2.weight", "layer4.0.bn2.running_var", "layer4.0.bn2.weight"):
             assert torch.equal(loaded[key], reference.state_dict()[key]), key
-        with pytest.raises(FileNotFoundError, match="MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS"):
+        with pytest.raises(FileNotFoundError, match="MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS"):
             build_proposal_network(tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)",
-                                            "MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS", str(tmp_path / "missing.pth")))
+                                            "MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS", str(tmp_path / "missing.pth")))
         with pytest.raises(ValueError, match="does not fit"):
-            build_proposal_network(tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "MODEL.DEOP_PROPOSALS.BACKBONE",
-                                            "resnet18", "MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS", path))
+            build_proposal_network(tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "MODEL.DEOP.PROPOSAL_NET.BACKBONE",
+                                            "resnet18", "MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS", path))
 
 
 def test_class_agnostic_network_has_one_class_and_no_semantic_evaluation():
     with registered_toy_dataset("deop_prop_agnostic") as name:
-        cfg = tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "MODEL.DEOP_PROPOSALS.CLASS_AGNOSTIC", "True")
+        cfg = tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "MODEL.DEOP.PROPOSAL_NET.CLASS_AGNOSTIC", "True")
         model = build_model(cfg)
     assert model.proposal_net.num_classes == 1
     model.train()

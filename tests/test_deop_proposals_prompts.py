@@ -58,7 +58,7 @@ def test_loss_is_cross_entropy_of_clip_crop_features_against_the_prompts():
     with torch.no_grad():
         features = F.normalize(clip(torch.stack(crops)), dim=-1)  # open_clip's own image embedding
     text = model.text_encoder([TOY_CLASSES[i] for i in (0, 1, 3)])
-    expected = F.cross_entropy(cfg.MODEL.DEOP_PROMPT_LEARNING.LOGIT_SCALE * features @ text.t(), torch.tensor([0, 2]))
+    expected = F.cross_entropy(cfg.MODEL.DEOP.PROMPT_LEARNING.LOGIT_SCALE * features @ text.t(), torch.tensor([0, 2]))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 

@@ -168,8 +168,8 @@ def test_ldvc_backbone_with_patch_severance():
     outs = {}
     for alpha in (0.0, 1.0):
         # no prepended prompts: a severed block runs on [CLS] + patches only (α = 1 never sees them anyway)
-        cfg = tiny_cfg("configs/shapes/ldvc_gps.yaml", "MODEL.LDVC.PATCH_SEVERANCE_ALPHA", f"[{alpha}]",
-                       "MODEL.LDVC.VISUAL_PROMPTS", "0")
+        cfg = tiny_cfg("configs/shapes/ldvc_gps.yaml", "MODEL.CLIP.PATCH_SEVERANCE_ALPHA", f"[{alpha}]",
+                       "MODEL.CLIP.VISUAL_PROMPTS", "0")
         torch.manual_seed(0)
         backbone = build_backbone(cfg).eval()
         assert [h.layer for h in backbone.severance] == [-1]
@@ -178,7 +178,7 @@ def test_ldvc_backbone_with_patch_severance():
         outs["plain"] = backbone(images)["dense"]
     torch.testing.assert_close(outs[0.0], outs["plain"], rtol=0, atol=1e-5)  # same weights (seed 0), α = 0
     assert not torch.allclose(outs[1.0], outs["plain"], atol=1e-3)
-    bad = tiny_cfg("configs/shapes/ldvc_gps.yaml", "MODEL.LDVC.PATCH_SEVERANCE_ALPHA", "[1.0, 0.5]",
+    bad = tiny_cfg("configs/shapes/ldvc_gps.yaml", "MODEL.CLIP.PATCH_SEVERANCE_ALPHA", "[1.0, 0.5]",
                    "MODEL.DEOP.GPS_MODE", "soft")
-    with pytest.raises(ValueError, match="GPS_MODE.*PATCH_SEVERANCE_ALPHA has 2 values for 1 layers"):
+    with pytest.raises(ValueError, match="PATCH_SEVERANCE_ALPHA has 2 values for 1 layers.*GPS_MODE"):
         validate_config(bad, training=False)

@@ -1,4 +1,4 @@
-"""DeOP's one checkpoint reader (modeling/deop/weights.py ``read_state_dict``) and the allowed values that the
+"""DeOP's one checkpoint reader (modeling/deop/weight_files.py ``read_state_dict``) and the allowed values that the
 config check and the constructors share (one tuple each: MASK_FILLS, GPS_MODES, PROPOSAL_SOURCES)."""
 import pytest
 import torch
@@ -6,11 +6,11 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from ldvc_d2.config import validate_config
-from ldvc_d2.config_deop import PROPOSAL_SOURCES, deop_config_problems
-from ldvc_d2.config_deop_proposals import MASK_FILLS, deop_proposals_config_problems
+from ldvc_d2.modeling.deop.config import MASK_FILLS, PROPOSAL_SOURCES, deop_config_problems
 from ldvc_d2.modeling.clip.severance import GPS_MODES, severance_hooks
 from ldvc_d2.modeling.deop.proposals.build import load_backbone_weights
-from ldvc_d2.modeling.deop.weights import load_text_context, read_state_dict
+from ldvc_d2.modeling.deop.weight_files import read_state_dict
+from ldvc_d2.modeling.deop.weights import load_text_context
 from tests.conftest import registered_toy_dataset, tiny_cfg
 
 
@@ -71,24 +71,24 @@ def test_config_check_and_severance_accept_the_same_gps_modes():
     cfg = tiny_cfg("configs/deop/shapes_oracle.yaml")
     for mode in GPS_MODES:
         cfg.MODEL.DEOP.GPS_MODE = mode
-        assert not [p for p in deop_config_problems(cfg) if "GPS_MODE" in p]
+        assert not [p for p in deop_config_problems(cfg, training=False) if "GPS_MODE" in p]
         assert len(severance_hooks([-1], 1.0, mode, token_masks=torch.ones(1, 2, 5))) == 1
     cfg.MODEL.DEOP.GPS_MODE = "soft"
-    assert [p for p in deop_config_problems(cfg) if "GPS_MODE" in p and all(m in p for m in GPS_MODES)]
+    assert [p for p in deop_config_problems(cfg, training=False) if "GPS_MODE" in p and all(m in p for m in GPS_MODES)]
     with pytest.raises(ValueError, match="GPS_MODE"):
         severance_hooks([-1], 1.0, "soft")
     for source in PROPOSAL_SOURCES:
         cfg.MODEL.DEOP.PROPOSALS = source
-        assert not [p for p in deop_config_problems(cfg) if "PROPOSALS is" in p]
+        assert not [p for p in deop_config_problems(cfg, training=False) if "PROPOSALS is" in p]
 
 
 def test_config_check_and_prompt_learner_accept_the_same_mask_fills():
     with registered_toy_dataset("deop_mask_fill_toy") as name:
         for fill in (*MASK_FILLS, "soft"):
             cfg = tiny_cfg("configs/deop/stage1_shapes.yaml", "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
-                           "MODEL.DEOP_PROMPT_LEARNING.MASK_FILL", fill)
+                           "MODEL.DEOP.PROMPT_LEARNING.MASK_FILL", fill)
             if fill in MASK_FILLS:
-                assert not deop_proposals_config_problems(cfg)
+                assert not deop_config_problems(cfg, training=False)
                 assert build_model(cfg).mask_fill == fill
                 continue
             with pytest.raises(ValueError, match="MASK_FILL is 'soft'; use one of \\['mean', 'none'\\]"):

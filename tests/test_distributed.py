@@ -32,9 +32,9 @@ from tests.conftest import REPO, tiny_cfg
 
 COMMON = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
-          "SOLVER.IMS_PER_BATCH", "4", "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.001", "MODEL.LCTD.DROPOUT", "0.0", "MODEL.LCTD.ATTN_DROPOUT", "0.0",
-          "MODEL.ZEGCLIP.DROPOUT", "0.0", "MODEL.ZEGCLIP.ATTN_DROPOUT", "0.0", "MODEL.LDVC.VISUAL_PROMPT_DROPOUT", "0.0"]
-DROPOUT = ["MODEL.LCTD.DROPOUT", "0.1", "MODEL.LCTD.ATTN_DROPOUT", "0.1", "MODEL.LDVC.VISUAL_PROMPT_DROPOUT", "0.1",
+          "SOLVER.IMS_PER_BATCH", "4", "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.001", "MODEL.LDVC.LCTD.DROPOUT", "0.0", "MODEL.LDVC.LCTD.ATTN_DROPOUT", "0.0",
+          "MODEL.ZEGCLIP.DROPOUT", "0.0", "MODEL.ZEGCLIP.ATTN_DROPOUT", "0.0", "MODEL.CLIP.VISUAL_PROMPT_DROPOUT", "0.0"]
+DROPOUT = ["MODEL.LDVC.LCTD.DROPOUT", "0.1", "MODEL.LDVC.LCTD.ATTN_DROPOUT", "0.1", "MODEL.CLIP.VISUAL_PROMPT_DROPOUT", "0.1",
            "SOLVER.IMS_PER_BATCH", "2"]
 LDVC, ZEGCLIP = "configs/demo.yaml", "configs/shapes/zegclip.yaml"
 RTOL = 1e-4  # of the largest weight change the steps make
@@ -115,7 +115,7 @@ def test_evaluation_with_two_processes_writes_the_same_metrics(tiny_data, tmp_pa
         out = str(tmp_path / f"eval{procs}")
         _train_net(tmp_path, "--config-file", os.path.join(REPO, LDVC), "--num-gpus", procs, "--dist-url", "auto",
                    "--eval-only", "--register", os.path.join(root, "register_tiny_shapes.py"),
-                   "MODEL.LDVC.CLIP_PRETRAINED", "", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)",
+                   "MODEL.CLIP.PRETRAINED", "", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)",
                    "OUTPUT_DIR", out)
         files.append(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json"))
     assert filecmp.cmp(*files, shallow=False)
@@ -134,7 +134,7 @@ def test_two_machines_of_one_process_each(tiny_data, tmp_path):
     run with accumulation over the same total batch (the dropout-free COMMON settings)."""
     root, _ = tiny_data
     args = ["--config-file", os.path.join(REPO, LDVC), "--register", os.path.join(root, "register_tiny_shapes.py"),
-            "MODEL.LDVC.CLIP_PRETRAINED", "", *COMMON, "SOLVER.IMS_PER_BATCH", "2", "SEED", "5"]
+            "MODEL.CLIP.PRETRAINED", "", *COMMON, "SOLVER.IMS_PER_BATCH", "2", "SEED", "5"]
     url = f"tcp://127.0.0.1:{_free_port()}"
     machines = [subprocess.Popen([sys.executable, os.path.join(REPO, "train_net.py"), "--num-machines", "2",
                                   "--machine-rank", str(rank), "--dist-url", url, *args, "OUTPUT_DIR", f"m{rank}"],

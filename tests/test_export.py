@@ -13,7 +13,7 @@ from tests.scripts import load_script
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[export])")
 
 CONFIGS = {"LDVC": "configs/demo.yaml", "ZegCLIP": "configs/shapes/zegclip.yaml"}
-TINY = ("MODEL.LDVC.CLIP_MODEL", "LDVC-Tiny", "MODEL.LDVC.CLIP_PRETRAINED", "")
+TINY = ("MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "")
 BOUND = 1e-4  # measured max |onnxruntime - PyTorch|: 1.2e-7 (LDVC), 6e-8 (ZegCLIP)
 
 

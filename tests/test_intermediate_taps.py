@@ -93,7 +93,7 @@ def test_ldvc_default_taps_run_from_the_middle_block_to_the_last():
     """LDVC with 2 LCTD blocks on the 4-block tiny CLIP taps blocks 2 and 3 (the middle and the last), each
     LCTD block its own; the demo config's V_j norm is "learnable" (randomised here)."""
     cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()")
-    assert cfg.MODEL.LCTD.NUM_BLOCKS == 2 and not cfg.MODEL.LDVC.INTERMEDIATE_LAYERS
+    assert cfg.MODEL.LDVC.LCTD.NUM_BLOCKS == 2 and not cfg.MODEL.LDVC.INTERMEDIATE_LAYERS
     model = build_model(cfg).eval()
     backbone = model.backbone
     norms = backbone.intermediate_norms
@@ -101,7 +101,7 @@ def test_ldvc_default_taps_run_from_the_middle_block_to_the_last():
         torch.nn.init.normal_(ln.weight)
         torch.nn.init.normal_(ln.bias)
     images = torch.randn(1, 3, H, W)
-    n = cfg.MODEL.LDVC.VISUAL_PROMPTS
+    n = cfg.MODEL.CLIP.VISUAL_PROMPTS
     with torch.no_grad():
         outputs, out = _block_outputs(backbone.visual.visual.transformer.resblocks, lambda: backbone(images))
     for k, j in enumerate((2, 3)):

@@ -77,7 +77,7 @@ def test_scale_reaches_the_softmax():
     one = [LocalConsensusSelfAttention(16, num_heads=1, window_size=2, topk=4, scale=s)
            for s in ("full_width", "head_dim")]
     assert one[0].scale == one[1].scale
-    with pytest.raises(ValueError, match="MODEL.LCTD.SCALE must be 'full_width' or 'head_dim'"):
+    with pytest.raises(ValueError, match=r"MODEL.LDVC.LCTD.SCALE must be one of \['full_width', 'head_dim'\], got"):
         LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=1, scale="sqrt_d")
 
 
@@ -107,7 +107,7 @@ def test_routed_attention_matches_per_window_reference(topk):
 
 def test_grid_not_divisible_by_window_is_a_clear_error():
     lcsa = LocalConsensusSelfAttention(16, num_heads=2, window_size=4, topk=2)
-    with pytest.raises(ValueError, match="6x8 feature grid is not divisible by MODEL.LCTD.WINDOW_SIZE=4"):
+    with pytest.raises(ValueError, match="6x8 feature grid is not divisible by MODEL.LDVC.LCTD.WINDOW_SIZE=4"):
         lcsa(torch.randn(1, 48, 16), 6, 8)
 
 

@@ -167,5 +167,5 @@ def test_frozen_weights_and_float64_under_autocast():
 
 
 def test_attention_dropout_must_be_below_one():
-    with pytest.raises(ValueError, match="MODEL.LCTD.ATTN_DROPOUT"):
+    with pytest.raises(ValueError, match="MODEL.LDVC.LCTD.ATTN_DROPOUT"):
         LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=2, attn_dropout=1.0)

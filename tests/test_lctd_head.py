@@ -78,15 +78,15 @@ def test_head_logits_are_text_times_decoded_features():
 
 
 def test_head_config_switches():
-    cfg = tiny_cfg("configs/demo.yaml", "MODEL.LCTD.NUM_BLOCKS", "3", "MODEL.LCTD.SELF_ATTENTION", "global",
-                   "MODEL.LCTD.TEXT_ADAPTER", "False")
+    cfg = tiny_cfg("configs/demo.yaml", "MODEL.LDVC.LCTD.NUM_BLOCKS", "3", "MODEL.LDVC.LCTD.SELF_ATTENTION", "global",
+                   "MODEL.LDVC.LCTD.TEXT_ADAPTER", "False")
     from detectron2.layers import ShapeSpec
 
     shapes = {"dense": ShapeSpec(channels=16), "intermediate": ShapeSpec(channels=12)}
     head = LCTDHead(cfg, shapes)
     assert len(head.blocks) == 3 and head.text_adapter is None
     assert all(b.self_attn.topk is None for b in head.blocks)
-    cfg.MODEL.LCTD.SELF_ATTENTION = "windows"
+    cfg.MODEL.LDVC.LCTD.SELF_ATTENTION = "windows"
     with pytest.raises(ValueError, match="SELF_ATTENTION must be 'lcsa' or 'global'"):
         LCTDHead(cfg, shapes)
 
@@ -109,7 +109,7 @@ def test_trunc_normal_init_as_zegclips_decoder():
     torch.manual_seed(0)
     plain = LCTDHead(dim=64, intermediate_dim=48, num_blocks=2, num_heads=4, window_size=2, topk=2, weight_init="torch")
     assert plain.blocks[0].self_attn.qkv.weight.std() > 0.05  # PyTorch's kaiming-uniform: std 1/sqrt(3*64)
-    with pytest.raises(ValueError, match="MODEL.LCTD.WEIGHT_INIT must be 'trunc_normal' or 'torch'"):
+    with pytest.raises(ValueError, match="MODEL.LDVC.LCTD.WEIGHT_INIT must be 'trunc_normal' or 'torch'"):
         LCTDHead(dim=16, intermediate_dim=8, num_blocks=1, num_heads=2, window_size=2, topk=1, weight_init="xavier")
 
 

@@ -13,19 +13,13 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from tests.conftest import registered_toy_dataset, tiny_cfg
+from tests.conftest import toy_cfg
 
 SEEN_TO_TRAIN = {0: 0, 1: 1, 3: 2}
 
 
-@pytest.fixture(scope="module")
-def toy_dataset():
-    with registered_toy_dataset("ldvc_test_toy_loss_settings") as name:
-        yield name
-
-
 def _model(dataset, config, *opts):
-    cfg = tiny_cfg(config, "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)", *opts)
+    cfg = toy_cfg(dataset, config, *opts)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
@@ -88,9 +82,9 @@ SETTINGS = [  # (alpha, gamma, focal weight, dice weight, ignore as negative, ig
 @pytest.mark.parametrize("alpha,gamma,fw,dw,neg,ignore", SETTINGS)
 def test_config_loss_settings_change_the_loss_as_a_hand_computation_says(toy_dataset, config, alpha, gamma, fw, dw,
                                                                          neg, ignore):
-    model = _model(toy_dataset, config, "INPUT.CROP.ENABLED", "False", "MODEL.LDVC.LOSS.FOCAL_ALPHA", str(alpha),
-                   "MODEL.LDVC.LOSS.FOCAL_GAMMA", str(gamma), "MODEL.LDVC.LOSS.FOCAL_WEIGHT", str(fw),
-                   "MODEL.LDVC.LOSS.DICE_WEIGHT", str(dw), "MODEL.LDVC.LOSS.IGNORE_AS_NEGATIVE", str(neg),
+    model = _model(toy_dataset, config, "INPUT.CROP.ENABLED", "False", "MODEL.SEGMENTOR.LOSS.FOCAL_ALPHA", str(alpha),
+                   "MODEL.SEGMENTOR.LOSS.FOCAL_GAMMA", str(gamma), "MODEL.SEGMENTOR.LOSS.FOCAL_WEIGHT", str(fw),
+                   "MODEL.SEGMENTOR.LOSS.DICE_WEIGHT", str(dw), "MODEL.SEGMENTOR.LOSS.IGNORE_AS_NEGATIVE", str(neg),
                    "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", str(ignore))
     inputs = _inputs([(20, 27), (13, 30)])
     m = model.pad_multiple
@@ -110,7 +104,7 @@ def test_training_crops_are_padded_to_the_crop_size_whatever_the_batch(toy_datas
     normalisation = the pixel mean, label = ignore on the bottom/right), so its per-image focal mean and the
     loss sums do not depend on the batch: n_AB * L(A, B) = n_A * L(A) + n_B * L(B)."""
     model = _model(toy_dataset, "configs/demo.yaml", "INPUT.CROP.SIZE", "(64, 64)",
-                   "MODEL.LDVC.LOSS.IGNORE_AS_NEGATIVE", "True")
+                   "MODEL.SEGMENTOR.LOSS.IGNORE_AS_NEGATIVE", "True")
     a, b = _inputs([(24, 20), (64, 30)], seed=3)
     alone_img, alone_lab = model.training_batch([a])
     pair_img, pair_lab = model.training_batch([a, b])

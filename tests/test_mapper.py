@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper
-from ldvc_d2.data.mapper import PhotometricDistortion, RandomScaleResize, photometric_distortion, read_label
+from ldvc_d2.data.mapper import PhotometricDistortion, RandomScaleResize, photometric_distortion
+from ldvc_d2.utils.io import read_label
 from tests.conftest import tiny_cfg
 
 

@@ -30,7 +30,7 @@ def test_training_classes_and_label_view(toy_dataset):
     model = _model(toy_dataset)
     assert model.train_class_names == ["red circle", "green square", "yellow triangle"]
     assert model.label_lut[:6].tolist() == [0, 1, 255, 2, 255, 255] and model.label_lut[255] == 255
-    full = _model(toy_dataset, "MODEL.LDVC.TRAINING_CLASSES", "all")
+    full = _model(toy_dataset, "MODEL.SEGMENTOR.TRAINING_CLASSES", "all")
     assert full.train_class_names == CLASSES and full.label_lut[:5].tolist() == [0, 1, 2, 3, 4]
     assert full.calibration == 0.0 and model.calibration == pytest.approx(0.1)
 
@@ -65,7 +65,7 @@ def test_unseen_pixels_do_not_count_as_positives(toy_dataset):
 
 
 def test_inference_output_size_vocabulary_and_calibration(toy_dataset):
-    model = _model(toy_dataset, "MODEL.LDVC.INFERENCE.MODE", "whole")
+    model = _model(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.MODE", "whole")
     model.eval()
     image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
     out = model([{"image": image, "height": 48, "width": 64}])[0]["sem_seg"]
@@ -82,8 +82,8 @@ def test_inference_output_size_vocabulary_and_calibration(toy_dataset):
 
 
 def test_sliding_window_averages_window_scores(toy_dataset):
-    model = _model(toy_dataset, "MODEL.LDVC.INFERENCE.CROP_SIZE", "64", "MODEL.LDVC.INFERENCE.STRIDE", "32",
-                   "MODEL.LDVC.SEEN_SCORE_CALIBRATION", "0.0")
+    model = _model(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "32",
+                   "MODEL.SEGMENTOR.SEEN_SCORE_CALIBRATION", "0.0")
     model.eval()
     image = torch.randint(0, 256, (3, 64, 128), dtype=torch.uint8)
     out = model([{"image": image}])[0]["sem_seg"]
@@ -103,7 +103,7 @@ def test_sliding_window_averages_window_scores(toy_dataset):
 
 
 def test_text_features_cached_in_eval_only(toy_dataset, monkeypatch):
-    model = _model(toy_dataset, "MODEL.LDVC.INFERENCE.MODE", "whole")
+    model = _model(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.MODE", "whole")
     calls = []
     encode = model.backbone.encode_text
     monkeypatch.setattr(model.backbone, "encode_text", lambda names: calls.append(tuple(names)) or encode(names))

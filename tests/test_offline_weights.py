@@ -32,7 +32,7 @@ def test_config_loads_a_local_checkpoint_file(tmp_path, source, filename, wrap):
     path = str(tmp_path / filename)
     torch.save({"state_dict": source} if wrap else source, path)
     torch.manual_seed(0)  # a different random init: only loading the file makes the weights equal
-    model = build_model(tiny_cfg("configs/demo.yaml", "MODEL.LDVC.CLIP_PRETRAINED", path))
+    model = build_model(tiny_cfg("configs/demo.yaml", "MODEL.CLIP.PRETRAINED", path))
     _assert_backbone_holds(model, source)
     random = build_model(tiny_cfg())
     assert not torch.equal(random.backbone.visual.visual.conv1.weight, source["visual.conv1.weight"])
@@ -40,12 +40,12 @@ def test_config_loads_a_local_checkpoint_file(tmp_path, source, filename, wrap):
 
 def test_config_missing_checkpoint_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pt' does not exist"):
-        build_model(tiny_cfg("configs/demo.yaml", "MODEL.LDVC.CLIP_PRETRAINED", str(tmp_path / "nowhere.pt")))
+        build_model(tiny_cfg("configs/demo.yaml", "MODEL.CLIP.PRETRAINED", str(tmp_path / "nowhere.pt")))
 
 
 def test_copied_cache_dir_serves_a_pretrained_tag_offline(tmp_path, source, monkeypatch):
     """A tag resolved through the Hugging Face hub cache, as open_clip downloads ViT-B-16 'openai':
-    the cache copied to an offline machine is found via MODEL.LDVC.CLIP_CACHE_DIR."""
+    the cache copied to an offline machine is found via MODEL.CLIP.CACHE_DIR."""
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
@@ -64,8 +64,8 @@ def test_copied_cache_dir_serves_a_pretrained_tag_offline(tmp_path, source, monk
     found = open_clip.download_pretrained(open_clip.get_pretrained_cfg("LDVC-Tiny", "offlinetest"), cache_dir=str(cache))
     assert found.endswith("open_clip_model.safetensors") and os.path.isfile(found)
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("configs/demo.yaml", "MODEL.LDVC.CLIP_PRETRAINED", "offlinetest",
-                                 "MODEL.LDVC.CLIP_CACHE_DIR", str(cache)))
+    model = build_model(tiny_cfg("configs/demo.yaml", "MODEL.CLIP.PRETRAINED", "offlinetest",
+                                 "MODEL.CLIP.CACHE_DIR", str(cache)))
     _assert_backbone_holds(model, source)
-    model = build_model(tiny_cfg("configs/demo.yaml", "MODEL.LDVC.CLIP_PRETRAINED", found))  # the file itself
+    model = build_model(tiny_cfg("configs/demo.yaml", "MODEL.CLIP.PRETRAINED", found))  # the file itself
     _assert_backbone_holds(model, source)

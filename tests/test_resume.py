@@ -19,7 +19,7 @@ from ldvc_d2.checkpoint import load_checkpoint_file
 from tests import tiny_shapes
 from tests.conftest import REPO
 
-OPTS = ["MODEL.LDVC.CLIP_PRETRAINED", "", "DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()",
+OPTS = ["MODEL.CLIP.PRETRAINED", "", "DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
         "INPUT.PHOTOMETRIC_DISTORTION", "True", "SEED", "3"]
 

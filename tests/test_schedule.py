@@ -143,8 +143,8 @@ def test_accumulation_is_the_full_batch_step_even_with_an_image_without_classes(
               torch.full((64, 64), 2)]  # class 2 is unseen: no training class present
     batch = [{"image": torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8), "sem_seg": t} for t in labels]
     with registered_toy_dataset("toy_accumulation") as name:
-        cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", f"('{name}',)", "MODEL.LCTD.DROPOUT", "0.0",
-                       "MODEL.LCTD.ATTN_DROPOUT", "0.0")
+        cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", f"('{name}',)", "MODEL.LDVC.LCTD.DROPOUT", "0.0",
+                       "MODEL.LDVC.LCTD.ATTN_DROPOUT", "0.0")
         torch.manual_seed(0)
         model = build_model(cfg).train()
         start = {k: v.clone() for k, v in model.state_dict().items()}

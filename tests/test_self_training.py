@@ -17,7 +17,7 @@ def toy():
 
 def _model(dataset, *opts):
     cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)",
-                   "MODEL.LDVC.TRAINING_CLASSES", "all", "MODEL.LDVC.SELF_TRAINING", "True", *opts)
+                   "MODEL.SEGMENTOR.TRAINING_CLASSES", "all", "MODEL.SEGMENTOR.SELF_TRAINING", "True", *opts)
     torch.manual_seed(0)
     return build_model(cfg)
 
@@ -66,9 +66,9 @@ def test_training_step_uses_pseudo_labels(toy, monkeypatch):
 
 def test_self_training_needs_all_class_names(toy):
     with pytest.raises(ValueError, match="TRAINING_CLASSES 'all'"):
-        _model(toy, "MODEL.LDVC.TRAINING_CLASSES", "seen")
+        _model(toy, "MODEL.SEGMENTOR.TRAINING_CLASSES", "seen")
 
 
 def test_inductive_training_ignores_unseen_pixels(toy):
-    model = _model(toy, "MODEL.LDVC.SELF_TRAINING", "False", "MODEL.LDVC.TRAINING_CLASSES", "seen")
+    model = _model(toy, "MODEL.SEGMENTOR.SELF_TRAINING", "False", "MODEL.SEGMENTOR.TRAINING_CLASSES", "seen")
     assert len(model.self_training_classes) == 0

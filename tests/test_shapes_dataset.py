@@ -11,7 +11,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-import ldvc_d2.data.datasets.shapes as shapes
+import ldvc_d2.benchmarks.shapes.dataset as shapes
 
 NUM_CLASSES = len(shapes.CLASS_NAMES)
 SMALL = dict(num_train=6, num_val=3)

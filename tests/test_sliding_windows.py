@@ -58,7 +58,7 @@ class BatchedStub(CoordinateStub):
         return torch.stack([self._one(w) for w in images])
 
 
-STUBS = [(CoordinateStub, 1), (BatchedStub, 4)]  # (method, MODEL.LDVC.INFERENCE.WINDOW_BATCH)
+STUBS = [(CoordinateStub, 1), (BatchedStub, 4)]  # (method, MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH)
 
 
 def _stub(cls, window_batch, **kw):

@@ -7,14 +7,16 @@ import json
 import logging
 import os
 
+import numpy as np
+import open_clip
 import pytest
 import torch
 from safetensors import safe_open
 
-from ldvc_d2 import shapes_clip
-from ldvc_d2 import shapes_clip_shipped as shipped
+from ldvc_d2.benchmarks.shapes import cache, shipped, tiny_clip
+from ldvc_d2.benchmarks.shapes.tiny_clip import PretrainConfig
+from ldvc_d2.benchmarks.shapes.world import CLASS_NAMES, make_caption
 from ldvc_d2.modeling.clip import build_clip_model
-from ldvc_d2.shapes_clip import PretrainConfig
 from tests.conftest import REPO
 from tests.scripts import load_script
 
@@ -25,7 +27,7 @@ def _fake_pretrained(path, cfg):
     """A checkpoint as pretrain_tiny_clip writes it: the model pretraining starts from (same seed), every
     trainable tensor then changed, the token embedding kept (it is frozen in pretraining)."""
     torch.manual_seed(cfg.seed)
-    model, _ = shapes_clip._build(cfg.image_size)
+    model, _ = tiny_clip._build(cfg.image_size)
     state = model.state_dict()
     gen = torch.Generator().manual_seed(1)
     for key, value in state.items():
@@ -57,21 +59,21 @@ def test_another_drawn_embedding_keeps_the_pretraining_vocabulary(tmp_path, monk
     shipped.write_shipped(str(tmp_path / "p.pt"), str(tmp_path / "s.safetensors"), TINY)
     other = torch.randn(state["token_embedding.weight"].shape)
     monkeypatch.setattr(shipped, "_initial_token_embedding", lambda cfg: other.clone())
-    with caplog.at_level(logging.INFO, logger="ldvc_d2.shapes_clip_shipped"):
+    with caplog.at_level(logging.INFO, logger="ldvc_d2.benchmarks.shapes.shipped"):
         got, _ = shipped.read_shipped(tmp_path / "s.safetensors", TINY)
     assert "another random token embedding" in caplog.text
     tokens = got["token_embedding.weight"]
-    vocab = shipped.pretraining_vocabulary(shapes_clip.open_clip.get_tokenizer("LDVC-Tiny"))
+    vocab = shipped.pretraining_vocabulary(open_clip.get_tokenizer("LDVC-Tiny"))
     assert torch.equal(tokens[vocab], state["token_embedding.weight"][vocab])
     rest = torch.ones(len(tokens), dtype=torch.bool)
     rest[vocab] = False
     assert torch.equal(tokens[rest], other[rest])
-    texts = [t.format(shapes_clip.make_caption([a, b])) for t in shapes_clip.CAPTION_TEMPLATES for a, b in [(0, 5), (7, 7)]]
-    texts += [shapes_clip.EVAL_TEMPLATE.format(c) for c in shapes_clip.CLASS_NAMES]
-    tokenizer = shapes_clip.open_clip.get_tokenizer("LDVC-Tiny")
+    texts = [t.format(make_caption([a, b])) for t in tiny_clip.CAPTION_TEMPLATES for a, b in [(0, 5), (7, 7)]]
+    texts += [tiny_clip.EVAL_TEMPLATE.format(c) for c in CLASS_NAMES]
+    tokenizer = open_clip.get_tokenizer("LDVC-Tiny")
     features = []
     for weights in (state, got):
-        model, _ = shapes_clip._build(64)
+        model, _ = tiny_clip._build(64)
         model.load_state_dict(weights)
         with torch.no_grad():
             features.append(model.eval().encode_text(tokenizer(texts)))
@@ -79,10 +81,10 @@ def test_another_drawn_embedding_keeps_the_pretraining_vocabulary(tmp_path, monk
 
 
 def test_pretraining_vocabulary_covers_every_caption():
-    tokenizer = shapes_clip.open_clip.get_tokenizer("LDVC-Tiny")
+    tokenizer = open_clip.get_tokenizer("LDVC-Tiny")
     vocab = set(shipped.pretraining_vocabulary(tokenizer).tolist())
-    rng = shapes_clip.np.random.default_rng(0)
-    _, captions = shapes_clip.sample_batch(rng, 64, 64)
+    rng = np.random.default_rng(0)
+    _, captions = tiny_clip.sample_batch(rng, 64, 64)
     assert set(tokenizer(captions).unique().tolist()) <= vocab
     assert {49406, 49407, 0} <= vocab  # start, end, padding
 
@@ -114,11 +116,11 @@ def test_first_use_writes_the_shipped_checkpoint_without_pretraining(tmp_path, m
     _fake_pretrained(tmp_path / "p.pt", TINY)
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "assets")
     shipped.write_shipped(str(tmp_path / "p.pt"), str(shipped.shipped_path(TINY)), TINY)
-    monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda *a, **k: pytest.fail("pretrained"))
+    monkeypatch.setattr(cache, "pretrain_tiny_clip", lambda *a, **k: pytest.fail("pretrained"))
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    path = shapes_clip.ensure_tiny_clip(str(tmp_path / "cache"), TINY)
+    path = cache.ensure_tiny_clip(str(tmp_path / "cache"), TINY)
     assert torch.equal(torch.rand(3), expected)  # the caller's RNG is untouched (LDVC's init follows)
     saved = torch.load(path, weights_only=True)
     want = torch.load(tmp_path / "p.pt", weights_only=True)["state_dict"]
@@ -126,7 +128,7 @@ def test_first_use_writes_the_shipped_checkpoint_without_pretraining(tmp_path, m
     assert saved["ldvc_tiny_clip"]["source"] == shipped.shipped_path(TINY).name
     # a cached checkpoint (e.g. pretrained afresh by tools/pretrain_tiny_clip.py) is used first
     torch.save({"state_dict": want, "ldvc_tiny_clip": {"source": "mine"}}, path)
-    assert shapes_clip.ensure_tiny_clip(str(tmp_path / "cache"), TINY) == path
+    assert cache.ensure_tiny_clip(str(tmp_path / "cache"), TINY) == path
     assert torch.load(path, weights_only=True)["ldvc_tiny_clip"]["source"] == "mine"
 
 
@@ -143,9 +145,9 @@ def test_the_shipped_checkpoint_is_the_default_recipes_and_gives_its_accuracy(tm
         meta = f.metadata()
     claimed = json.loads(meta["metrics"])
     assert claimed["config"] == dataclasses.asdict(cfg)
-    monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda *a, **k: pytest.fail("pretrained"))
+    monkeypatch.setattr(cache, "pretrain_tiny_clip", lambda *a, **k: pytest.fail("pretrained"))
     model, _ = build_clip_model("LDVC-Tiny", "shapes", cache_dir=str(tmp_path))
-    got = shapes_clip.zero_shot_accuracy(model, shapes_clip.open_clip.get_tokenizer("LDVC-Tiny"))
+    got = tiny_clip.zero_shot_accuracy(model, open_clip.get_tokenizer("LDVC-Tiny"))
     # 400 held-out images; other thread counts or CPUs may flip a near-tie (one image = 0.25 points)
     assert abs(got["accuracy"] - claimed["accuracy"]) <= 1.0, (got, claimed)
     assert got["accuracy"] > 8 * got["chance"]
@@ -153,10 +155,10 @@ def test_the_shipped_checkpoint_is_the_default_recipes_and_gives_its_accuracy(tm
 
 def test_tool_pretrains_into_the_cache_compares_and_ships(tmp_path, monkeypatch, capsys):
     tool = load_script("tools/pretrain_tiny_clip.py")
-    monkeypatch.setitem(shapes_clip.TINY_CLIP_RECIPES, "tiny", TINY)
+    monkeypatch.setitem(tiny_clip.TINY_CLIP_RECIPES, "tiny", TINY)
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "assets")
     assert tool.main(["--recipe", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
-    cached = shapes_clip.cache_path(str(tmp_path / "cache"), TINY)
+    cached = cache.cache_path(str(tmp_path / "cache"), TINY)
     first = torch.load(cached, weights_only=True)["ldvc_tiny_clip"]
     assert f"all {first['accuracy']:5.1f}" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # an existing checkpoint is kept unless --force
@@ -193,7 +195,7 @@ def test_every_token_a_shapes_config_encodes_is_in_the_pretraining_vocabulary(co
 
     from tests.conftest import tiny_cfg
 
-    cfg = tiny_cfg(config, "MODEL.LCTD.NUM_HEADS", "4", "MODEL.DEOP.VISUAL_PROMPT_LAYERS", "[0, 1, 2, 3]")
+    cfg = tiny_cfg(config, "MODEL.LDVC.LCTD.NUM_HEADS", "4", "MODEL.DEOP.VISUAL_PROMPT_LAYERS", "[0, 1, 2, 3]")
     model = build_model(cfg).eval()
     if not hasattr(model, "text_features"):
         pytest.skip(f"{type(model).__name__} embeds no class names")
@@ -208,7 +210,7 @@ def test_every_token_a_shapes_config_encodes_is_in_the_pretraining_vocabulary(co
             if names:
                 model.text_features(list(names))
     assert ids, f"{config}: no class text reached a token embedding"
-    vocab = set(shipped.pretraining_vocabulary(shapes_clip.open_clip.get_tokenizer("LDVC-Tiny")).tolist())
+    vocab = set(shipped.pretraining_vocabulary(open_clip.get_tokenizer("LDVC-Tiny")).tolist())
     outside = set(torch.cat(ids).tolist()) - vocab
     assert not outside, f"{config}: tokens {sorted(outside)} are not in the tiny CLIP's pretraining vocabulary"
 
@@ -225,7 +227,8 @@ def test_a_cpu_without_avx2_gets_the_same_shapes_vectors(tmp_path):
     import sys
 
     script = (
-        "import sys, torch; from ldvc_d2 import shapes_clip_shipped as s; from ldvc_d2.shapes_clip import PretrainConfig;"
+        "import sys, torch; from ldvc_d2.benchmarks.shapes import shipped as s;"
+        "from ldvc_d2.benchmarks.shapes.tiny_clip import PretrainConfig;"
         "state, _ = s.read_shipped(s.shipped_path(PretrainConfig()));"
         "torch.save({'capability': torch.backends.cpu.get_cpu_capability(), 'token': state['token_embedding.weight']},"
         " sys.argv[1])")
@@ -235,7 +238,7 @@ def test_a_cpu_without_avx2_gets_the_same_shapes_vectors(tmp_path):
     other = torch.load(tmp_path / "t.pt", weights_only=True)
     assert other["capability"] == "DEFAULT"
     here, _ = shipped.read_shipped(shipped.shipped_path(PretrainConfig()))
-    vocab = shipped.pretraining_vocabulary(shapes_clip.open_clip.get_tokenizer("LDVC-Tiny"))
+    vocab = shipped.pretraining_vocabulary(open_clip.get_tokenizer("LDVC-Tiny"))
     assert torch.equal(other["token"][vocab], here["token_embedding.weight"][vocab])
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # the two draws differ outside the vocabulary
         assert not torch.equal(other["token"], here["token_embedding.weight"])

@@ -55,7 +55,7 @@ def _cfg(tmp_path, config="configs/demo.yaml", *opts):
     return tiny_cfg(config, "DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", f"('{VAL}',)", "SOLVER.MAX_ITER", "2",
                     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
                     "INPUT.TRAIN_SCALE", "(64, 32)", "INPUT.CROP.SIZE", "(32, 32)", "INPUT.MIN_SIZE_TEST", "32",
-                    "INPUT.MAX_SIZE_TEST", "128", "MODEL.LDVC.INFERENCE.CROP_SIZE", "32", "MODEL.LDVC.INFERENCE.STRIDE",
+                    "INPUT.MAX_SIZE_TEST", "128", "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "32", "MODEL.SEGMENTOR.INFERENCE.STRIDE",
                     "24", "INPUT.PHOTOMETRIC_DISTORTION", "True", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD",
                     "1000", "OUTPUT_DIR", str(tmp_path / "out"), *opts)
 

@@ -7,18 +7,18 @@ from detectron2.modeling import build_model
 from tests.conftest import tiny_cfg
 
 PROMPTS = {  # variant -> config overrides
-    "frozen": ["MODEL.LDVC.VISUAL_PROMPTS", "0", "MODEL.LDVC.TEXT_PROMPTS", "0"],
-    "vision_only": ["MODEL.LDVC.VISUAL_PROMPTS", "4", "MODEL.LDVC.TEXT_PROMPTS", "0"],
-    "language_only": ["MODEL.LDVC.VISUAL_PROMPTS", "0", "MODEL.LDVC.TEXT_PROMPTS", "6"],
-    "vision_language": ["MODEL.LDVC.VISUAL_PROMPTS", "4", "MODEL.LDVC.TEXT_PROMPTS", "6"],
-    "vision_language_random_init": ["MODEL.LDVC.VISUAL_PROMPTS", "4", "MODEL.LDVC.TEXT_PROMPTS", "6",
-                                    "MODEL.LDVC.TEXT_PROMPT_INIT", "random"],
-    "zegclip_visual": ["MODEL.LDVC.VISUAL_PROMPTS", "4", "MODEL.LDVC.TEXT_PROMPTS", "0",
-                       "MODEL.LDVC.VISUAL_PROMPT_PROJECTION", "True", "MODEL.LDVC.VISUAL_FINAL_NORM", "True"],
+    "frozen": ["MODEL.CLIP.VISUAL_PROMPTS", "0", "MODEL.CLIP.TEXT_PROMPTS", "0"],
+    "vision_only": ["MODEL.CLIP.VISUAL_PROMPTS", "4", "MODEL.CLIP.TEXT_PROMPTS", "0"],
+    "language_only": ["MODEL.CLIP.VISUAL_PROMPTS", "0", "MODEL.CLIP.TEXT_PROMPTS", "6"],
+    "vision_language": ["MODEL.CLIP.VISUAL_PROMPTS", "4", "MODEL.CLIP.TEXT_PROMPTS", "6"],
+    "vision_language_random_init": ["MODEL.CLIP.VISUAL_PROMPTS", "4", "MODEL.CLIP.TEXT_PROMPTS", "6",
+                                    "MODEL.CLIP.TEXT_PROMPT_INIT", "random"],
+    "zegclip_visual": ["MODEL.CLIP.VISUAL_PROMPTS", "4", "MODEL.CLIP.TEXT_PROMPTS", "0",
+                       "MODEL.CLIP.VISUAL_PROMPT_PROJECTION", "True", "MODEL.CLIP.VISUAL_FINAL_NORM", "True"],
 }
 HEADS = {
     "lctd_lcsa": ["MODEL.SEM_SEG_HEAD.NAME", "LCTDHead"],
-    "lctd_global": ["MODEL.SEM_SEG_HEAD.NAME", "LCTDHead", "MODEL.LCTD.SELF_ATTENTION", "global"],
+    "lctd_global": ["MODEL.SEM_SEG_HEAD.NAME", "LCTDHead", "MODEL.LDVC.LCTD.SELF_ATTENTION", "global"],
     "zegclip": ["MODEL.META_ARCHITECTURE", "ZegCLIP", "MODEL.SEM_SEG_HEAD.NAME", "ZegCLIPHead", "MODEL.ZEGCLIP.NUM_HEADS", "4"],
 }
 
@@ -42,12 +42,12 @@ def test_every_head_with_every_prompt_variant_trains(head, prompts):
     assert all(".prompt" in n or n.startswith("backbone.intermediate_norms.")
                for n in trainable if n.startswith("backbone."))
     assert any(n.startswith("backbone.intermediate_norms.") for n in trainable) == head.startswith("lctd")
-    assert ("backbone.visual.prompts" in with_grad) == (cfg.MODEL.LDVC.VISUAL_PROMPTS > 0)
-    assert ("backbone.text.prompts" in with_grad) == (cfg.MODEL.LDVC.TEXT_PROMPTS > 0)
-    assert ("backbone.visual.prompt_proj.weight" in with_grad) == cfg.MODEL.LDVC.VISUAL_PROMPT_PROJECTION
+    assert ("backbone.visual.prompts" in with_grad) == (cfg.MODEL.CLIP.VISUAL_PROMPTS > 0)
+    assert ("backbone.text.prompts" in with_grad) == (cfg.MODEL.CLIP.TEXT_PROMPTS > 0)
+    assert ("backbone.visual.prompt_proj.weight" in with_grad) == cfg.MODEL.CLIP.VISUAL_PROMPT_PROJECTION
     assert any(n.startswith("sem_seg_head.") for n in with_grad)
     head_module = model.sem_seg_head
     assert type(head_module).__name__ == cfg.MODEL.SEM_SEG_HEAD.NAME
     if head.startswith("lctd"):
-        expected_topk = None if head == "lctd_global" else cfg.MODEL.LCTD.TOPK_WINDOWS
+        expected_topk = None if head == "lctd_global" else cfg.MODEL.LDVC.LCTD.TOPK_WINDOWS
         assert all(b.self_attn.topk == expected_topk for b in head_module.blocks)

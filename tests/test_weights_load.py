@@ -47,7 +47,7 @@ def test_matching_weights_load_completely_and_frozen_clip_may_be_absent(ldvc_wei
     only_trained = str(tmp_path / "trained_only.pth")
     torch.save({"model": trainable}, only_trained)
     status = _load("configs/demo.yaml", only_trained).load_status["status"]
-    assert status == f"complete; {frozen} frozen tensor(s) not in the file keep the CLIP_PRETRAINED weights"
+    assert status == f"complete; {frozen} frozen tensor(s) not in the file keep the MODEL.CLIP.PRETRAINED weights"
 
 
 def test_ldvc_weights_for_the_zegclip_config_are_an_error(ldvc_weights):
@@ -64,12 +64,12 @@ def test_empty_state_dict_is_an_error(tmp_path):
 
 
 def test_other_number_of_prompts_is_an_error_unless_partial_load(ldvc_weights, caplog):
-    prompts = tiny_cfg().MODEL.LDVC.VISUAL_PROMPTS
+    prompts = tiny_cfg().MODEL.CLIP.VISUAL_PROMPTS
     with pytest.raises(IncompleteWeightsError, match=r"shape mismatch\(es\): backbone.visual.prompts \(\d+, "
                                                      f"{prompts}, \\d+\\) in the file, \\(\\d+, 3, \\d+\\) in the model"):
-        _load("configs/demo.yaml", ldvc_weights[1], "MODEL.LDVC.VISUAL_PROMPTS", "3")
+        _load("configs/demo.yaml", ldvc_weights[1], "MODEL.CLIP.VISUAL_PROMPTS", "3")
     with caplog.at_level(logging.WARNING, logger="ldvc_d2.checkpoint"):
-        checkpointer = _load("configs/demo.yaml", ldvc_weights[1], "MODEL.LDVC.VISUAL_PROMPTS", "3",
+        checkpointer = _load("configs/demo.yaml", ldvc_weights[1], "MODEL.CLIP.VISUAL_PROMPTS", "3",
                              "MODEL.WEIGHTS_PARTIAL_LOAD", "True")
     assert checkpointer.load_status["status"].startswith("partial: 1 shape mismatch(es): backbone.visual.prompts")
     assert "Loaded the matching part (MODEL.WEIGHTS_PARTIAL_LOAD True)" in caplog.text
@@ -119,7 +119,7 @@ def _train_net(tmp_path, *args):
 
 def test_eval_only_records_the_weights_and_refuses_no_weights(ldvc_weights, tmp_path):
     script = _mini_dataset(tmp_path)
-    common = ["--register", script, "MODEL.LDVC.CLIP_PRETRAINED", "", "DATASETS.TEST", "('mini_weights_val',)",
+    common = ["--register", script, "MODEL.CLIP.PRETRAINED", "", "DATASETS.TEST", "('mini_weights_val',)",
               "DATALOADER.NUM_WORKERS", "0"]
     proc = _train_net(tmp_path, "--eval-only", *common, "OUTPUT_DIR", str(tmp_path / "none"))
     assert proc.returncode != 0 and "--eval-only without MODEL.WEIGHTS would evaluate an untrained" in proc.stderr
@@ -133,7 +133,7 @@ def test_eval_only_records_the_weights_and_refuses_no_weights(ldvc_weights, tmp_
     assert report["num_images"] == 2
     mode = stat.S_IMODE(os.stat(path).st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "out" / "config.yaml").st_mode) == 0o666 & ~_umask()
-    proc = _train_net(tmp_path, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "MODEL.LDVC.VISUAL_PROMPTS",
+    proc = _train_net(tmp_path, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "MODEL.CLIP.VISUAL_PROMPTS",
                       "3", "OUTPUT_DIR", str(tmp_path / "wrong"))
     assert proc.returncode != 0 and "IncompleteWeightsError" in proc.stderr and "backbone.visual.prompts" in proc.stderr
 

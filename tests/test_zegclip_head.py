@@ -25,7 +25,7 @@ def official_trainable_count(num_prompts: int, width=768, layers=12, d=512, dec_
 @pytest.mark.parametrize("config,num_prompts,paper", [("configs/zegclip/voc.yaml", 10, 13.8),
                                                      ("configs/zegclip/coco_stuff.yaml", 100, 14.6)])
 def test_trainable_parameters_match_official_count(config, num_prompts, paper):
-    model = build_model(tiny_cfg(config, "MODEL.LDVC.CLIP_MODEL", "ViT-B-16"))
+    model = build_model(tiny_cfg(config, "MODEL.CLIP.MODEL", "ViT-B-16"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == official_trainable_count(num_prompts)
     assert abs(trainable / 1e6 - paper) < 0.1

@@ -5,8 +5,8 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ldvc_d2.benchmarks.shapes.dataset import CLASS_NAMES, UNSEEN_CLASSES, generate_shapes_dataset
 from ldvc_d2.data import register_zero_shot_folder
-from ldvc_d2.data.datasets.shapes import CLASS_NAMES, UNSEEN_CLASSES, generate_shapes_dataset
 
 TRAIN, VAL = "tiny_shapes_train", "tiny_shapes_val"
 

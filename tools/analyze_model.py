@@ -29,15 +29,10 @@ CLIP weights do not change any figure, so CLIP is built with random weights (no 
 """
 import argparse
 import logging
-import os
-import resource
 import sys
-import time
-import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -45,28 +40,16 @@ import ldvc_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from ldvc_d2.data import add_register_argument, load_user_modules
 from ldvc_d2.predictor import load_config
 from ldvc_d2.utils import write_json_atomic
+from ldvc_d2.utils.model_stats import count_flops, parameter_table
+from ldvc_d2.utils.speed import measure_speed
 from tabulate import tabulate
 
 logger = logging.getLogger("ldvc_d2.analyze_model")
 TASKS = ("parameter", "flop", "speed")
 COMPONENTS = ("model", "backbone")
-
-
-# ---------------------------------------------------------------------------------------------- parameters
-def parameter_table(model: nn.Module, depth: int = 2, prefix: str = "") -> "OrderedDict[str, Dict[str, int]]":
-    """{module name (``prefix``.name) truncated to ``depth`` dotted parts: {"trainable": n, "total": n}}."""
-    table: "OrderedDict[str, Dict[str, int]]" = OrderedDict()
-    for name, p in model.named_parameters(prefix=prefix):
-        key = ".".join(name.split(".")[:depth])
-        row = table.setdefault(key, {"trainable": 0, "total": 0})
-        row["total"] += p.numel()
-        row["trainable"] += p.numel() if p.requires_grad else 0
-    return table
 
 
 # ---------------------------------------------------------------------------------------------- what runs
@@ -101,95 +84,6 @@ class BackboneInference(nn.Module):
         return dense, self.model.backbone.encode_text(self.class_names)
 
 
-# ---------------------------------------------------------------------------------------------- FLOPs
-def _sdpa_flops(inputs, outputs) -> int:
-    """aten::scaled_dot_product_attention: Q K^T and the weighted sum of V."""
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    return int(np.prod(q[:-1])) * k[-2] * (q[-1] + v[-1])
-
-
-def _native_mha_flops(inputs, outputs) -> int:
-    """aten::_native_multi_head_attention (nn.MultiheadAttention's fast path, batch first):
-    input projections, attention, output projection."""
-    q, k = get_shape(inputs[0]), get_shape(inputs[1])
-    b, lq, e = q
-    lk = k[1]
-    return b * lq * e * e + 2 * b * lk * e * e + 2 * b * lq * lk * e + b * lq * e * e
-
-
-FLOP_HANDLES = {
-    "aten::scaled_dot_product_attention": _sdpa_flops,
-    "aten::_native_multi_head_attention": _native_mha_flops,
-}
-
-
-def count_flops(module: nn.Module, image: torch.Tensor, depth: int) -> Dict[str, object]:
-    """fvcore FLOPs of ``module(image)``: total, per module (``depth`` dotted parts), uncounted ops."""
-    analysis = FlopCountAnalysis(module, (image,)).set_op_handle(**FLOP_HANDLES)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    analysis.tracer_warnings("none")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        total = analysis.total()
-    by_module = {name[len("model."):]: int(n) for name, n in analysis.by_module().items()
-                 if name.startswith("model.") and name.count(".") <= depth and n}
-    return {"total": int(total), "by_module": by_module, "uncounted_ops": dict(analysis.unsupported_ops())}
-
-
-# ---------------------------------------------------------------------------------------------- speed, memory
-class PeakMemory:
-    """Peak memory of the code in the ``with`` block, in MiB (``kind`` says what is measured)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.peak_mb = 0.0
-        if self.cuda:
-            self.kind = "torch.cuda.max_memory_allocated (GPU tensors)"
-        elif os.path.exists("/proc/self/clear_refs"):
-            self.kind = "CPU peak resident set size of the process (VmHWM, reset before the measurement)"
-        else:
-            self.kind = "CPU peak resident set size of the process since it started (ru_maxrss; cannot reset)"
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        elif "VmHWM" in self.kind:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak RSS (Linux >= 4.0)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        elif "VmHWM" in self.kind:
-            with open("/proc/self/status") as f:
-                kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-            self.peak_mb = kb / 1024
-        else:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self.peak_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
-def measure_speed(fn: Callable[[torch.Tensor], object], image: torch.Tensor, device: torch.device, *, iters: int,
-                  warmup: int) -> Dict[str, float]:
-    """images/s and seconds/image over ``iters`` calls after ``warmup`` calls; peak memory of those calls."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn(image)
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn(image)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-    return {"images_per_s": iters / seconds, "seconds_per_image": seconds / iters, "peak_memory_mb": memory.peak_mb,
-            "memory_kind": memory.kind}
-
-
 # ---------------------------------------------------------------------------------------------- driver
 def vocabulary(cfg, num_classes: Optional[int]) -> List[str]:
     if num_classes:
@@ -206,16 +100,16 @@ def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str,
     """Every requested component of one config -> one result dict each."""
     cfg = load_config(config_file, args.opts)
     if not args.load_weights:
-        cfg.MODEL.LDVC.CLIP_PRETRAINED = ""
+        cfg.MODEL.CLIP.PRETRAINED = ""
     if not args.slide:
-        cfg.MODEL.LDVC.INFERENCE.MODE = "whole"
+        cfg.MODEL.SEGMENTOR.INFERENCE.MODE = "whole"
     names = vocabulary(cfg, args.num_classes)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     device = torch.device(cfg.MODEL.DEVICE)
     height, width = args.input_size if len(args.input_size) == 2 else args.input_size * 2
     image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    inference = cfg.MODEL.LDVC.INFERENCE
+    inference = cfg.MODEL.SEGMENTOR.INFERENCE
     results = []
     for component in args.components:
         if component == "backbone" and not hasattr(model, "backbone"):
@@ -224,7 +118,7 @@ def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str,
         module = model if component == "model" else model.backbone
         result: Dict[str, object] = OrderedDict(
             config=config_file, component=component, method=cfg.MODEL.META_ARCHITECTURE,
-            head=cfg.MODEL.SEM_SEG_HEAD.NAME if hasattr(model, "sem_seg_head") else None, clip=cfg.MODEL.LDVC.CLIP_MODEL,
+            head=cfg.MODEL.SEM_SEG_HEAD.NAME if hasattr(model, "sem_seg_head") else None, clip=cfg.MODEL.CLIP.MODEL,
             device=str(device), num_classes=len(names), input_size=[height, width],
             inference=(f"sliding window {inference.CROP_SIZE} stride {inference.STRIDE}"
                        if component == "model" and inference.MODE == "slide" else "one whole-image pass"),
@@ -306,7 +200,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slide", action="store_true", help="model: the config's sliding-window inference "
                                                              "instead of one whole-image pass")
     parser.add_argument("--depth", type=int, default=2, help="module-name depth of the per-module rows (default 2)")
-    parser.add_argument("--load-weights", action="store_true", help="build CLIP with MODEL.LDVC.CLIP_PRETRAINED")
+    parser.add_argument("--load-weights", action="store_true", help="build CLIP with MODEL.CLIP.PRETRAINED")
     parser.add_argument("--output", "--json", dest="output", metavar="FILE", help="also write the results as JSON")
     add_register_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config, KEY VALUE ...")

@@ -114,8 +114,8 @@ def main(argv=None) -> int:
         parser.error("--jobs must be >= 1")
 
     import ldvc_d2  # noqa: F401
-    from ldvc_d2.data.datasets.shapes import generate_shapes_dataset
-    from ldvc_d2.shapes_clip import ensure_tiny_clip
+    from ldvc_d2.benchmarks.shapes.cache import ensure_tiny_clip
+    from ldvc_d2.benchmarks.shapes.dataset import generate_shapes_dataset
     from ldvc_d2.utils import write_json_atomic
 
     import torch

@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ldvc_d2  # noqa: F401,E402
 from detectron2.modeling import build_model  # noqa: E402
+from ldvc_d2.engine.speed_profile import mapper_seconds, train_breakdown  # noqa: E402
 from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention  # noqa: E402
 from ldvc_d2.predictor import load_config  # noqa: E402
 from ldvc_d2.utils.io import write_json_atomic  # noqa: E402
 from ldvc_d2.utils.speed import median_seconds, peak_mib, tensor_peak_mib  # noqa: E402
-from ldvc_d2.utils.speed_profile import mapper_seconds, train_breakdown  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"ldvc": "configs/coco_stuff.yaml", "zegclip": "configs/zegclip/coco_stuff.yaml",
@@ -46,7 +46,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--image-size", type=int, default=None, help="training crop / eval window in px (CPU 128, CUDA 512)")
     p.add_argument("--batch", type=int, default=None, help="training images per step (CPU 2, CUDA 4)")
-    p.add_argument("--clip-model", default="", help="MODEL.LDVC.CLIP_MODEL override (e.g. LDVC-Tiny for a smoke test)")
+    p.add_argument("--clip-model", default="", help="MODEL.CLIP.MODEL override (e.g. LDVC-Tiny for a smoke test)")
     p.add_argument("--methods", default="ldvc,zegclip", help="trained methods for the train section")
     p.add_argument("--grids", default="32,64,96", help="LCSA token grids (side)")
     p.add_argument("--sections", default="train,eval,lcsa,text")
@@ -57,8 +57,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def _config(method: str, args: argparse.Namespace, extra: List[str] = ()):
-    model = ["MODEL.LDVC.CLIP_MODEL", args.clip_model] if args.clip_model else []
-    return load_config(os.path.join(REPO, CONFIGS[method]), ["MODEL.LDVC.CLIP_PRETRAINED", "", "MODEL.DEVICE",
+    model = ["MODEL.CLIP.MODEL", args.clip_model] if args.clip_model else []
+    return load_config(os.path.join(REPO, CONFIGS[method]), ["MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE",
                                                             args.device, *model, *extra])
 
 
@@ -103,13 +103,13 @@ def eval_section(args, device, notes: List[str]) -> Dict:
     stride = max(1, round(size * 426 / 512))  # the configs' 512 / 426 window / stride, scaled
     images = [{"image": _image(size, 2 * size, 10 + i)} for i in range(2)]
     names = [f"class {i}" for i in range(171)]
-    runs = {"ldvc_whole": ("ldvc", ["MODEL.LDVC.INFERENCE.MODE", "whole"]),
-            "ldvc_slide_one_window": ("ldvc", ["MODEL.LDVC.INFERENCE.WINDOW_BATCH", "1"]),
-            "ldvc_slide_batched": ("ldvc", ["MODEL.LDVC.INFERENCE.WINDOW_BATCH", "8"]),
+    runs = {"ldvc_whole": ("ldvc", ["MODEL.SEGMENTOR.INFERENCE.MODE", "whole"]),
+            "ldvc_slide_one_window": ("ldvc", ["MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH", "1"]),
+            "ldvc_slide_batched": ("ldvc", ["MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH", "8"]),
             "cliptrase": ("cliptrase", [])}
     out = {}
     for key, (method, extra) in runs.items():
-        opts = ["MODEL.LDVC.INFERENCE.CROP_SIZE", str(size), "MODEL.LDVC.INFERENCE.STRIDE", str(stride)]
+        opts = ["MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", str(size), "MODEL.SEGMENTOR.INFERENCE.STRIDE", str(stride)]
         opts = opts if method == "ldvc" else []
         model = _model(_config(method, args, [*opts, *extra]), False)
         for one_by_one in (True, False):

@@ -7,7 +7,7 @@
 The graph (opset --opset, default 17):
   input  "image"  float32 B×3×H×W, RGB, raw pixel values 0-255 (NOT normalised: the config's
                   MODEL.PIXEL_MEAN/PIXEL_STD are part of the graph); H×W fixed (--image-size, default the
-                  config's MODEL.LDVC.INFERENCE.CROP_SIZE square), B any.
+                  config's MODEL.SEGMENTOR.INFERENCE.CROP_SIZE square), B any.
   output "scores" float32 B×C×H×W, per-class sigmoid scores at the input size, channels in vocabulary order;
                   the seen-score calibration is subtracted from the dataset's seen classes with
                   --dataset-classes, as in evaluation (none for --classes / --vocabulary-file).
@@ -136,7 +136,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="output/export/model.onnx", help="ONNX file to write")
     parser.add_argument("--image-size", metavar="H[xW]",
                         help="the graph's input size, e.g. 512 or 512x683 (default: the square "
-                             "MODEL.LDVC.INFERENCE.CROP_SIZE)")
+                             "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE)")
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                         help="torch.onnx.export's TorchScript tracer (default; LDVC and ZegCLIP) or torch.export "
                              "(dynamo=True; LDVC and ZegCLIP)")
@@ -153,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> float:
     names, seen, _ = start_tool(args)
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"  # the export traces on the CPU; the ONNX file runs anywhere
-    size = parse_image_size(args.image_size or str(cfg.MODEL.LDVC.INFERENCE.CROP_SIZE))
+    size = parse_image_size(args.image_size or str(cfg.MODEL.SEGMENTOR.INFERENCE.CROP_SIZE))
     check_exportable(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE))  # before building (and downloading) CLIP
     module = FixedVocabularySegmentor(OpenVocabPredictor(cfg).model, names, seen).eval()
     diff = export_onnx(module, args.output, size, exporter=args.exporter, opset=args.opset,

@@ -2,9 +2,10 @@
 """Pretrain the shapes world's tiny CLIP afresh, compare it with the one shipped in the package, and
 (for maintainers) ship a checkpoint.
 
-The quick start and every shapes config (``MODEL.LDVC.CLIP_PRETRAINED "shapes"``) use the checkpoint
+The quick start and every shapes config (``MODEL.CLIP.PRETRAINED "shapes"``) use the checkpoint
 cached under ``$DETECTRON2_DATASETS/shapes_zs_clip/``; on a fresh machine it is written from the file
-shipped in ``ldvc_d2/assets/`` (ldvc_d2/shapes_clip_shipped.py). This script reproduces its pretraining:
+shipped in ``ldvc_d2/benchmarks/shapes/assets/`` (ldvc_d2/benchmarks/shapes/shipped.py). This script
+reproduces its pretraining:
 
     python tools/pretrain_tiny_clip.py --output x.pt      # pretrain into x.pt and compare; the cache untouched
     python tools/pretrain_tiny_clip.py --force            # pretrain into the cache, replacing what is there
@@ -25,22 +26,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default="shapes", help="a MODEL.LDVC.CLIP_PRETRAINED tag of LDVC-Tiny")
+    parser.add_argument("--recipe", default="shapes", help="a MODEL.CLIP.PRETRAINED tag of LDVC-Tiny")
     parser.add_argument("--cache-dir", default=None, help="default: $DETECTRON2_DATASETS/shapes_zs_clip")
     parser.add_argument("--output", default=None, help="pretrain into this file instead of the cache")
     parser.add_argument("--force", action="store_true", help="replace an existing cached checkpoint")
     parser.add_argument("--from", dest="source", default=None,
                         help="an existing pretrained checkpoint of the recipe (no pretraining)")
     parser.add_argument("--ship", action="store_true",
-                        help="write the checkpoint as the package's shipped file (ldvc_d2/assets/)")
+                        help="write the checkpoint as the package's shipped file (ldvc_d2/benchmarks/shapes/assets/)")
     args = parser.parse_args(argv)
 
-    from ldvc_d2 import shapes_clip
-    from ldvc_d2 import shapes_clip_shipped as shipped_files
+    from ldvc_d2.benchmarks.shapes import cache, tiny_clip
+    from ldvc_d2.benchmarks.shapes import shipped as shipped_files
 
-    if args.recipe not in shapes_clip.TINY_CLIP_RECIPES:
-        parser.error(f"--recipe: unknown tag {args.recipe!r}; known: {sorted(shapes_clip.TINY_CLIP_RECIPES)}")
-    cfg = shapes_clip.TINY_CLIP_RECIPES[args.recipe]
+    if args.recipe not in tiny_clip.TINY_CLIP_RECIPES:
+        parser.error(f"--recipe: unknown tag {args.recipe!r}; known: {sorted(tiny_clip.TINY_CLIP_RECIPES)}")
+    cfg = tiny_clip.TINY_CLIP_RECIPES[args.recipe]
     if args.source:
         if args.output or args.force or args.cache_dir:
             parser.error("--from names an existing checkpoint: it does not pretrain, so --output, --force and "
@@ -49,10 +50,10 @@ def main(argv=None) -> int:
             parser.error(f"--from: no file {args.source}")
         path = args.source
     else:
-        path = args.output or shapes_clip.cache_path(args.cache_dir, cfg)
+        path = args.output or cache.cache_path(args.cache_dir, cfg)
         if os.path.exists(path) and not args.force:
             parser.error(f"{path} exists; --force replaces it (or --output elsewhere)")
-        shapes_clip.pretrain_tiny_clip(path, cfg)
+        tiny_clip.pretrain_tiny_clip(path, cfg)
 
     import torch
 

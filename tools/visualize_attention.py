@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     model_input = resized[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else resized
     image = torch.as_tensor(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
     blocks = attention_blocks(model, image, names, block=args.block, mode=args.self_attention,
-                              topk=cfg.MODEL.LCTD.TOPK_WINDOWS)
+                              topk=cfg.MODEL.LDVC.LCTD.TOPK_WINDOWS)
     output = args.output
     if os.path.isdir(output) or output.endswith(os.sep):
         output = os.path.join(output, os.path.splitext(os.path.basename(args.input))[0] + "_attention.png")

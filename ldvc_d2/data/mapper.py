@@ -21,29 +21,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from PIL import Image
 
+from ..utils.io import read_label
 from .image_io import read_image
 
 __all__ = ["LDVCTrainMapper", "LDVCTestMapper", "PhotometricDistortion", "RandomScaleResize", "check_label_size",
-           "photometric_distortion", "read_label"]
-
-
-def read_label(path: str) -> np.ndarray:
-    """Read an index PNG (mode L/P/I) as an H×W uint8 array; a colour, truncated or unreadable label
-    is an error naming the file."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            label = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
-    except (OSError, SyntaxError) as e:  # missing, truncated, not an image
-        raise ValueError(f"Cannot read label '{path}' ({type(e).__name__}: {e}).") from e
-    if label is None:
-        raise ValueError(
-            f"Label '{path}' is a {mode} image; labels must be single-channel index PNGs (class "
-            "index per pixel, 255 = ignore). Convert it with the datasets/prepare_*.py scripts."
-        )
-    if label.max(initial=0) > 255:
-        raise ValueError(f"Label '{path}' has values above 255; class indices must be 0-254, 255 = ignore.")
-    return label.astype(np.uint8)
+           "photometric_distortion"]
 
 
 def check_label_size(label_path: str, image_path: str, image_hw: Tuple[int, int]) -> None:

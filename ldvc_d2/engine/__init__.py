@@ -8,8 +8,10 @@
   per-sample augmentation seeds live here, so detectron2 v0.6 and current detectron2 train on the same
   data, and ``--resume`` continues the stream where it stopped.
 * :mod:`.train_loop`: one optimizer step over the accumulation steps.
-* :mod:`.normaliser`: how a loss tells the training loop its normaliser (exact accumulation).
+* :mod:`.normaliser`: the loop's side of how a loss tells it its normaliser (exact accumulation; the
+  loss's side is :mod:`ldvc_d2.utils.normaliser`, below the models).
+* :mod:`.speed_profile`: where a training step's time goes (tools/benchmark_speed.py).
 
-Submodules are imported explicitly (``from ldvc_d2.engine.data import ...``): the losses import
-:mod:`.normaliser`, which must not pull detectron2's trainer into every model import.
+Submodules are imported explicitly (``from ldvc_d2.engine.data import ...``): the package itself imports
+none of them.
 """

@@ -30,7 +30,7 @@ from detectron2.utils import comm
 
 from ..utils.precision import autocast
 from .data import TrainStream, derive_seed
-from .normaliser import recording_normalisers
+from ..utils.normaliser import recording_normalisers
 
 __all__ = ["AccumulatingTrainer"]
 

@@ -12,7 +12,7 @@ Public API (used by the meta-architecture, configs and other projects):
   token L2-normalised, the same unit scale as V_l (a LayerNorm leaves a norm of about sqrt(width)).
   h = H / patch, w = W / patch; d is CLIP's joint embedding width (512 for ViT-B/16).
 * ``encode_text(class_names)`` -> C×d class embeddings T, L2-normalised. With frozen text
-  (TEXT_PROMPTS 0) and MODEL.LDVC.TEXT_TEMPLATES, T is the template ensemble (ZegCLIP's COCO-Stuff text).
+  (TEXT_PROMPTS 0) and MODEL.CLIP.TEXT_TEMPLATES, T is the template ensemble (ZegCLIP's COCO-Stuff text).
 
 Only the prompts (and the "learnable" V_j norms) train; ``train()`` keeps CLIP itself in eval mode.
 """
@@ -65,6 +65,7 @@ class PromptedCLIPBackbone(Backbone):
         text_templates: Sequence[str] = (),
         patch_severance_layers: Sequence[int] = (),
         patch_severance_alpha: Sequence[float] = (1.0,),
+        pos_interpolation: str = "bilinear",
     ):
         """
         Args:
@@ -81,6 +82,7 @@ class PromptedCLIPBackbone(Backbone):
                 (:class:`TemplateEnsembleTextEncoder`; needs ``text_prompts`` 0); empty = ``text_prompt_template``.
             patch_severance_layers / patch_severance_alpha: DeOP's pure GPS (eq. 2) in these blocks, α per
                 block or one for all (:mod:`~ldvc_d2.modeling.clip.severance`); empty = CLIP's own blocks.
+            pos_interpolation: how CLIP's positional grid is resized to other inputs (:class:`PromptedVisionEncoder`).
         """
         super().__init__()
         model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
@@ -89,7 +91,7 @@ class PromptedCLIPBackbone(Backbone):
         self.visual = PromptedVisionEncoder(
             model.visual, num_prompts=visual_prompts, intermediate_layers=layers,
             prompt_projection=visual_prompt_projection, prompt_dropout=visual_prompt_dropout,
-            final_norm=visual_final_norm,
+            final_norm=visual_final_norm, pos_interpolation=pos_interpolation,
         )
         if intermediate_norm not in ("none", "ln_post", "learnable", "l2"):
             raise ValueError(
@@ -102,7 +104,7 @@ class PromptedCLIPBackbone(Backbone):
         )
         if text_templates and (class_embeddings != "text" or text_prompts):
             raise ValueError(
-                "MODEL.LDVC.TEXT_TEMPLATES averages frozen text embeddings; it needs MODEL.LDVC.TEXT_PROMPTS 0 and "
+                "MODEL.CLIP.TEXT_TEMPLATES averages frozen text embeddings; it needs MODEL.CLIP.TEXT_PROMPTS 0 and "
                 f"CLASS_EMBEDDINGS 'text' (got {text_prompts} prompts, '{class_embeddings}'). Use [] otherwise."
             )
         if class_embeddings == "text" and text_templates:
@@ -114,38 +116,40 @@ class PromptedCLIPBackbone(Backbone):
         elif class_embeddings == "random":
             self.text = RandomClassEmbedding(self.visual.output_dim)
         else:
-            raise ValueError(f"MODEL.LDVC.CLASS_EMBEDDINGS must be 'text' or 'random', got '{class_embeddings}'.")
+            raise ValueError(f"MODEL.SEGMENTOR.CLASS_EMBEDDINGS must be 'text' or 'random', got '{class_embeddings}'.")
         self.embed_dim = self.visual.output_dim
         self.severance = severance_hooks(patch_severance_layers, patch_severance_alpha) if patch_severance_layers else []
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
-        c = cfg.MODEL.LDVC
-        if c.INTERMEDIATE_LAYERS and len(c.INTERMEDIATE_LAYERS) != cfg.MODEL.LCTD.NUM_BLOCKS:
-            raise ValueError(
-                f"MODEL.LDVC.INTERMEDIATE_LAYERS {list(c.INTERMEDIATE_LAYERS)} must name one layer per LCTD block "
-                f"(MODEL.LCTD.NUM_BLOCKS={cfg.MODEL.LCTD.NUM_BLOCKS}), or be [] for the default."
-            )
-        return {
-            "clip_model": c.CLIP_MODEL,
-            "clip_pretrained": c.CLIP_PRETRAINED,
-            "clip_cache_dir": c.CLIP_CACHE_DIR,
+        c = cfg.MODEL.CLIP
+        args = {
+            "clip_model": c.MODEL,
+            "clip_pretrained": c.PRETRAINED,
+            "clip_cache_dir": c.CACHE_DIR,
             "visual_prompts": c.VISUAL_PROMPTS,
             "text_prompts": c.TEXT_PROMPTS,
             "text_prompt_init": c.TEXT_PROMPT_INIT,
-            "text_prompt_template": c.TEXT_PROMPT_TEMPLATE,
-            "intermediate_layers": c.INTERMEDIATE_LAYERS,
-            # V_j feed LCTD's blocks only (ZegCLIP's head does not use them: no taps, no V_j norms)
-            "num_intermediate": cfg.MODEL.LCTD.NUM_BLOCKS if cfg.MODEL.SEM_SEG_HEAD.NAME == "LCTDHead" else 0,
-            "class_embeddings": c.CLASS_EMBEDDINGS,
+            "text_prompt_template": c.TEXT_TEMPLATE,
+            "class_embeddings": cfg.MODEL.SEGMENTOR.CLASS_EMBEDDINGS,
             "visual_prompt_projection": c.VISUAL_PROMPT_PROJECTION,
             "visual_prompt_dropout": c.VISUAL_PROMPT_DROPOUT,
             "visual_final_norm": c.VISUAL_FINAL_NORM,
-            "intermediate_norm": c.INTERMEDIATE_NORM,
             "text_templates": list(c.TEXT_TEMPLATES),
             "patch_severance_layers": list(c.PATCH_SEVERANCE_LAYERS),
             "patch_severance_alpha": list(c.PATCH_SEVERANCE_ALPHA),
+            "pos_interpolation": c.POS_INTERPOLATION,
         }
+        if cfg.MODEL.SEM_SEG_HEAD.NAME != "LCTDHead":
+            return args  # V_j feed LCTD's blocks only (ZegCLIP's head does not use them: no taps, no V_j norms)
+        ldvc = cfg.MODEL.LDVC
+        if ldvc.INTERMEDIATE_LAYERS and len(ldvc.INTERMEDIATE_LAYERS) != ldvc.LCTD.NUM_BLOCKS:
+            raise ValueError(
+                f"MODEL.LDVC.INTERMEDIATE_LAYERS {list(ldvc.INTERMEDIATE_LAYERS)} must name one layer per LCTD block "
+                f"(MODEL.LDVC.LCTD.NUM_BLOCKS={ldvc.LCTD.NUM_BLOCKS}), or be [] for the default."
+            )
+        return {**args, "intermediate_layers": ldvc.INTERMEDIATE_LAYERS, "num_intermediate": ldvc.LCTD.NUM_BLOCKS,
+                "intermediate_norm": ldvc.INTERMEDIATE_NORM}
 
     def scale_intermediate(self, taps: List[torch.Tensor]) -> List[torch.Tensor]:
         """B×width×h×w raw tokens -> the same shape after MODEL.LDVC.INTERMEDIATE_NORM (over the width)."""

@@ -7,7 +7,7 @@
 Only the decoder head differs between the two methods (LDVC's LCTD, ZegCLIP's class-query decoder),
 so each is a thin subclass naming its head. Training (LDVC §4.1, following ZegCLIP): focal + dice on
 the logits upsampled to the crop, over the training classes (:func:`~ldvc_d2.modeling.losses.focal_dice_loss`);
-transductive self-training (DESIGN §1.5, ZegCLIP's online scheme, MODEL.LDVC.SELF_TRAINING): all class
+transductive self-training (DESIGN §1.5, ZegCLIP's online scheme, MODEL.SEGMENTOR.SELF_TRAINING): all class
 names are known; pixels whose label is an unseen class get, as their label, the unseen class with the
 highest score of the model's own (detached) prediction in the same step, without threshold.
 """
@@ -69,18 +69,18 @@ class CLIPDecoderSegmentor(ZeroShotSegmentor):
         backbone = build_backbone(cfg)
         head = build_sem_seg_head(cfg, backbone.output_shape())
         args = segmentor_config(cfg)
-        c = cfg.MODEL.LDVC
+        c = cfg.MODEL.SEGMENTOR
         st_classes = []
         if c.SELF_TRAINING:
             registered = registered_train_sets(cfg)
             if c.TRAINING_CLASSES != "all" or not registered:
                 raise ValueError(
-                    "MODEL.LDVC.SELF_TRAINING needs MODEL.LDVC.TRAINING_CLASSES 'all' (the transductive setting "
+                    "MODEL.SEGMENTOR.SELF_TRAINING needs MODEL.SEGMENTOR.TRAINING_CLASSES 'all' (the transductive setting "
                     "knows every class name) and a registered DATASETS.TRAIN."
                 )
             unseen = MetadataCatalog.get(registered[0]).get("unseen_classes", [])
             if not len(unseen):
-                raise ValueError(f"MODEL.LDVC.SELF_TRAINING: dataset '{registered[0]}' has no 'unseen_classes' metadata.")
+                raise ValueError(f"MODEL.SEGMENTOR.SELF_TRAINING: dataset '{registered[0]}' has no 'unseen_classes' metadata.")
             st_classes = [args["train_class_ids"].index(i) for i in unseen]
         args.update({
             "backbone": backbone,
@@ -99,7 +99,7 @@ class CLIPDecoderSegmentor(ZeroShotSegmentor):
     @classmethod
     def describe_protocol(cls, cfg) -> str:
         return (f"{super().describe_protocol(cfg)}, seen-score calibration {seen_score_calibration(cfg)}, "
-                f"trained on {cfg.MODEL.LDVC.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
+                f"trained on {cfg.MODEL.SEGMENTOR.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
 
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
         return self.backbone.encode_text(class_names)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from detectron2.utils import comm
 from torch.utils.checkpoint import checkpoint
 
-from ..engine.normaliser import note_loss_normaliser
+from ..utils.normaliser import note_loss_normaliser
 
 __all__ = ["focal_dice_loss"]
 
@@ -72,7 +72,7 @@ def focal_dice_loss(
     present = t_sum > 0  # B×C
     count = present.sum().float()
     num = _num_present(count)
-    note_loss_normaliser(num, count)  # exact gradient accumulation (ldvc_d2.engine.normaliser)
+    note_loss_normaliser(num, count)  # exact gradient accumulation (ldvc_d2.utils.normaliser)
 
     weight = None if ignore_as_negative else valid.flatten(1).float()
     rows = logits.float().flatten(2).flatten(0, 1)  # (B·C)×(H·W)

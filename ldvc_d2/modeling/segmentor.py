@@ -7,7 +7,7 @@ class names (:meth:`ZeroShotSegmentor.encode_text`) and, if it trains, its losse
 
 * **Class lists** (LDVC §4.1, DESIGN §1.5; read from a config by :mod:`.segmentor_config`): the
   training classes come from the training dataset's metadata, its *seen* classes (inductive) or all
-  of them (MODEL.LDVC.TRAINING_CLASSES "all": transductive / fully supervised). Labels arrive over all
+  of them (MODEL.SEGMENTOR.TRAINING_CLASSES "all": transductive / fully supervised). Labels arrive over all
   classes of the benchmark and are mapped to indices of the training class list, so an unseen pixel
   becomes ``ignore_label`` (the seen-only view is derived here, never stored on disk).
 * **Inference** (DESIGN §1.4): the classes are those of the input (``"class_names"`` in each input
@@ -16,20 +16,19 @@ class names (:meth:`ZeroShotSegmentor.encode_text`) and, if it trains, its losse
   grid, :mod:`.windows`) or come from one whole-image pass, optionally calibrated by subtracting
   ``calibration`` from the scores of the seen classes (ZegCLIP's calibration, inductive models only), and
   are resized to the original image size, as Detectron2's semantic segmentors return them.
-* **Batched windows** (issue 15): consecutive windows of the same size and vocabulary (all windows of an
+* **Batched windows**: consecutive windows of the same size and vocabulary (all windows of an
   image, and those of the next images of a batch) go through one forward pass, up to ``window_batch``
-  (MODEL.LDVC.INFERENCE.WINDOW_BATCH), for methods that score a batch
+  (MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH), for methods that score a batch
   (:meth:`ZeroShotSegmentor.batch_window_scores`); windows, their order and the order of the sums are
-  those of one-by-one scoring. ``precision`` (MODEL.LDVC.INFERENCE.PRECISION) runs these passes under
+  those of one-by-one scoring. ``precision`` (MODEL.SEGMENTOR.INFERENCE.PRECISION) runs these passes under
   ``torch.autocast``; scores are averaged, calibrated and returned in fp32.
 * **Text cache**: class embeddings do not depend on the image; in eval mode they are cached per class
   list and device.
 * **Protocol line**: :meth:`ZeroShotSegmentor.describe_protocol` says, from a config, how a method
   makes its test predictions; the evaluator logs it and writes it next to the metrics.
 
-The shared keys keep the names they had when LDVC was the only method: ``MODEL.LDVC.INFERENCE.*``,
-``MODEL.LDVC.TRAINING_CLASSES``, ``MODEL.LDVC.SEEN_SCORE_CALIBRATION`` (and the CLIP keys
-``MODEL.LDVC.CLIP_*``) apply to every method.
+The keys every method shares are ``MODEL.SEGMENTOR.*`` (:mod:`.segmentor_config`) and the CLIP tower's
+``MODEL.CLIP.*`` (:mod:`.clip.config`).
 """
 import math
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
@@ -87,14 +86,14 @@ class ZeroShotSegmentor(nn.Module):
         """
         super().__init__()
         if inference_mode not in ("slide", "whole"):
-            raise ValueError(f"MODEL.LDVC.INFERENCE.MODE must be 'slide' or 'whole', got '{inference_mode}'.")
+            raise ValueError(f"MODEL.SEGMENTOR.INFERENCE.MODE must be 'slide' or 'whole', got '{inference_mode}'.")
         self.train_class_names = train_class_names
         self.test_class_names = test_class_names
         self.test_seen_classes = list(test_seen_classes)
         self.ignore_label = ignore_label
         self.calibration = calibration
         if precision not in PRECISION_DTYPES:
-            raise ValueError(f"MODEL.LDVC.INFERENCE.PRECISION must be one of {list(PRECISION_DTYPES)}, "
+            raise ValueError(f"MODEL.SEGMENTOR.INFERENCE.PRECISION must be one of {list(PRECISION_DTYPES)}, "
                              f"got '{precision}'.")
         self.inference_mode = inference_mode
         self.window_batch = max(int(window_batch), 1)
@@ -138,7 +137,7 @@ class ZeroShotSegmentor(nn.Module):
     @classmethod
     def describe_protocol(cls, cfg) -> str:
         """One line saying how test predictions are made (logged and stored by the evaluator)."""
-        inf = cfg.MODEL.LDVC.INFERENCE
+        inf = cfg.MODEL.SEGMENTOR.INFERENCE
         how = (f"sliding window {inf.CROP_SIZE}x{inf.CROP_SIZE} stride {inf.STRIDE}" if inf.MODE == "slide"
                else "whole image")
         precision = f", {inf.PRECISION} autocast" if inf.PRECISION != "fp32" else ""

@@ -1,7 +1,9 @@
-"""Atomic file writes: every output is written under a temporary name in its folder, then renamed.
+"""Files: atomic writes, and reading index-PNG labels.
 
-An interrupted run (Ctrl-C, out of memory, a full disk) never leaves a half-written PNG, ``.npy``
-or JSON file under the final name; ``os.replace`` is atomic within one file system.
+Every output is written under a temporary name in its folder, then renamed: an interrupted run (Ctrl-C,
+out of memory, a full disk) never leaves a half-written PNG, ``.npy`` or JSON file under the final name;
+``os.replace`` is atomic within one file system. :func:`read_label` reads a label PNG (the data mappers,
+DeOP's oracle proposals), every failure naming the file.
 """
 import contextlib
 import json
@@ -11,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-__all__ = ["atomic_path", "write_json_atomic", "write_npy_atomic", "write_png_atomic"]
+__all__ = ["atomic_path", "read_label", "write_json_atomic", "write_npy_atomic", "write_png_atomic"]
 
 
 @contextlib.contextmanager
@@ -52,3 +54,22 @@ def write_json_atomic(path: str, obj: Any) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
+
+
+def read_label(path: str) -> np.ndarray:
+    """Read an index PNG (mode L/P/I) as an H×W uint8 array; a colour, truncated or unreadable label
+    is an error naming the file."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            label = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
+    except (OSError, SyntaxError) as e:  # missing, truncated, not an image
+        raise ValueError(f"Cannot read label '{path}' ({type(e).__name__}: {e}).") from e
+    if label is None:
+        raise ValueError(
+            f"Label '{path}' is a {mode} image; labels must be single-channel index PNGs (class "
+            "index per pixel, 255 = ignore). Convert it with the datasets/prepare_*.py scripts."
+        )
+    if label.max(initial=0) > 255:
+        raise ValueError(f"Label '{path}' has values above 255; class indices must be 0-254, 255 = ignore.")
+    return label.astype(np.uint8)

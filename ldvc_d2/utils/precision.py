@@ -1,4 +1,4 @@
-"""Mixed precision shared by inference (MODEL.LDVC.INFERENCE.PRECISION) and training (SOLVER.AMP.*).
+"""Mixed precision shared by inference (MODEL.SEGMENTOR.INFERENCE.PRECISION) and training (SOLVER.AMP.*).
 
 ``torch.autocast`` runs matrix products and convolutions in the half dtype and keeps reductions, norms and
 losses in fp32 (PyTorch's autocast op lists), so callers get fp32 where it matters by casting the outputs

@@ -1,4 +1,5 @@
-"""Time and peak-memory measurement for tools/benchmark_speed.py (issue 15), the same on CPU and CUDA.
+"""Time and peak-memory measurement for tools/benchmark_speed.py (issue 15) and tools/analyze_model.py,
+the same on CPU and CUDA.
 
 Time: the median of several repeats after one warm-up, on CUDA with synchronisation. ``clock="cpu"``
 uses the process's CPU time instead of the wall clock: on a CPU shared with other jobs this counts only
@@ -14,16 +15,23 @@ calls; ``tensor_peak_mib`` counts only tensors (the CPU counterpart of CUDA's ma
 peak of live tensor bytes in the allocation/free timeline torch.profiler records with
 ``profile_memory=True`` (its memory-timeline analysis, also behind ``export_memory_timeline``),
 deterministic for a given program.
+
+tools/analyze_model.py reports throughput and the peak itself, weights included (:class:`PeakMemory`,
+:func:`measure_speed`): on CUDA ``torch.cuda.max_memory_allocated``, on the CPU the process's VmHWM (reset
+before the measurement; without /proc/self/clear_refs, ``ru_maxrss`` since the process started).
 """
 import ctypes
 import gc
+import os
+import resource
 import statistics
+import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["median_seconds", "peak_mib", "synchronize", "tensor_peak_mib"]
+__all__ = ["PeakMemory", "measure_speed", "median_seconds", "peak_mib", "synchronize", "tensor_peak_mib"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
 
@@ -106,3 +114,52 @@ def tensor_peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[
             live -= size
         peak = max(peak, live)
     return peak / 2 ** 20
+
+
+class PeakMemory:
+    """Peak memory of the code in the ``with`` block, in MiB (``kind`` says what is measured)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.peak_mb = 0.0
+        if self.cuda:
+            self.kind = "torch.cuda.max_memory_allocated (GPU tensors)"
+        elif os.path.exists("/proc/self/clear_refs"):
+            self.kind = "CPU peak resident set size of the process (VmHWM, reset before the measurement)"
+        else:
+            self.kind = "CPU peak resident set size of the process since it started (ru_maxrss; cannot reset)"
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        elif "VmHWM" in self.kind:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak RSS (Linux >= 4.0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        elif "VmHWM" in self.kind:
+            self.peak_mb = _status_mib("VmHWM")
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.peak_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def measure_speed(fn: Callable[[torch.Tensor], object], image: torch.Tensor, device: torch.device, *, iters: int,
+                  warmup: int) -> Dict[str, float]:
+    """images/s and seconds/image over ``iters`` calls after ``warmup`` calls; peak memory of those calls."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(image)
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn(image)
+            synchronize(device)
+            seconds = time.perf_counter() - start
+    return {"images_per_s": iters / seconds, "seconds_per_image": seconds / iters, "peak_memory_mb": memory.peak_mb,
+            "memory_kind": memory.kind}

@@ -16,7 +16,7 @@ from detectron2.utils.visualizer import Visualizer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..data.datasets.builtin_classes import class_colors
+from .palette import class_colors
 
 __all__ = ["draw_map_grid", "draw_overlay", "vocabulary_colors"]
 

@@ -4,6 +4,7 @@ Every list is the benchmark's full class order: a prepared label value ``k`` mea
 255 means ignore. Unseen splits are stored twice on purpose — as names (how papers state them) and
 as indices (how the code uses them) — and :func:`check_split` asserts at import time that the two
 agree, so an edit to one without the other fails loudly instead of silently moving the split.
+The module imports nothing of ldvc_d2: the ``datasets/prepare_*.py`` scripts load it by path.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -15,7 +16,7 @@ __all__ = [
     "ADE150_CLASSES", "BACKGROUND", "VOC21_CLASSES", "CONTEXT60_CLASSES", "COCO_OBJECT_CLASSES",
     "VOC_PROMPT_NAMES", "CONTEXT59_PROMPT_NAMES", "ADE150_PROMPT_NAMES", "VOC21_BACKGROUND_NAMES",
     "CONTEXT60_BACKGROUND_NAMES", "COCO_OBJECT_BACKGROUND_NAMES",
-    "check_split", "seen_indices", "class_colors",
+    "check_split", "seen_indices",
 ]
 
 # PASCAL VOC 2012, 20 object classes; background (VOC id 0) is ignored. Label k = VOC id k + 1.
@@ -156,23 +157,6 @@ def seen_indices(num_classes: int, unseen: Sequence[int]) -> List[int]:
     """All indices in ``range(num_classes)`` that are not in ``unseen``, ascending."""
     unseen_set = set(unseen)
     return [i for i in range(num_classes) if i not in unseen_set]
-
-
-def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
-    """Distinct RGB colours, class k gets PASCAL VOC palette entry k + 1 (so VOC classes keep their
-    familiar colours). The palette rule spreads the 24 bits of k + 1 over R, G, B, so it stays
-    distinct past 255 entries (Context-459, ADE-full)."""
-    assert num_classes < 2 ** 24, "the VOC palette rule gives 2**24 - 1 distinct colours"
-    colors: List[Tuple[int, int, int]] = []
-    for k in range(1, num_classes + 1):
-        rgb = [0, 0, 0]
-        label = k
-        for shift in range(7, -1, -1):
-            for c in range(3):
-                rgb[c] |= ((label >> c) & 1) << shift
-            label >>= 3
-        colors.append((rgb[0], rgb[1], rgb[2]))
-    return colors
 
 
 _SPLITS: Dict[str, tuple] = {

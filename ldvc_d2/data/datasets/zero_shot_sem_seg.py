@@ -44,7 +44,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .builtin_classes import class_colors, seen_indices
+from ...utils.palette import class_colors
+from .builtin_classes import seen_indices
 
 __all__ = [
     "CENTER_CROP_SIZES", "ZeroShotSplit", "center_crop_variant", "datasets_root", "load_zero_shot_sem_seg",

@@ -54,7 +54,7 @@ class C2S(ZeroShotSegmentor):
             teacher_args: :class:`CLIPTeacher` arguments, used on the first training step.
             latent_decoder: :class:`LatentDecoder` (None: no latent embeddings, the ablation).
             mining: :func:`mine_latent_classes` keyword arguments.
-            others: MODEL.C2S.* (ldvc_d2/config_c2s.py); kwargs: :class:`ZeroShotSegmentor`'s.
+            others: MODEL.C2S.* (modeling/c2s/config.py); kwargs: :class:`ZeroShotSegmentor`'s.
         """
         super().__init__(pad_multiple=student.size_divisibility, **kwargs)
         self.student, self.text = student, text.requires_grad_(False)
@@ -69,20 +69,20 @@ class C2S(ZeroShotSegmentor):
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, object]:
-        c, t = cfg.MODEL.C2S, cfg.MODEL.LDVC
-        model, tokenizer = build_clip_text_model(t.CLIP_MODEL, t.CLIP_PRETRAINED, cache_dir=t.CLIP_CACHE_DIR or None)
+        c, t, loss = cfg.MODEL.C2S, cfg.MODEL.CLIP, cfg.MODEL.SEGMENTOR.LOSS
+        model, tokenizer = build_clip_text_model(t.MODEL, t.PRETRAINED, cache_dir=t.CACHE_DIR or None)
         if t.TEXT_TEMPLATES:
             text = TemplateEnsembleTextEncoder(model, tokenizer, templates=list(t.TEXT_TEMPLATES))
         else:
-            text = PromptedTextEncoder(model, tokenizer, num_prompts=0, init="template", template=t.TEXT_PROMPT_TEMPLATE)
+            text = PromptedTextEncoder(model, tokenizer, num_prompts=0, init="template", template=t.TEXT_TEMPLATE)
         dim = int(model.output_dim)  # the teacher (image tower) is built on the first training step only (C13)
         args = segmentor_config(cfg)
         args.update({
             "student": build_student(c.STUDENT, dim, weights=c.STUDENT_WEIGHTS, img_size=int(cfg.INPUT.CROP.SIZE[0]),
                                      drop_path=c.DROP_PATH),
             "text": text, "embed_dim": dim,
-            "teacher_args": {"clip_model": t.CLIP_MODEL, "clip_pretrained": t.CLIP_PRETRAINED,
-                             "clip_cache_dir": t.CLIP_CACHE_DIR, "global_size": c.TEACHER_GLOBAL_SIZE,
+            "teacher_args": {"clip_model": t.MODEL, "clip_pretrained": t.PRETRAINED,
+                             "clip_cache_dir": t.CACHE_DIR, "global_size": c.TEACHER_GLOBAL_SIZE,
                              "crop_size": c.LOCAL_CROP_SIZE},
             "latent_decoder": LatentDecoder(dim, num_layers=c.DECODER_LAYERS, num_heads=c.DECODER_HEADS,
                                             ffn=c.DECODER_FFN, dropout=c.DECODER_DROPOUT) if c.LATENT_EMBEDDINGS else None,
@@ -90,9 +90,9 @@ class C2S(ZeroShotSegmentor):
             "mining": {"window_sizes": list(c.WINDOW_SIZES), "iters": c.KMEANS_ITERS, "threshold": c.MERGE_THRESHOLD,
                        "min_tokens": c.MIN_CLUSTER, "max_classes": c.MAX_LATENT},
             "alpha": c.ALPHA, "beta": c.BETA, "loss_weights": list(c.LOSS_WEIGHTS), "ce_weight": c.CE_WEIGHT,
-            "loss_kwargs": {"focal_weight": t.LOSS.FOCAL_WEIGHT, "dice_weight": t.LOSS.DICE_WEIGHT,
-                            "alpha": t.LOSS.FOCAL_ALPHA, "gamma": t.LOSS.FOCAL_GAMMA,
-                            "ignore_as_negative": t.LOSS.IGNORE_AS_NEGATIVE},
+            "loss_kwargs": {"focal_weight": loss.FOCAL_WEIGHT, "dice_weight": loss.DICE_WEIGHT,
+                            "alpha": loss.FOCAL_ALPHA, "gamma": loss.FOCAL_GAMMA,
+                            "ignore_as_negative": loss.IGNORE_AS_NEGATIVE},
             "global_distill": c.GLOBAL_DISTILL, "local_distill": c.LOCAL_DISTILL,
         })
         return args
@@ -102,7 +102,7 @@ class C2S(ZeroShotSegmentor):
         c = cfg.MODEL.C2S
         return (f"{super().describe_protocol(cfg)}, student {c.STUDENT} only (no CLIP image tower), softmax of "
                 f"{c.ALPHA}*F^T A over frozen CLIP text embeddings, seen-score calibration "
-                f"{cfg.MODEL.LDVC.SEEN_SCORE_CALIBRATION if cfg.MODEL.LDVC.TRAINING_CLASSES == 'seen' else 0.0}")
+                f"{cfg.MODEL.SEGMENTOR.SEEN_SCORE_CALIBRATION if cfg.MODEL.SEGMENTOR.TRAINING_CLASSES == 'seen' else 0.0}")
 
     # ---- inference (C13) ----------------------------------------------------------------------
     def encode_text(self, class_names: List[str]) -> torch.Tensor:

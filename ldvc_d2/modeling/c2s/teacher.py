@@ -37,7 +37,7 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 class CLIPTeacher(nn.Module):
-    """Frozen open_clip ViT image tower (any ``MODEL.LDVC.CLIP_MODEL``) answering C1 and C4."""
+    """Frozen open_clip ViT image tower (any ``MODEL.CLIP.MODEL``) answering C1 and C4."""
 
     def __init__(self, clip_model: str, clip_pretrained: str, clip_cache_dir: str = "", *, global_size: int = 224,
                  crop_size: int = 224, chunk: int = 64):

@@ -1,7 +1,7 @@
 """Building the (frozen) open_clip model that the prompted encoders wrap.
 
-CLIP is chosen by open_clip model name (``MODEL.LDVC.CLIP_MODEL``, e.g. ``ViT-B-16``, ``ViT-L-14``) and
-weights (``MODEL.LDVC.CLIP_PRETRAINED``): an open_clip pretrained tag such as ``openai``, a local
+CLIP is chosen by open_clip model name (``MODEL.CLIP.MODEL``, e.g. ``ViT-B-16``, ``ViT-L-14``) and
+weights (``MODEL.CLIP.PRETRAINED``): an open_clip pretrained tag such as ``openai``, a local
 checkpoint file, or ``""`` for random initialisation (tests, and the tiny models of this project).
 Model configs shipped in ``model_configs/`` (``LDVC-Tiny``) are registered with open_clip on import.
 :func:`build_clip_text_model` builds the text tower alone from the same sources (models without an image tower).
@@ -30,12 +30,12 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # (model name, tag) -> function(cache_dir or None) returning a local checkpoint path, for weights this
-# project makes itself (the tiny CLIP pretrained on the shapes world, ldvc_d2.shapes_clip).
+# project makes itself (the tiny CLIP pretrained on the shapes world, ldvc_d2.benchmarks.shapes).
 _LOCAL_WEIGHTS: Dict[Tuple[str, str], Callable[[Optional[str]], str]] = {}
 
 
 def register_local_weights(model_name: str, tag: str, provider: Callable[[Optional[str]], str]) -> None:
-    """Make ``CLIP_PRETRAINED=tag`` for ``model_name`` resolve to ``provider(cache_dir)``, a file path."""
+    """Make ``MODEL.CLIP.PRETRAINED=tag`` for ``model_name`` resolve to ``provider(cache_dir)``, a file path."""
     _LOCAL_WEIGHTS[(model_name, tag)] = provider
 
 
@@ -46,14 +46,14 @@ def _is_local_path(pretrained: str) -> bool:
 def _check_request(model_name: str, pretrained: str) -> None:
     if model_name not in open_clip.list_models():
         raise ValueError(
-            f"MODEL.LDVC.CLIP_MODEL: open_clip has no model named '{model_name}'. Known ViT models "
+            f"MODEL.CLIP.MODEL: open_clip has no model named '{model_name}'. Known ViT models "
             f"include: {', '.join(m for m in open_clip.list_models() if m.startswith('ViT-B'))}; "
             f"see open_clip.list_models() for all."
         )
     if pretrained and _is_local_path(pretrained):
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(
-                f"MODEL.LDVC.CLIP_PRETRAINED: checkpoint file '{pretrained}' does not exist. Point it "
+                f"MODEL.CLIP.PRETRAINED: checkpoint file '{pretrained}' does not exist. Point it "
                 f"to a local open_clip/OpenAI checkpoint of '{model_name}', or to an open_clip tag."
             )
     elif pretrained and (model_name, pretrained) not in _LOCAL_WEIGHTS:
@@ -61,7 +61,7 @@ def _check_request(model_name: str, pretrained: str) -> None:
         tags += [t for (m, t) in _LOCAL_WEIGHTS if m == model_name]
         if pretrained not in tags:
             raise ValueError(
-                f"MODEL.LDVC.CLIP_PRETRAINED: '{pretrained}' is neither a local file nor a pretrained "
+                f"MODEL.CLIP.PRETRAINED: '{pretrained}' is neither a local file nor a pretrained "
                 f"tag of '{model_name}' (tags: {tags or 'none'}). Use one of the tags, a file path, or "
                 f"'' for random initialisation."
             )
@@ -137,14 +137,14 @@ def _local_file_error(model_name: str, path: str, e: Exception) -> RuntimeError:
     if _is_torchscript(path):
         what = ("it is a TorchScript archive (as OpenAI's original CLIP files are): TorchScript files carry "
                 "code and cannot be loaded safely, so ldvc_d2 does not load them. Use the open_clip tag "
-                "instead (e.g. CLIP_PRETRAINED 'openai') or an open_clip / Hugging Face format file of the "
+                "instead (e.g. MODEL.CLIP.PRETRAINED 'openai') or an open_clip / Hugging Face format file of the "
                 "weights (README, 'CLIP weights and offline use')")
     elif _file_readable(path):
-        what = (f"it holds the weights of another architecture than '{model_name}' (set MODEL.LDVC.CLIP_MODEL "
+        what = (f"it holds the weights of another architecture than '{model_name}' (set MODEL.CLIP.MODEL "
                 "to the model the file was saved from)")
     else:
         what = "it is corrupt, truncated or not a CLIP checkpoint (copy it again)"
-    return RuntimeError(f"MODEL.LDVC.CLIP_PRETRAINED: cannot load CLIP checkpoint '{path}': {what}. "
+    return RuntimeError(f"MODEL.CLIP.PRETRAINED: cannot load CLIP checkpoint '{path}': {what}. "
                         f"({type(e).__name__}: {text.splitlines()[0] if text else ''})")
 
 
@@ -174,8 +174,8 @@ def _fetch_error(model_name: str, pretrained: str, error: Exception, offline: bo
         f"a connected machine, e.g. python -c \"import open_clip; print(open_clip.download_pretrained("
         f"open_clip.get_pretrained_cfg('{model_name}', '{pretrained}'), cache_dir='clip_weights'))\" "
         f"(it prints the file's path), copy the folder 'clip_weights' here and set "
-        f"MODEL.LDVC.CLIP_CACHE_DIR to it (keeping the tag; README, 'CLIP weights and offline use'), "
-        f"or set MODEL.LDVC.CLIP_PRETRAINED to the copied file. HF_HUB_OFFLINE=1 skips the connection probe."
+        f"MODEL.CLIP.CACHE_DIR to it (keeping the tag; README, 'CLIP weights and offline use'), "
+        f"or set MODEL.CLIP.PRETRAINED to the copied file. HF_HUB_OFFLINE=1 skips the connection probe."
     )
 
 
@@ -197,7 +197,7 @@ def _text_tower(model_name: str, quick_gelu: bool) -> CLIPTextTower:
     cfg = open_clip.get_model_config(model_name)
     text_cfg = cfg["text_cfg"]
     if cfg.get("custom_text") or text_cfg.get("hf_model_name") or text_cfg.get("embed_cls"):
-        raise ValueError(f"MODEL.LDVC.CLIP_MODEL: '{model_name}' has a custom text tower (open_clip CustomTextCLIP); "
+        raise ValueError(f"MODEL.CLIP.MODEL: '{model_name}' has a custom text tower (open_clip CustomTextCLIP); "
                          "the text-only loader and the text encoders support open_clip CLIP's own text transformer.")
     text = _build_text_tower(cfg["embed_dim"], text_cfg, quick_gelu or bool(cfg.get("quick_gelu", False)))
     return CLIPTextTower(text, cfg["embed_dim"])

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .surgery import BlockHook
 
-__all__ = ["GPS_MODES", "MaskGuidedSeverance", "PatchSeverance", "severance_hooks", "token_mask_weights"]
+__all__ = ["GPS_MODES", "MaskGuidedSeverance", "PatchSeverance", "check_severance_alpha", "severance_hooks",
+           "token_mask_weights"]
 
 GPS_MODES = ("gps", "mask_weighted", "mask_guided")
 
@@ -39,7 +40,7 @@ class PatchSeverance:
 
     def __init__(self, alpha: float, token_weight: Optional[torch.Tensor] = None, scale: Optional[float] = None):
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"Patch severance: alpha (MODEL.DEOP.GPS_ALPHA / MODEL.LDVC.PATCH_SEVERANCE_ALPHA) "
+            raise ValueError(f"Patch severance: alpha (MODEL.DEOP.GPS_ALPHA / MODEL.CLIP.PATCH_SEVERANCE_ALPHA) "
                              f"must be in [0, 1], got {alpha}.")
         self.alpha = float(alpha)
         self.token_weight = token_weight
@@ -81,6 +82,16 @@ def token_mask_weights(mask_logits: torch.Tensor, grid: Sequence[int]) -> torch.
     return m
 
 
+def check_severance_alpha(key: str, layers: Sequence[int], alphas: Sequence[float]) -> List[str]:
+    """Config problems of ``<key>_LAYERS`` / ``<key>_ALPHA`` (one α for all layers or one per layer, each in [0, 1])."""
+    problems = []
+    if layers and len(alphas) not in (1, len(layers)):
+        problems.append(f"{key}_ALPHA has {len(alphas)} values for {len(layers)} layers; give 1 or one per layer")
+    if any(not 0.0 <= a <= 1.0 for a in alphas):
+        problems.append(f"{key}_ALPHA values must be in [0, 1], got {list(alphas)}")
+    return problems
+
+
 def severance_hooks(layers: Sequence[int], alphas: Union[float, Sequence[float]], mode: str = "gps",
                     token_masks: Optional[torch.Tensor] = None) -> List[BlockHook]:
     """The attention replacements of one forward pass: one :class:`BlockHook` per entry of ``layers``.
@@ -97,7 +108,7 @@ def severance_hooks(layers: Sequence[int], alphas: Union[float, Sequence[float]]
         alphas = alphas * len(layers)
     if len(alphas) != len(layers):
         raise ValueError(f"Patch severance: {len(alphas)} alphas for {len(layers)} layers {layers}; give one "
-                         "alpha, or one per layer (MODEL.DEOP.GPS_ALPHA / MODEL.LDVC.PATCH_SEVERANCE_ALPHA).")
+                         "alpha, or one per layer (MODEL.DEOP.GPS_ALPHA / MODEL.CLIP.PATCH_SEVERANCE_ALPHA).")
     if mode != "gps" and token_masks is None:
         raise ValueError(f"Patch severance mode '{mode}' needs the proposal masks on the token grid "
                          "(token_masks = token_mask_weights(mask logits, patch grid)).")

@@ -47,7 +47,7 @@ def check_block(block: nn.Module, where: str = "") -> nn.MultiheadAttention:
             f"{type(block).__name__} with attention {type(attn).__name__} cannot be decomposed. Only "
             "open_clip ResidualAttentionBlock with nn.MultiheadAttention (packed in_proj, no bias_k/v) is "
             "supported, not CustomResidualAttentionBlock (scaled-cosine attention / head scaling). "
-            "Choose a CLIP_MODEL with standard ViT blocks, e.g. ViT-B-16 or ViT-L-14."
+            "Choose a MODEL.CLIP.MODEL with standard ViT blocks, e.g. ViT-B-16 or ViT-L-14."
         )
     return attn
 

@@ -72,7 +72,7 @@ def text_blocks_and_head(encoder: nn.Module, x: torch.Tensor, eos: torch.Tensor,
 def _split_template(template: str):
     if template.count("{}") != 1:
         raise ValueError(
-            f"MODEL.LDVC.TEXT_PROMPT_TEMPLATE must contain '{{}}' exactly once, got '{template}'."
+            f"MODEL.CLIP.TEXT_TEMPLATE must contain '{{}}' exactly once, got '{template}'."
         )
     prefix, suffix = template.split("{}")
     return prefix.strip(), suffix
@@ -93,7 +93,7 @@ class PromptedTextEncoder(nn.Module):
         super().__init__()
         adopt_text_tower(self, clip_model, "PromptedTextEncoder")
         if init not in ("template", "random"):
-            raise ValueError(f"MODEL.LDVC.TEXT_PROMPT_INIT must be 'template' or 'random', got '{init}'.")
+            raise ValueError(f"MODEL.CLIP.TEXT_PROMPT_INIT must be 'template' or 'random', got '{init}'.")
         self.tokenizer = tokenizer
         self.num_layers = len(self.transformer.resblocks)
         self.num_prompts = num_prompts
@@ -116,10 +116,10 @@ class PromptedTextEncoder(nn.Module):
         num_prefix = int(tokens.argmax(dim=-1)) - 1
         if num_prefix != self.num_prompts:
             raise ValueError(
-                f"MODEL.LDVC.TEXT_PROMPTS={self.num_prompts} but the template '{template}' has "
+                f"MODEL.CLIP.TEXT_PROMPTS={self.num_prompts} but the template '{template}' has "
                 f"{num_prefix} tokens before '{{}}' ('{self.prefix}'); hand-crafted initialisation needs "
                 "them equal. Use a template with that many prefix tokens, or "
-                "MODEL.LDVC.TEXT_PROMPT_INIT='random'."
+                "MODEL.CLIP.TEXT_PROMPT_INIT='random'."
             )
         length = num_prefix + 1
         x = self.token_embedding(tokens[:, :length]) + self.positional_embedding[:length]

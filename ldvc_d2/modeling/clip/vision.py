@@ -29,7 +29,10 @@ from torch import nn
 
 from .surgery import BlockHook, block_qkv, check_block, run_block_with_attention
 
-__all__ = ["PromptedVisionEncoder", "run_block"]
+__all__ = ["POS_INTERPOLATIONS", "PromptedVisionEncoder", "run_block"]
+
+
+POS_INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_size")  # see PromptedVisionEncoder._resized_positions
 
 
 def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool, attn_mask=None) -> torch.Tensor:
@@ -66,14 +69,14 @@ class PromptedVisionEncoder(nn.Module):
         pos_interpolation: str = "bilinear",
     ):
         super().__init__()
-        if pos_interpolation not in ("bilinear", "bicubic", "bicubic_size"):
-            raise ValueError("Positional-embedding interpolation must be 'bilinear', 'bicubic' or 'bicubic_size', "
-                             f"got '{pos_interpolation}'.")
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError("Positional-embedding interpolation (MODEL.CLIP.POS_INTERPOLATION) must be one of "
+                             f"{list(POS_INTERPOLATIONS)}, got '{pos_interpolation}'.")
         self.pos_interpolation = pos_interpolation
         if not isinstance(visual, VisionTransformer):
             raise NotImplementedError(
                 f"PromptedVisionEncoder needs an open_clip VisionTransformer, got {type(visual).__name__}"
-                " (ResNet and timm image towers are not supported; choose a ViT CLIP_MODEL)."
+                " (ResNet and timm image towers are not supported; choose a ViT MODEL.CLIP.MODEL)."
             )
         if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
             raise NotImplementedError(
@@ -102,7 +105,7 @@ class PromptedVisionEncoder(nn.Module):
         else:
             self.register_parameter("prompts", None)
         if prompt_projection and num_prompts <= 0:
-            raise ValueError("MODEL.LDVC.VISUAL_PROMPT_PROJECTION needs MODEL.LDVC.VISUAL_PROMPTS > 0.")
+            raise ValueError("MODEL.CLIP.VISUAL_PROMPT_PROJECTION needs MODEL.CLIP.VISUAL_PROMPTS > 0.")
         self.prompt_proj = nn.Linear(self.width, self.width) if prompt_projection else None
         if self.prompt_proj is not None:
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")

@@ -113,19 +113,19 @@ class CLIPtrase(ZeroShotSegmentor):
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, object]:
-        c, t = cfg.MODEL.CLIPTRASE, cfg.MODEL.LDVC
+        c, t = cfg.MODEL.CLIPTRASE, cfg.MODEL.CLIP
         words = list(c.BACKGROUND_WORDS)
         if not words and cfg.DATASETS.TEST:
             words = list(MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("background_names", []))
         args = segmentor_config(cfg, trains=False)
         args.update({
-            "clip_model": t.CLIP_MODEL, "clip_pretrained": t.CLIP_PRETRAINED, "clip_cache_dir": t.CLIP_CACHE_DIR,
-            "templates": list(c.TEMPLATES), "correlation_layer": c.CORRELATION_LAYER, "attention_layer": c.ATTENTION_LAYER,
+            "clip_model": t.MODEL, "clip_pretrained": t.PRETRAINED, "clip_cache_dir": t.CACHE_DIR,
+            "templates": _templates(cfg), "correlation_layer": c.CORRELATION_LAYER, "attention_layer": c.ATTENTION_LAYER,
             "attention_branches": list(c.ATTENTION_BRANCHES), "cluster": c.CLUSTER, "dbscan_eps": c.DBSCAN_EPS,
             "dbscan_min_samples": c.DBSCAN_MIN_SAMPLES, "dbscan_scale": c.DBSCAN_SCALE,
             "smooth_ratio": c.SMOOTH_RATIO, "median_size": c.MEDIAN_SIZE, "vote": c.VOTE,
             "image_level_reweight": c.IMAGE_LEVEL_REWEIGHT, "background_class": c.BACKGROUND_CLASS,
-            "background_words": words, "pos_interpolation": c.POS_INTERPOLATION,
+            "background_words": words, "pos_interpolation": t.POS_INTERPOLATION,
         })
         return args
 
@@ -135,10 +135,10 @@ class CLIPtrase(ZeroShotSegmentor):
         branches = "+".join(c.ATTENTION_BRANCHES) or "none (plain CLIP)"
         region = (f"DBSCAN eps {c.DBSCAN_EPS} min_samples {c.DBSCAN_MIN_SAMPLES} ({c.DBSCAN_SCALE}), {c.VOTE} vote"
                   if c.CLUSTER else "per-pixel argmax (no clustering)")
-        templates = "+".join(t if "{}" not in t else repr(t) for t in c.TEMPLATES)
-        return (f"{super().describe_protocol(cfg)}, training-free ({cfg.MODEL.LDVC.CLIP_MODEL} "
-                f"'{cfg.MODEL.LDVC.CLIP_PRETRAINED}'), self-correlation attention {branches}, {region}, "
-                f"text templates {templates}, positional resize {c.POS_INTERPOLATION}"
+        templates = "+".join(t if "{}" not in t else repr(t) for t in _templates(cfg))
+        return (f"{super().describe_protocol(cfg)}, training-free ({cfg.MODEL.CLIP.MODEL} "
+                f"'{cfg.MODEL.CLIP.PRETRAINED}'), self-correlation attention {branches}, {region}, "
+                f"text templates {templates}, positional resize {cfg.MODEL.CLIP.POS_INTERPOLATION}"
                 + (", image-level re-weighting" if c.IMAGE_LEVEL_REWEIGHT else ""))
 
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
@@ -212,3 +212,8 @@ class CLIPtrase(ZeroShotSegmentor):
         counts = torch.bincount(flat, minlength=num_regions * num_classes).reshape(num_regions, num_classes)
         fractions = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
         return fractions[regions].permute(2, 0, 1)
+
+
+def _templates(cfg) -> List[str]:
+    """MODEL.CLIP.TEXT_TEMPLATES, or MODEL.CLIP.TEXT_TEMPLATE alone when that list is empty."""
+    return list(cfg.MODEL.CLIP.TEXT_TEMPLATES) or [cfg.MODEL.CLIP.TEXT_TEMPLATE]

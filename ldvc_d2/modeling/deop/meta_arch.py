@@ -21,7 +21,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ...config_deop import PROPOSAL_SOURCES
+from .config import PROPOSAL_SOURCES
 from ..clip import BlockHook, PromptedVisionEncoder, build_clip_model
 from ..clip.additive_prompts import AdditiveVisualPrompts
 from ..clip.clustering import self_correlation
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 @META_ARCH_REGISTRY.register()
 class DeOP(ZeroShotSegmentor):
-    """DeOP stage 3 (see the module docstring); MODEL.DEOP.* in ldvc_d2/config_deop.py."""
+    """DeOP stage 3 (see the module docstring); MODEL.DEOP.* in modeling/deop/config.py."""
 
     @configurable
     def __init__(self, *, clip_model: str, clip_pretrained: str, clip_cache_dir: str = "", proposals: str,
@@ -60,10 +60,10 @@ class DeOP(ZeroShotSegmentor):
         if proposals not in PROPOSAL_SOURCES:
             raise ValueError(f"MODEL.DEOP.PROPOSALS must be one of {list(PROPOSAL_SOURCES)}, got '{proposals}'.")
         if proposals == "gt" and self.inference_mode != "whole":
-            raise ValueError("MODEL.DEOP.PROPOSALS 'gt' (ORACLE) needs MODEL.LDVC.INFERENCE.MODE 'whole' (one "
+            raise ValueError("MODEL.DEOP.PROPOSALS 'gt' (ORACLE) needs MODEL.SEGMENTOR.INFERENCE.MODE 'whole' (one "
                              "label per image).")
         if proposals == "maskformer" and proposal_net is None:
-            raise ValueError("MODEL.DEOP.PROPOSALS 'maskformer' needs a proposal network (built from MODEL.DEOP_PROPOSALS).")
+            raise ValueError("MODEL.DEOP.PROPOSALS 'maskformer' needs a proposal network (built from MODEL.DEOP.PROPOSAL_NET).")
         if len(visual_prompt_layers) and max(visual_prompt_layers) >= visual.num_layers:
             raise ValueError(f"MODEL.DEOP.VISUAL_PROMPT_LAYERS {list(visual_prompt_layers)}: the image encoder has "
                              f"{visual.num_layers} blocks (0 = before ln_pre, b = before block b < {visual.num_layers}).")
@@ -95,20 +95,20 @@ class DeOP(ZeroShotSegmentor):
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, object]:
-        d, t = cfg.MODEL.DEOP, cfg.MODEL.LDVC
+        d, t = cfg.MODEL.DEOP, cfg.MODEL.CLIP
         proposal_net = None
         if d.PROPOSALS == "maskformer":
             proposal_net = load_proposal_net(cfg, d.PROPOSAL_WEIGHTS)
         args = segmentor_config(cfg)
         args["calibration"] = 0.0  # D9: no seen-score calibration
         args.update({
-            "clip_model": t.CLIP_MODEL, "clip_pretrained": t.CLIP_PRETRAINED, "clip_cache_dir": t.CLIP_CACHE_DIR,
+            "clip_model": t.MODEL, "clip_pretrained": t.PRETRAINED, "clip_cache_dir": t.CACHE_DIR,
             "proposals": d.PROPOSALS, "proposal_net": proposal_net, "num_proposals": d.NUM_PROPOSALS,
             "binary_logit": d.BINARY_MASK_LOGIT,
             "cluster": {"layer": d.CLUSTER_LAYER, "eps": d.CLUSTER_EPS, "min_samples": d.CLUSTER_MIN_SAMPLES,
                         "scale": d.CLUSTER_SCALE},
             "gps_layers": list(d.GPS_LAYERS), "gps_alpha": list(d.GPS_ALPHA), "gps_mode": d.GPS_MODE,
-            "pos_interpolation": d.POS_INTERPOLATION,
+            "pos_interpolation": t.POS_INTERPOLATION,
             "visual_prompt_layers": list(d.VISUAL_PROMPT_LAYERS), "visual_prompt_grid": d.VISUAL_PROMPT_GRID,
             "text_ctx": d.TEXT_CTX, "text_ctx_std": d.TEXT_CTX_INIT_STD, "text_prompt_weights": d.TEXT_PROMPT_WEIGHTS,
             "cal_layers": d.CAL_LAYERS, "cal_heads": d.CAL_HEADS, "cal_ffn": d.CAL_FFN, "cal_dropout": d.CAL_DROPOUT,
@@ -125,7 +125,7 @@ class DeOP(ZeroShotSegmentor):
                   "maskformer": f"MaskFormer '{d.PROPOSAL_WEIGHTS}'"}.get(d.PROPOSALS, d.PROPOSALS)
         return (f"{super().describe_protocol(cfg)}, proposals: {source}, N {d.NUM_PROPOSALS}, patch severance "
                 f"{d.GPS_MODE} at blocks {list(d.GPS_LAYERS)} alpha {list(d.GPS_ALPHA)}, CAL K={d.CAL_LAYERS}, "
-                f"no calibration, trained on {cfg.MODEL.LDVC.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
+                f"no calibration, trained on {cfg.MODEL.SEGMENTOR.TRAINING_CLASSES} classes of {list(cfg.DATASETS.TRAIN)}")
 
     def train(self, mode: bool = True):
         """The trainable parts follow ``mode``; frozen CLIP and the proposal network stay in eval mode."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ...config_deop_proposals import MASK_FILLS
+from .config import MASK_FILLS
 from ..clip import PromptedVisionEncoder, build_clip_model
 from ..clip.coop import CoOpTextEncoder
 from ..segmentor import ZeroShotSegmentor
@@ -75,7 +75,7 @@ class DeOPPromptLearner(ZeroShotSegmentor):
         """
         super().__init__(pad_multiple=image_encoder.patch_size, **kwargs)
         if mask_fill not in MASK_FILLS:
-            raise ValueError(f"MODEL.DEOP_PROMPT_LEARNING.MASK_FILL must be one of {list(MASK_FILLS)}, got '{mask_fill}'.")
+            raise ValueError(f"MODEL.DEOP.PROMPT_LEARNING.MASK_FILL must be one of {list(MASK_FILLS)}, got '{mask_fill}'.")
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.mask_fill = mask_fill
@@ -85,13 +85,14 @@ class DeOPPromptLearner(ZeroShotSegmentor):
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, object]:
-        c, d, s = cfg.MODEL.LDVC, cfg.MODEL.DEOP, cfg.MODEL.DEOP_PROMPT_LEARNING
-        clip, tokenizer = build_clip_model(c.CLIP_MODEL, c.CLIP_PRETRAINED, cache_dir=c.CLIP_CACHE_DIR or None)
+        c, d, s = cfg.MODEL.CLIP, cfg.MODEL.DEOP, cfg.MODEL.DEOP.PROMPT_LEARNING
+        clip, tokenizer = build_clip_model(c.MODEL, c.PRETRAINED, cache_dir=c.CACHE_DIR or None)
         return {
             **segmentor_config(cfg),
             "calibration": 0.0,  # DeOP calibrates no seen scores (D9); neither does this diagnostic
             "text_encoder": CoOpTextEncoder(clip, tokenizer, n_ctx=d.TEXT_CTX, init_std=d.TEXT_CTX_INIT_STD),
-            "image_encoder": PromptedVisionEncoder(clip.visual, num_prompts=0, intermediate_layers=[]),
+            "image_encoder": PromptedVisionEncoder(clip.visual, num_prompts=0, intermediate_layers=[],
+                                                   pos_interpolation=c.POS_INTERPOLATION),
             "mask_fill": s.MASK_FILL,
             "min_region_pixels": s.MIN_REGION_PIXELS,
             "logit_scale": s.LOGIT_SCALE,

@@ -1,47 +1,28 @@
 """What DeOP's stage 3 reads from earlier stages and from the test data (SEED_SYSTEMS §4.1 D1, D5).
 
-* :func:`load_proposal_net`: the stage-2 network (``MODEL.DEOP_PROPOSALS``), its weights the
+* :func:`load_proposal_net`: the stage-2 network (``MODEL.DEOP.PROPOSAL_NET``), its weights the
   ``proposal_net.*`` tensors of a stage-2 checkpoint (MODEL.DEOP.PROPOSAL_WEIGHTS), frozen afterwards.
 * :func:`load_text_context`: the CoOp context learned in stage 1 (MODEL.DEOP.TEXT_PROMPT_WEIGHTS).
 * :func:`read_oracle_label`: the ground truth of a test image for the ORACLE proposals.
-All weight files, the stage-2 backbone's ImageNet weights included, are read by :func:`read_state_dict`
-through the plugin's safe loader (:func:`~ldvc_d2.checkpoint.load_checkpoint_file`).
+All weight files are read by :func:`~.weight_files.read_state_dict` (shared with the stage-2 network's
+backbone weights) through the plugin's safe loader (:func:`~ldvc_d2.checkpoint.load_checkpoint_file`).
 """
 import logging
-import os
-from typing import Dict, Sequence
+from typing import Dict
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...checkpoint import load_checkpoint_file
+from ...utils.io import read_label
 from ..label_ops import resize_labels_nearest
+from .proposals import build_proposal_network
+from .weight_files import read_state_dict
 
-__all__ = ["load_proposal_net", "load_text_context", "read_oracle_label", "read_state_dict"]
+__all__ = ["load_proposal_net", "load_text_context", "read_oracle_label"]
 
 PREFIX = "proposal_net."
-STAGE_HINT = "give the checkpoint (model_final.pth) of the earlier DeOP stage (docs/deop.md)."
 logger = logging.getLogger(__name__)
-
-
-def read_state_dict(path: str, key: str, hint: str = STAGE_HINT,
-                    unwrap: Sequence[str] = ("model",)) -> Dict[str, torch.Tensor]:
-    """The state dict in checkpoint file ``path`` (config key ``key``), through the safe loader.
-
-    One reader for every DeOP weight file, so each refusal names the key, the file and ``hint`` (what to
-    give instead). ``unwrap``: keys tried in order, each replacing the dict by its dict value when present
-    (a detectron2 checkpoint keeps its weights under "model"; torchvision/timm files may use "state_dict").
-    """
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{key} '{path}' is not a file; {hint}")
-    state = load_checkpoint_file(path)
-    for name in unwrap:
-        if isinstance(state, dict) and isinstance(state.get(name), dict):
-            state = state[name]
-    if not isinstance(state, dict):
-        raise ValueError(f"{key} '{path}' holds a {type(state).__name__}, not a state dict; {hint}")
-    return state
 
 
 def load_proposal_net(cfg, path: str) -> nn.Module:
@@ -50,11 +31,6 @@ def load_proposal_net(cfg, path: str) -> nn.Module:
     ``path`` "" keeps random weights, for a stage-3 checkpoint (MODEL.WEIGHTS, which holds the proposal network
     too) loaded afterwards; training from scratch without it is refused by :func:`deop_config_problems`.
     """
-    try:
-        from .proposals import build_proposal_network
-    except ImportError as e:
-        raise ImportError("MODEL.DEOP.PROPOSALS 'maskformer' needs the proposal network of "
-                          f"ldvc_d2/modeling/deop/proposals ({e}); use 'gt' or 'clusters' without it.") from e
     net = build_proposal_network(cfg)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -69,8 +45,8 @@ def load_proposal_net(cfg, path: str) -> nn.Module:
                          "of the DeOPProposals stage (configs/deop/*proposals*.yaml).")
     missing, unexpected = net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()}, strict=False)
     if missing or unexpected:
-        raise ValueError(f"MODEL.DEOP.PROPOSAL_WEIGHTS '{path}' does not fit MODEL.DEOP_PROPOSALS: missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}. Use the same MODEL.DEOP_PROPOSALS as stage 2.")
+        raise ValueError(f"MODEL.DEOP.PROPOSAL_WEIGHTS '{path}' does not fit MODEL.DEOP.PROPOSAL_NET: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}. Use the same MODEL.DEOP.PROPOSAL_NET as stage 2.")
     return net.eval()
 
 
@@ -88,8 +64,6 @@ def load_text_context(text: nn.Module, path: str) -> None:
 def read_oracle_label(inputs: Dict, ignore_label: int) -> torch.Tensor:
     """H×W long labels at the size of ``inputs["image"]``: its ``sem_seg``, else its ``sem_seg_file_name``
     resized by nearest neighbour (the test mapper resizes only the image)."""
-    from ...data.mapper import read_label
-
     if "sem_seg" in inputs:
         label = torch.as_tensor(inputs["sem_seg"])
     elif "sem_seg_file_name" in inputs:

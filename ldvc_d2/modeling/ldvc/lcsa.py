@@ -5,10 +5,10 @@ tokens (eq. 8); the m windows most similar to it (dot product of the summaries, 
 only places its tokens look (eqs. 11-12). Objects are locally coherent, so attention is steered to
 visually consistent regions ("visual consensus") instead of to every noisy token in the image.
 
-Scale (MODEL.LCTD.SCALE): eq. (12) divides by sqrt(d), d the full token width, and BiFormer, which
+Scale (MODEL.LDVC.LCTD.SCALE): eq. (12) divides by sqrt(d), d the full token width, and BiFormer, which
 LCSA follows, keeps that full-width scale with several heads ("full_width", the default); "head_dim"
 uses the usual multi-head 1/sqrt(d / heads), about sqrt(heads) times sharper. Choices where the paper
-is silent (config keys in MODEL.LCTD): multi-head attention (NUM_HEADS), an output projection after
+is silent (config keys in MODEL.LDVC.LCTD): multi-head attention (NUM_HEADS), an output projection after
 eq. (12), as every transformer attention has, and dropout on the softmax weights (ATTN_DROPOUT) and
 on the output (DROPOUT), as ZegCLIP's decoder. With m = number of windows LCSA is exactly ordinary
 self-attention (softmax attention does not depend on the order of the keys), which is also how
@@ -27,7 +27,9 @@ from torch import nn
 
 from .lcsa_routed import RoutedSpec, routed_attention, scaled_sdpa
 
-__all__ = ["LocalConsensusSelfAttention"]
+__all__ = ["LCSA_SCALES", "LocalConsensusSelfAttention"]
+
+LCSA_SCALES = ("full_width", "head_dim")  # eq. (12) as written / the usual multi-head scale
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +54,15 @@ class LocalConsensusSelfAttention(nn.Module):
                  attn_dropout: float = 0.0, scale: str = "full_width", chunk_elements: int = 2 ** 18):
         super().__init__()
         if window_size < 1 or (topk is not None and topk < 1):
-            raise ValueError(f"MODEL.LCTD.WINDOW_SIZE ({window_size}) and TOPK_WINDOWS ({topk}) must be >= 1.")
+            raise ValueError(f"MODEL.LDVC.LCTD.WINDOW_SIZE ({window_size}) and TOPK_WINDOWS ({topk}) must be >= 1.")
         if not 0 <= attn_dropout < 1:
-            raise ValueError(f"MODEL.LCTD.ATTN_DROPOUT must be in [0, 1), got {attn_dropout}.")
+            raise ValueError(f"MODEL.LDVC.LCTD.ATTN_DROPOUT must be in [0, 1), got {attn_dropout}.")
         if chunk_elements < 1:
-            raise ValueError(f"MODEL.LCTD.CHUNK_ELEMENTS must be >= 1, got {chunk_elements}.")
+            raise ValueError(f"MODEL.LDVC.LCTD.CHUNK_ELEMENTS must be >= 1, got {chunk_elements}.")
         if dim % num_heads:
-            raise ValueError(f"MODEL.LCTD.NUM_HEADS={num_heads} must divide the feature width {dim}.")
-        if scale not in ("full_width", "head_dim"):
-            raise ValueError(f"MODEL.LCTD.SCALE must be 'full_width' or 'head_dim', got '{scale}'.")
+            raise ValueError(f"MODEL.LDVC.LCTD.NUM_HEADS={num_heads} must divide the feature width {dim}.")
+        if scale not in LCSA_SCALES:
+            raise ValueError(f"MODEL.LDVC.LCTD.SCALE must be one of {list(LCSA_SCALES)}, got '{scale}'.")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_size = window_size
@@ -102,7 +104,7 @@ class LocalConsensusSelfAttention(nn.Module):
         n = self.window_size
         if h % n or w % n:
             raise ValueError(
-                f"LCSA: the {h}x{w} feature grid is not divisible by MODEL.LCTD.WINDOW_SIZE={n}. Use "
+                f"LCSA: the {h}x{w} feature grid is not divisible by MODEL.LDVC.LCTD.WINDOW_SIZE={n}. Use "
                 f"input sizes that are multiples of patch_size*{n} pixels (the model pads crops to that)."
             )
         num_windows = (h // n) * (w // n)
@@ -110,7 +112,7 @@ class LocalConsensusSelfAttention(nn.Module):
             return self.topk
         if self.topk > num_windows and not self._warned_clamp:
             logger.warning(
-                f"MODEL.LCTD.TOPK_WINDOWS={self.topk} > {num_windows} windows of a {h}x{w} grid; using all "
+                f"MODEL.LDVC.LCTD.TOPK_WINDOWS={self.topk} > {num_windows} windows of a {h}x{w} grid; using all "
                 f"{num_windows} (plain self-attention)."
             )
             self._warned_clamp = True

@@ -12,9 +12,9 @@ anchors. Per block (all norms are LayerNorm, pre-norm as the equations write the
 and the logits are ``S = T_new V_o^T`` (13), one map per class, without temperature or
 normalisation (as written in the paper). Choices where the paper is silent: the Conv1x1 is
 zero-initialised, so training starts from CLIP's own dense features (ours); the MLP is
-Linear-GELU-Linear with MODEL.LCTD.MLP_RATIO hidden width. Following ZegCLIP's decoder (the paper
+Linear-GELU-Linear with MODEL.LDVC.LCTD.MLP_RATIO hidden width. Following ZegCLIP's decoder (the paper
 follows ZegCLIP's training): dropout 0.1 on the outputs of LCSA, CA and the MLP and inside the MLP
-(MODEL.LCTD.DROPOUT, torch's TransformerDecoderLayer default), dropout 0.1 on the attention weights
+(MODEL.LDVC.LCTD.DROPOUT, torch's TransformerDecoderLayer default), dropout 0.1 on the attention weights
 (ATTN_DROPOUT, ZegCLIP's ``attn_drop``), and Linear weights truncated normal with std 0.02, biases 0
 (WEIGHT_INIT "trunc_normal", ZegCLIP's ``init_weights``; the cross-attention's packed q/k/v weight
 counts as a Linear).
@@ -122,7 +122,7 @@ class LCTDHead(nn.Module):
     ):
         super().__init__()
         if weight_init not in ("trunc_normal", "torch"):
-            raise ValueError(f"MODEL.LCTD.WEIGHT_INIT must be 'trunc_normal' or 'torch', got '{weight_init}'.")
+            raise ValueError(f"MODEL.LDVC.LCTD.WEIGHT_INIT must be 'trunc_normal' or 'torch', got '{weight_init}'.")
         self.token_divisibility = window_size  # LCSA needs whole windows of tokens
         self.text_adapter = TextAdapter(dim) if text_adapter else None
         self.blocks = nn.ModuleList(
@@ -148,23 +148,23 @@ class LCTDHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        mode = cfg.MODEL.LCTD.SELF_ATTENTION
+        mode = cfg.MODEL.LDVC.LCTD.SELF_ATTENTION
         if mode not in ("lcsa", "global"):
-            raise ValueError(f"MODEL.LCTD.SELF_ATTENTION must be 'lcsa' or 'global', got '{mode}'.")
+            raise ValueError(f"MODEL.LDVC.LCTD.SELF_ATTENTION must be 'lcsa' or 'global', got '{mode}'.")
         return {
             "dim": input_shape["dense"].channels,
             "intermediate_dim": input_shape["intermediate"].channels,
-            "num_blocks": cfg.MODEL.LCTD.NUM_BLOCKS,
-            "num_heads": cfg.MODEL.LCTD.NUM_HEADS,
-            "window_size": cfg.MODEL.LCTD.WINDOW_SIZE,
-            "topk": cfg.MODEL.LCTD.TOPK_WINDOWS if mode == "lcsa" else None,
-            "mlp_ratio": cfg.MODEL.LCTD.MLP_RATIO,
-            "dropout": cfg.MODEL.LCTD.DROPOUT,
-            "attn_dropout": cfg.MODEL.LCTD.ATTN_DROPOUT,
-            "scale": cfg.MODEL.LCTD.SCALE,
-            "weight_init": cfg.MODEL.LCTD.WEIGHT_INIT,
-            "text_adapter": cfg.MODEL.LCTD.TEXT_ADAPTER,
-            "chunk_elements": cfg.MODEL.LCTD.CHUNK_ELEMENTS,
+            "num_blocks": cfg.MODEL.LDVC.LCTD.NUM_BLOCKS,
+            "num_heads": cfg.MODEL.LDVC.LCTD.NUM_HEADS,
+            "window_size": cfg.MODEL.LDVC.LCTD.WINDOW_SIZE,
+            "topk": cfg.MODEL.LDVC.LCTD.TOPK_WINDOWS if mode == "lcsa" else None,
+            "mlp_ratio": cfg.MODEL.LDVC.LCTD.MLP_RATIO,
+            "dropout": cfg.MODEL.LDVC.LCTD.DROPOUT,
+            "attn_dropout": cfg.MODEL.LDVC.LCTD.ATTN_DROPOUT,
+            "scale": cfg.MODEL.LDVC.LCTD.SCALE,
+            "weight_init": cfg.MODEL.LDVC.LCTD.WEIGHT_INIT,
+            "text_adapter": cfg.MODEL.LDVC.LCTD.TEXT_ADAPTER,
+            "chunk_elements": cfg.MODEL.LDVC.LCTD.CHUNK_ELEMENTS,
         }
 
     def adapt_text(self, text: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The same one-stage pipeline as LDVC (:class:`~ldvc_d2.modeling.decoder_segmentor.CLIPDecoderSegmentor`)
 with ZegCLIP's decoder (:class:`~ldvc_d2.modeling.zegclip.head.ZegCLIPHead`: class queries attend to the
 image features). Its visual prompt variant (shared projection + dropout, LayerNorm before ``ln_post``)
-is a backbone option (MODEL.LDVC.VISUAL_PROMPT_PROJECTION / VISUAL_FINAL_NORM), set in configs/zegclip/.
+is a backbone option (MODEL.CLIP.VISUAL_PROMPT_PROJECTION / VISUAL_FINAL_NORM), set in configs/zegclip/.
 """
 from detectron2.modeling import META_ARCH_REGISTRY
 

@@ -1,4 +1,4 @@
-"""Building DeOP's proposal network from ``MODEL.DEOP_PROPOSALS`` (config_deop_proposals.py).
+"""Building DeOP's proposal network from ``MODEL.DEOP.PROPOSAL_NET`` (modeling/deop/config.py).
 
 ``transformers`` is an optional extra (``pip install -e ".[deop]"``): it is imported here, on first use, and
 its absence is an error saying what to install. The network is built offline with random weights: the timm
@@ -11,7 +11,7 @@ from typing import Optional
 from torch import nn
 
 from ...segmentor_config import class_lists_from_metadata, registered_train_sets
-from ..weights import read_state_dict
+from ..weight_files import read_state_dict
 from .network import MaskFormerProposals
 
 __all__ = ["build_proposal_network", "proposal_num_classes"]
@@ -20,25 +20,25 @@ logger = logging.getLogger(__name__)
 
 
 def proposal_num_classes(cfg) -> int:
-    """Classes of the proposal network's class head: 1 when class-agnostic, else MODEL.DEOP_PROPOSALS.NUM_CLASSES
+    """Classes of the proposal network's class head: 1 when class-agnostic, else MODEL.DEOP.PROPOSAL_NET.NUM_CLASSES
     or (0) the number of training classes of DATASETS.TRAIN[0] (its seen classes, inductive)."""
-    p = cfg.MODEL.DEOP_PROPOSALS
+    p = cfg.MODEL.DEOP.PROPOSAL_NET
     if p.CLASS_AGNOSTIC:
         return 1
     if int(p.NUM_CLASSES) > 0:
         return int(p.NUM_CLASSES)
     registered = registered_train_sets(cfg)
     if not registered:
-        raise ValueError("MODEL.DEOP_PROPOSALS.NUM_CLASSES is 0 (automatic) but DATASETS.TRAIN names no registered "
+        raise ValueError("MODEL.DEOP.PROPOSAL_NET.NUM_CLASSES is 0 (automatic) but DATASETS.TRAIN names no registered "
                          "dataset to count the training classes of; set DATASETS.TRAIN or NUM_CLASSES.")
-    return len(class_lists_from_metadata(registered[0], cfg.MODEL.LDVC.TRAINING_CLASSES)[0])
+    return len(class_lists_from_metadata(registered[0], cfg.MODEL.SEGMENTOR.TRAINING_CLASSES)[0])
 
 
 def _import_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ImportError("DeOP's proposal network (MODEL.DEOP_PROPOSALS) needs Hugging Face transformers: "
+        raise ImportError("DeOP's proposal network (MODEL.DEOP.PROPOSAL_NET) needs Hugging Face transformers: "
                           'pip install -e ".[deop]"') from e
     return transformers
 
@@ -46,21 +46,21 @@ def _import_transformers():
 def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     """Load a local torchvision/timm ResNet state dict (its classifier ``fc.*`` dropped) into ``backbone``.
 
-    Read by DeOP's one checkpoint reader (:func:`~ldvc_d2.modeling.deop.weights.read_state_dict`), which also
+    Read by DeOP's one checkpoint reader (:func:`~ldvc_d2.modeling.deop.weight_files.read_state_dict`), which also
     unwraps the "state_dict" key of timm/Lightning-style files.
     """
-    state = read_state_dict(path, "MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS",
-                            hint="give a local torchvision/timm ImageNet checkpoint of MODEL.DEOP_PROPOSALS.BACKBONE, "
+    state = read_state_dict(path, "MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS",
+                            hint="give a local torchvision/timm ImageNet checkpoint of MODEL.DEOP.PROPOSAL_NET.BACKBONE, "
                                  "or '' for random init.", unwrap=("state_dict", "model"))
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    hint = "Give the weights of MODEL.DEOP_PROPOSALS.BACKBONE (torchvision or timm key names)."
+    hint = "Give the weights of MODEL.DEOP.PROPOSAL_NET.BACKBONE (torchvision or timm key names)."
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS '{path}' does not fit the backbone: {e} {hint}") from None
+        raise ValueError(f"MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS '{path}' does not fit the backbone: {e} {hint}") from None
     missing, unexpected = ([k for k in keys if not k.endswith("num_batches_tracked")] for keys in (missing, unexpected))
     if missing or unexpected:
-        raise ValueError(f"MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS '{path}' does not fit the backbone: missing "
+        raise ValueError(f"MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS '{path}' does not fit the backbone: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}. {hint}")
 
 
@@ -71,7 +71,7 @@ def build_proposal_network(cfg, num_classes: Optional[int] = None) -> MaskFormer
     checkpoint's for DeOP's stage 3 to load it).
     """
     tf = _import_transformers()
-    p = cfg.MODEL.DEOP_PROPOSALS
+    p = cfg.MODEL.DEOP.PROPOSAL_NET
     k = proposal_num_classes(cfg) if num_classes is None else num_classes
     backbone = tf.TimmBackboneConfig(backbone=p.BACKBONE, out_indices=(1, 2, 3, 4), use_pretrained_backbone=False,
                                      freeze_batch_norm_2d=p.FREEZE_BACKBONE_BN)
@@ -88,10 +88,10 @@ def build_proposal_network(cfg, num_classes: Optional[int] = None) -> MaskFormer
     try:
         maskformer = tf.MaskFormerForInstanceSegmentation(config)
     except RuntimeError as e:  # timm's error for an unknown model name
-        raise ValueError(f"MODEL.DEOP_PROPOSALS.BACKBONE '{p.BACKBONE}': {e}") from e
+        raise ValueError(f"MODEL.DEOP.PROPOSAL_NET.BACKBONE '{p.BACKBONE}': {e}") from e
     if p.BACKBONE_WEIGHTS:
         load_backbone_weights(maskformer.model.pixel_level_module.encoder._backbone, p.BACKBONE_WEIGHTS)
     else:
-        logger.info(f"Proposal network backbone '{p.BACKBONE}' randomly initialised (MODEL.DEOP_PROPOSALS.BACKBONE_WEIGHTS "
+        logger.info(f"Proposal network backbone '{p.BACKBONE}' randomly initialised (MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS "
                     "''); the paper configs need ImageNet weights, a stage-3 build loads the stage-2 checkpoint instead.")
     return MaskFormerProposals(maskformer, class_agnostic=p.CLASS_AGNOSTIC)

@@ -41,7 +41,7 @@ class DeOPProposals(ZeroShotSegmentor):
         self.proposal_net = proposal_net
         if self.train_class_names is not None and not proposal_net.class_agnostic \
                 and len(self.train_class_names) != proposal_net.num_classes:
-            raise ValueError(f"MODEL.DEOP_PROPOSALS.NUM_CLASSES ({proposal_net.num_classes}) differs from the "
+            raise ValueError(f"MODEL.DEOP.PROPOSAL_NET.NUM_CLASSES ({proposal_net.num_classes}) differs from the "
                              f"{len(self.train_class_names)} training classes of DATASETS.TRAIN; set it to 0 (automatic).")
 
     @classmethod
@@ -57,7 +57,7 @@ class DeOPProposals(ZeroShotSegmentor):
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
         """C test names -> C×K one-hot rows over the K training classes (zero rows for other names)."""
         if self.proposal_net.class_agnostic:
-            raise ValueError("A class-agnostic proposal network (MODEL.DEOP_PROPOSALS.CLASS_AGNOSTIC True) has no "
+            raise ValueError("A class-agnostic proposal network (MODEL.DEOP.PROPOSAL_NET.CLASS_AGNOSTIC True) has no "
                              "class scores to evaluate; evaluate it inside DeOP (stage 3) instead.")
         if not self.train_class_names:
             raise ValueError("DeOPProposals maps test classes onto its training classes: set DATASETS.TRAIN to the "

@@ -88,5 +88,5 @@ class MaskFormerProposals(nn.Module):
         masks, labels = zip(*[semantic_to_masks(t, ignore_label, self.class_agnostic) for t in targets])
         if any(len(lab) and int(lab.max()) >= self.num_classes for lab in labels):
             raise ValueError(f"Proposal targets hold class indices >= the network's {self.num_classes} classes; "
-                             "MODEL.DEOP_PROPOSALS.NUM_CLASSES must match the training classes (0 = automatic).")
+                             "MODEL.DEOP.PROPOSAL_NET.NUM_CLASSES must match the training classes (0 = automatic).")
         return self.maskformer.get_loss_dict(mask_logits, class_logits, list(masks), list(labels), auxiliary or None)

@@ -9,7 +9,7 @@ __all__ = ["add_c2s_config", "c2s_config_problems"]
 
 
 def add_c2s_config(cfg: CN) -> None:
-    """Add MODEL.C2S (called by ``add_ldvc_config``)."""
+    """Add MODEL.C2S (called by :func:`ldvc_d2.config.add_ldvc_config`)."""
     cfg.MODEL.C2S = CN()
     # Student from ldvc_d2.modeling.c2s.students (segformer_b0..b5, setr_b, segformer_tiny, setr_tiny);
     # it ends in a 1x1 projection to CLIP's embedding width [C1]
@@ -34,14 +34,14 @@ def add_c2s_config(cfg: CN) -> None:
     cfg.MODEL.C2S.DECODER_FFN = 2048  # its feed-forward width (ours)
     cfg.MODEL.C2S.DECODER_DROPOUT = 0.1  # its dropout (torch's TransformerDecoderLayer default)
     cfg.MODEL.C2S.LOSS_WEIGHTS = [1.0, 1.0, 1.0]  # weights of L_g, L_l, L_p (eq. 6: unit) [C12]
-    cfg.MODEL.C2S.CE_WEIGHT = 1.0  # cross-entropy inside L_p next to focal+dice (MODEL.LDVC.LOSS.*) (eq. 5) [C11]
+    cfg.MODEL.C2S.CE_WEIGHT = 1.0  # cross-entropy inside L_p next to focal+dice (MODEL.SEGMENTOR.LOSS.*) (eq. 5) [C11]
     # Ablation switches (paper Table 3): all False = the seen-only baseline (CE + NEL over seen classes)
     cfg.MODEL.C2S.GLOBAL_DISTILL = True  # L_g [C5-C6]
     cfg.MODEL.C2S.LOCAL_DISTILL = True  # L_l over the regions of the pseudo mask [C7-C8]
     cfg.MODEL.C2S.LATENT_EMBEDDINGS = True  # latent classes as extra classes of L_p [C9-C11]
 
 
-def c2s_config_problems(cfg: CN) -> list:
+def c2s_config_problems(cfg: CN, training: bool) -> list:
     """Values of MODEL.C2S that cannot work, as messages for ``validate_config``."""
     c = cfg.MODEL.C2S
     problems = []

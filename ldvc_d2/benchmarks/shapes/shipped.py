@@ -1,6 +1,6 @@
 """The tiny CLIP shipped with the package (issue 15, item 6): the ``"shapes"`` recipe's checkpoint as
-safetensors in ``ldvc_d2/assets/`` (tensors only: nothing runs when it is read), so a fresh machine's
-quick start needs no pretraining; :func:`ldvc_d2.shapes_clip.ensure_tiny_clip` writes it to the cache.
+safetensors in ``assets/`` next to this file (tensors only: nothing runs when it is read), so a fresh
+machine's quick start needs no pretraining; :func:`.cache.ensure_tiny_clip` writes it to the cache.
 
 The random, frozen token embedding (49408 rows, 80% of a full checkpoint) is not stored: it is redrawn
 exactly as pretraining drew it (the recipe's seed, the same ``open_clip.create_model`` call), checked by
@@ -18,11 +18,11 @@ from typing import Dict, List, Tuple, Union
 import open_clip
 import torch
 
-from .data.datasets.shapes_world import CLASS_NAMES, GENERATOR_VERSION, make_caption
-from .shapes_clip import (
+from ...utils.io import atomic_path
+from .tiny_clip import (
     CAPTION_TEMPLATES, EVAL_TEMPLATE, TINY_CLIP_MODEL, TINY_CLIP_RECIPES, TINY_CLIP_TAG, PretrainConfig, _build,
 )
-from .utils.io import atomic_path
+from .world import CLASS_NAMES, GENERATOR_VERSION, make_caption
 
 __all__ = ["SHIPPED_DIR", "shipped_path", "stale_shipped_files", "write_shipped", "read_shipped",
            "pretraining_vocabulary"]
@@ -66,7 +66,7 @@ class _DropRandomInitWarning(logging.Filter):
 
 def _initial_token_embedding(cfg: PretrainConfig) -> torch.Tensor:
     """The token embedding pretraining starts from (and keeps: it is frozen): the same seed and
-    ``open_clip.create_model`` call as :func:`_pretrain`, the caller's RNG left as it was."""
+    ``open_clip.create_model`` call as :func:`.tiny_clip._pretrain`, the caller's RNG left as it was."""
     root, quiet = logging.getLogger(), _DropRandomInitWarning()
     root.addFilter(quiet)  # open_clip's "initialized randomly" warning: only the frozen embedding is used
     try:

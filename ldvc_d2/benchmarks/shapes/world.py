@@ -23,7 +23,7 @@ Labels: class index 0..15, 255 = background (ignored, like VOC background); capt
 drawn class with its count ("a striped red shape and two dotted blue shapes").
 
 The dataset files, their generation and their registration with detectron2 are in
-:mod:`.shapes`, which re-exports this module's public names.
+:mod:`.dataset`, which re-exports this module's public names.
 """
 import colorsys
 from typing import Dict, List, Sequence, Tuple

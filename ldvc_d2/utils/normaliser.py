@@ -7,6 +7,9 @@ of pairs. So the loss reports its divisor d_k and this process's own count c_k h
 back-propagates ``loss_k * d_k`` (= S_k, the plain sum) and divides the accumulated gradients by
 ``max(sum_k c_k (all-reduced) / processes, 1)``: exactly the gradient of the full-batch loss. A loss that
 reports nothing counts (1, 1) per micro-batch: its micro-batch losses are averaged.
+
+The loss notes here and the training loop (:mod:`ldvc_d2.engine.train_loop`) records here, so the module
+sits below both: the models import nothing of the engine.
 """
 import contextlib
 from typing import Iterator, List, Optional, Tuple

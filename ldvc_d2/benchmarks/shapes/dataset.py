@@ -2,7 +2,7 @@
 its files, their generation and their registration with detectron2.
 
 The world itself (16 colour × surface-pattern classes, 12 seen / 4 unseen, and how a scene is drawn)
-is :mod:`.shapes_world`; its public names are re-exported here.
+is :mod:`.world`; its public names are re-exported here.
 
 Images are small RGB scenes (default 128×128) of 1–4 anti-aliased, rotated, possibly overlapping
 objects on a muted (unsaturated) textured background, with colour jitter, shading and pixel noise.
@@ -11,7 +11,8 @@ background). ``index.json`` holds one caption per image ("a striped red shape an
 shapes") for pretraining a tiny CLIP on the same world; :func:`sample_object_image` draws
 single-object image/caption pairs on the fly for the same purpose.
 
-Registered sets (metadata as in :mod:`.zero_shot_sem_seg`; dataset dicts hold *full* labels):
+Registered sets (metadata as in :mod:`ldvc_d2.data.datasets.zero_shot_sem_seg`; dataset dicts hold
+*full* labels):
 
 * ``shapes_zs_train_seen``: train split; 12 seen / 4 unseen; zero-shot training
 * ``shapes_zs_val``: val split; 12 seen / 4 unseen; zero-shot evaluation
@@ -36,7 +37,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from tqdm import tqdm
 
-from .shapes_world import (
+from .world import (
     CLASS_NAMES, COLOR_RGB, COLORS, GENERATOR_VERSION, IGNORE_LABEL, OUTLINES, PATTERNS, SEEN_CLASSES,
     STUFF_COLORS, UNSEEN_CLASSES, make_caption, render_scene, sample_object_image,
 )

@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from .speed import median_seconds, synchronize
+from ..data.mapper import LDVCTrainMapper
+from ..modeling import decoder_segmentor
+from ..utils.speed import median_seconds, synchronize
 
 __all__ = ["mapper_seconds", "train_breakdown"]
 
@@ -43,8 +45,6 @@ def _detached(fn: Callable) -> Callable:
 
 @contextmanager
 def _instrumented(model: torch.nn.Module, detach_backbone: bool) -> Iterator[None]:
-    from ..modeling import decoder_segmentor
-
     loss_fn = decoder_segmentor.focal_dice_loss
     backbone_forward = model.backbone.forward
     model.encode_text = _labelled(model.encode_text, "text_encoder")
@@ -95,8 +95,6 @@ def train_breakdown(model: torch.nn.Module, step: Callable[[], None], device: to
 
 def mapper_seconds(cfg, repeats: int) -> float:
     """Seconds for the training mapper to produce one image of a 640×480 COCO-like JPEG / label PNG."""
-    from ..data.mapper import LDVCTrainMapper
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         image, label = os.path.join(tmp, "image.jpg"), os.path.join(tmp, "label.png")

@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldvc_d2 import shapes_clip
-from ldvc_d2.data.datasets.shapes import CLASS_NAMES, SEEN_CLASSES, UNSEEN_CLASSES, render_scene
+from ldvc_d2.benchmarks.shapes import cache, shipped, tiny_clip
+from ldvc_d2.benchmarks.shapes.tiny_clip import PretrainConfig, contrastive_loss, pretrain_tiny_clip, sample_batch
+from ldvc_d2.benchmarks.shapes.world import (
+    CLASS_NAMES, GENERATOR_VERSION, SEEN_CLASSES, UNSEEN_CLASSES, render_scene,
+)
 from ldvc_d2.modeling.clip import RandomClassEmbedding, build_clip_model
-from ldvc_d2.shapes_clip import PretrainConfig, contrastive_loss, pretrain_tiny_clip, sample_batch
 
 TINY = PretrainConfig(steps=4, batch_size=8, warmup_steps=2)
 
@@ -35,14 +37,14 @@ def test_batches_are_deterministic_and_captioned():
     a, caps_a = sample_batch(np.random.default_rng(3), 6, 48)
     b, caps_b = sample_batch(np.random.default_rng(3), 6, 48)
     assert a.shape == (6, 3, 48, 48) and torch.equal(a, b) and caps_a == caps_b
-    assert all(any(c in cap for c in shapes_clip.CLASS_NAMES) for cap in caps_a)
+    assert all(any(c in cap for c in CLASS_NAMES) for cap in caps_a)
 
 
 def test_background_rendering_draws_the_batches_of_the_loop():
     cfg = PretrainConfig(steps=3, batch_size=5, image_size=48)
     rng = np.random.default_rng(7)
     expected = [sample_batch(rng, 5, 48, cfg.two_object_prob) for _ in range(3)]
-    got = list(shapes_clip._batches(np.random.default_rng(7), cfg))
+    got = list(tiny_clip._batches(np.random.default_rng(7), cfg))
     assert len(got) == 3
     for (images, captions), (want_images, want_captions) in zip(got, expected):
         assert torch.equal(images, want_images) and captions == want_captions
@@ -58,10 +60,10 @@ def test_pretraining_is_deterministic_and_written_atomically(tmp_path):
     assert m1["chance"] == pytest.approx(100 / 16)
     # the reported accuracies are those of the saved weights on the held-out set (25 single-object
     # images per class from seed 12345, "this is a photo of a <class>."), recounted here
-    model = open_clip.create_model(shapes_clip.TINY_CLIP_MODEL, pretrained=None)
+    model = open_clip.create_model(tiny_clip.TINY_CLIP_MODEL, pretrained=None)
     model.load_state_dict(s1)
     model.eval()
-    tok = open_clip.get_tokenizer(shapes_clip.TINY_CLIP_MODEL)
+    tok = open_clip.get_tokenizer(tiny_clip.TINY_CLIP_MODEL)
     rng, hits = np.random.default_rng(12345), []
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     with torch.no_grad():
@@ -82,19 +84,19 @@ def test_patch_dropout_is_training_only_and_named_in_the_cache_key(tmp_path, mon
     patch_dropout and precision existed."""
     off = PretrainConfig(patch_dropout=0.0, precision="fp32")
     old_key = {k: v for k, v in dataclasses.asdict(off).items() if k not in ("patch_dropout", "precision")}
-    old_key["world"] = shapes_clip.GENERATOR_VERSION
+    old_key["world"] = GENERATOR_VERSION
     assert off.digest() == hashlib.sha1(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:10]
     assert PretrainConfig(patch_dropout=0.5).digest() != off.digest()
 
     seen = []
-    real_build = shapes_clip._build
+    real_build = tiny_clip._build
 
     def build(image_size):
         model, tokenizer = real_build(image_size)
         model.visual.transformer.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[1])))
         return model, tokenizer
 
-    monkeypatch.setattr(shapes_clip, "_build", build)
+    monkeypatch.setattr(tiny_clip, "_build", build)
     pretrain_tiny_clip(str(tmp_path / "pd.pt"), PretrainConfig(steps=2, batch_size=4, warmup_steps=1, patch_dropout=0.5),
                        progress=False)
     assert {n for training, n in seen if training} == {1 + 32}
@@ -105,11 +107,11 @@ def test_encode_captions_equals_encode_text_and_its_gradients():
     """Running the causal text tower only up to the longest caption's [EOS] changes nothing: features and
     gradients equal open_clip's full-context encode_text."""
     torch.manual_seed(0)
-    model = open_clip.create_model(shapes_clip.TINY_CLIP_MODEL, pretrained=None)
-    tokens = open_clip.get_tokenizer(shapes_clip.TINY_CLIP_MODEL)(sample_batch(np.random.default_rng(0), 12, 48)[1])
+    model = open_clip.create_model(tiny_clip.TINY_CLIP_MODEL, pretrained=None)
+    tokens = open_clip.get_tokenizer(tiny_clip.TINY_CLIP_MODEL)(sample_batch(np.random.default_rng(0), 12, 48)[1])
     assert tokens.argmax(-1).max() + 1 < tokens.shape[1]  # something is cut
     grads = []
-    for encode in (model.encode_text, lambda t: shapes_clip.encode_captions(model, t)):
+    for encode in (model.encode_text, lambda t: tiny_clip.encode_captions(model, t)):
         model.zero_grad()
         out = encode(tokens)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
@@ -124,7 +126,7 @@ def test_bf16_pretraining_runs_products_in_bfloat16_and_is_named_in_the_cache_ke
     weights in float32; a key of its own; an unknown precision is an error naming the field."""
     assert PretrainConfig(precision="bf16").digest() != PretrainConfig(precision="fp32").digest()
     seen = []
-    real_build = shapes_clip._build
+    real_build = tiny_clip._build
 
     def build(image_size):
         model, tokenizer = real_build(image_size)
@@ -132,7 +134,7 @@ def test_bf16_pretraining_runs_products_in_bfloat16_and_is_named_in_the_cache_ke
             lambda m, args, out: seen.append((m.training, out.dtype)))
         return model, tokenizer
 
-    monkeypatch.setattr(shapes_clip, "_build", build)
+    monkeypatch.setattr(tiny_clip, "_build", build)
     metrics = pretrain_tiny_clip(str(tmp_path / "bf16.pt"), PretrainConfig(steps=2, batch_size=4, warmup_steps=1,
                                                                            precision="bf16"), progress=False)
     assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
@@ -153,19 +155,17 @@ def test_short_pretraining_aligns_images_and_text(tmp_path):
 
 def test_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):
     # without a shipped checkpoint (tests/test_tiny_clip_shipped.py covers the shipped one) first use pretrains
-    from ldvc_d2 import shapes_clip_shipped
-
-    monkeypatch.setattr(shapes_clip_shipped, "SHIPPED_DIR", tmp_path / "no_shipped")
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "no_shipped")
     calls = []
-    real = shapes_clip.pretrain_tiny_clip
-    monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda path, cfg: calls.append(path) or real(path, TINY, progress=False))
+    monkeypatch.setattr(cache, "pretrain_tiny_clip",
+                        lambda path, cfg: calls.append(path) or pretrain_tiny_clip(path, TINY, progress=False))
     # first use pretrains inside build_clip_model; the random state after the build (which then
     # initialises LDVC's prompts and head) must be the same as when the checkpoint is cached
     torch.manual_seed(0)
     build_clip_model("LDVC-Tiny", "shapes", cache_dir=str(tmp_path))
     after_first_use = torch.rand(4)
-    path = shapes_clip.ensure_tiny_clip(str(tmp_path))
-    assert shapes_clip.ensure_tiny_clip(str(tmp_path)) == path and len(calls) == 1
+    path = cache.ensure_tiny_clip(str(tmp_path))
+    assert cache.ensure_tiny_clip(str(tmp_path)) == path and len(calls) == 1
     torch.manual_seed(0)
     model, _ = build_clip_model("LDVC-Tiny", "shapes", cache_dir=str(tmp_path))
     assert torch.equal(torch.rand(4), after_first_use)
@@ -177,11 +177,11 @@ def test_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):
 def test_each_recipe_tag_pretrains_its_own_checkpoint(tmp_path, monkeypatch):
     """"shapes" is the default PretrainConfig (the benchmark's and the quick start's checkpoint, name
     unchanged), "shapes-quick" the opt-in cheaper recipe; each resolves to a file named by its own digest."""
-    assert shapes_clip.TINY_CLIP_RECIPES["shapes"] == PretrainConfig()
-    quick = shapes_clip.TINY_CLIP_RECIPES["shapes-quick"]
+    assert tiny_clip.TINY_CLIP_RECIPES["shapes"] == PretrainConfig()
+    quick = tiny_clip.TINY_CLIP_RECIPES["shapes-quick"]
     assert quick.digest() != PretrainConfig().digest()
     trained = []
-    monkeypatch.setattr(shapes_clip, "pretrain_tiny_clip", lambda path, cfg: trained.append(cfg) or
+    monkeypatch.setattr(cache, "pretrain_tiny_clip", lambda path, cfg: trained.append(cfg) or
                         pretrain_tiny_clip(path, TINY, progress=False))
     build_clip_model("LDVC-Tiny", "shapes-quick", cache_dir=str(tmp_path))
     assert trained == [quick]

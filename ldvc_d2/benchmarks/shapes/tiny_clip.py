@@ -2,34 +2,32 @@
 
 Real CLIP weights cannot be downloaded everywhere, and without an image-text aligned CLIP a
 zero-shot segmenter has nothing to transfer. This module trains the open_clip model ``LDVC-Tiny``
-contrastively on image-caption pairs of the synthetic shapes world (``data/datasets/shapes_world.py``):
+contrastively on image-caption pairs of the synthetic shapes world (:mod:`.world`):
 64×64 images of one or two objects, captions such as "a striped red shape and a plain blue
 shape". The captions cover *all* 16 classes, unseen ones included, as web captions cover CLIP's
 concepts; LDVC's segmentation training later sees only the seen classes. Its quality is measured as zero-shot
 classification accuracy of held-out single-object images against the 16 class names (chance 1/16).
 
-``MODEL.LDVC.CLIP_MODEL "LDVC-Tiny"`` with ``MODEL.LDVC.CLIP_PRETRAINED "shapes"`` resolves to the
-checkpoint cached under ``$DETECTRON2_DATASETS/shapes_zs_clip/``, written atomically on first use from
-the shipped checkpoint (below) or, for a recipe without one, pretrained (deterministic given the seed
-and thread count, a few minutes on 2 CPU cores). The file is a
+``MODEL.CLIP.MODEL "LDVC-Tiny"`` with ``MODEL.CLIP.PRETRAINED "shapes"`` resolves to the
+checkpoint cached under ``$DETECTRON2_DATASETS/shapes_zs_clip/`` (:mod:`.cache`), written atomically on
+first use from the shipped checkpoint (below) or, for a recipe without one, pretrained here
+(deterministic given the seed and thread count, a few minutes on 2 CPU cores). The file is a
 plain open_clip checkpoint (``{"state_dict": ...}``), loadable with ``open_clip.create_model``.
 ``"shapes-quick"`` names a cheaper, opt-in recipe (``TINY_CLIP_RECIPES``), cached under its own name.
 
-The package ships the default recipe's checkpoint (``ldvc_d2/assets/``; ``shapes_clip_shipped``): on
-first use it is written to the cache instead of pretraining, which keeps the quick start under 3
-minutes (issue 15). ``tools/pretrain_tiny_clip.py`` pretrains it afresh and compares.
+The package ships the default recipe's checkpoint (``assets/``; :mod:`.shipped`): on first use it is
+written to the cache instead of pretraining, which keeps the quick start under 3 minutes (issue 15).
+``tools/pretrain_tiny_clip.py`` pretrains it afresh and compares.
 """
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import open_clip
@@ -38,15 +36,12 @@ import torch.nn.functional as F
 from open_clip.transformer import PatchDropout
 from tqdm import tqdm
 
-from .data.datasets.shapes_world import (
-    CLASS_NAMES, GENERATOR_VERSION, SEEN_CLASSES, UNSEEN_CLASSES, make_caption, render_scene,
-)
-from .modeling.clip.loading import register_local_weights
-from .utils.io import atomic_path
-from .utils.precision import PRECISION_DTYPES, autocast
+from ...utils.io import atomic_path
+from ...utils.precision import PRECISION_DTYPES, autocast
+from .world import CLASS_NAMES, GENERATOR_VERSION, SEEN_CLASSES, UNSEEN_CLASSES, make_caption, render_scene
 
-__all__ = ["PretrainConfig", "TINY_CLIP_RECIPES", "encode_captions", "ensure_tiny_clip", "pretrain_tiny_clip",
-           "zero_shot_accuracy", "TINY_CLIP_MODEL", "cache_path"]
+__all__ = ["PretrainConfig", "TINY_CLIP_RECIPES", "encode_captions", "pretrain_tiny_clip", "zero_shot_accuracy",
+           "TINY_CLIP_MODEL"]
 
 logger = logging.getLogger(__name__)
 TINY_CLIP_MODEL = "LDVC-Tiny"
@@ -241,36 +236,7 @@ def _pretrain(out_path: str, cfg: PretrainConfig, progress: bool) -> Dict:
     return metrics
 
 
-def cache_path(cache_dir: Optional[str], cfg: PretrainConfig = PretrainConfig()) -> str:
-    """Where the checkpoint of recipe ``cfg`` is cached: ``<cache_dir or $DETECTRON2_DATASETS/shapes_zs_clip>/
-    LDVC-Tiny-shapes-<digest>.pt``."""
-    root = cache_dir or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "shapes_zs_clip")
-    return os.path.join(root, f"{TINY_CLIP_MODEL}-{TINY_CLIP_TAG}-{cfg.digest()}.pt")
-
-
-def ensure_tiny_clip(cache_dir: Optional[str] = None, cfg: PretrainConfig = PretrainConfig()) -> str:
-    """Path of the cached tiny-CLIP checkpoint for ``cfg``. When it is missing, it is written from the
-    checkpoint shipped with the package for that recipe (``shapes_clip_shipped.shipped_path``) if there is one, else
-    pretrained (a few minutes on a CPU)."""
-    from . import shapes_clip_shipped as shipped_files  # imports this module: a function-level import
-
-    path = cache_path(cache_dir, cfg)
-    if os.path.isfile(path):
-        return path
-    shipped = shipped_files.shipped_path(cfg)
-    if shipped.is_file():
-        logger.info(f"No tiny CLIP at {path}; writing the one shipped with ldvc_d2 ({shipped.name}: this recipe, "
-                    f"pretrained once; `python tools/pretrain_tiny_clip.py --force` pretrains it afresh).")
-        state, metrics = shipped_files.read_shipped(shipped, cfg)
-        with atomic_path(path) as tmp:
-            torch.save({"state_dict": state, "ldvc_tiny_clip": {**metrics, "source": shipped.name}}, tmp)
-    else:
-        logger.info(f"No tiny CLIP at {path}; pretraining it (once, a few minutes on a CPU).")
-        pretrain_tiny_clip(path, cfg)
-    return path
-
-
-# ``MODEL.LDVC.CLIP_PRETRAINED`` tags of LDVC-Tiny, one pretraining recipe each (cached under its own digest).
+# ``MODEL.CLIP.PRETRAINED`` tags of LDVC-Tiny, one pretraining recipe each (cached under its own digest).
 TINY_CLIP_RECIPES: Dict[str, PretrainConfig] = {
     # 600 steps × 64 pairs in fp32 (~400 s of one core): the checkpoint of docs/shapes_benchmark.md's tables.
     TINY_CLIP_TAG: PretrainConfig(),
@@ -279,5 +245,3 @@ TINY_CLIP_RECIPES: Dict[str, PretrainConfig] = {
     # (fp32: 34.5 / 34.1), so the quick start keeps "shapes" (docs/shapes_benchmark.md).
     TINY_CLIP_TAG + "-quick": PretrainConfig(patch_dropout=0.5, precision="bf16"),
 }
-for _tag, _recipe in TINY_CLIP_RECIPES.items():
-    register_local_weights(TINY_CLIP_MODEL, _tag, functools.partial(ensure_tiny_clip, cfg=_recipe))
