@@ -76,7 +76,7 @@ def add_ldvc_config(cfg: CN) -> None:
     for old, new in MOVED_KEYS.items():
         node = _node(cfg, new)
         for suffix in [""] + (["." + k for k in _leaves(node)] if isinstance(node, CN) else []):
-            cfg.register_renamed_key(old + suffix, new + suffix, "See the moved-key table in configs/README.md.")
+            cfg.register_renamed_key(old + suffix, new + suffix, "See docs/moved_keys.md.")
 
 
 def load_config_file(cfg: CN, path: str) -> None:
