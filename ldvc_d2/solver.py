@@ -11,7 +11,8 @@ from fvcore.common.param_scheduler import ParamScheduler
 from tabulate import tabulate
 from torch import nn
 
-__all__ = ["PolyParamScheduler", "build_lr_scheduler", "build_optimizer", "param_groups", "poly_end_factor", "warmup_fraction"]
+__all__ = ["PolyParamScheduler", "build_lr_scheduler", "build_optimizer", "full_model_gradient_clipping", "param_groups",
+           "poly_end_factor", "warmup_fraction"]
 
 logger = logging.getLogger(__name__)
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -42,18 +43,28 @@ def param_groups(model: nn.Module, cfg) -> List[Dict]:
 
     Roles: "prompts" (the VLPT prompts, and ZegCLIP's prompt projection/norm: every parameter of a
     module named ``prompt*``; lr × SOLVER.PROMPT_LR_MULTIPLIER) and "head" (everything else
-    trainable); norm-layer parameters get SOLVER.WEIGHT_DECAY_NORM.
+    trainable); norm-layer parameters get SOLVER.WEIGHT_DECAY_NORM. A model may name roles of its own with
+    a method ``lr_multipliers() -> {parameter-name prefix: (role, lr multiplier)}`` (e.g. a student's decode
+    head at ×10, a proposal network's backbone at ×0.1); the longest matching prefix wins.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    own = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
+    prefixes = sorted(own, key=len, reverse=True)
     groups: Dict[tuple, Dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        role = "prompts" if any(part.startswith("prompt") for part in name.split(".")) else "head"
+        match = next((pre for pre in prefixes if name == pre or name.startswith(pre + ".")), None)
+        if match is not None:
+            role, multiplier = own[match]
+        elif any(part.startswith("prompt") for part in name.split(".")):
+            role, multiplier = "prompts", cfg.SOLVER.PROMPT_LR_MULTIPLIER
+        else:
+            role, multiplier = "head", 1.0
         is_norm = id(p) in norm_params
         key = (role, is_norm)
         if key not in groups:
-            lr = cfg.SOLVER.BASE_LR * (cfg.SOLVER.PROMPT_LR_MULTIPLIER if role == "prompts" else 1.0)
+            lr = cfg.SOLVER.BASE_LR * multiplier
             wd = cfg.SOLVER.WEIGHT_DECAY_NORM if is_norm else cfg.SOLVER.WEIGHT_DECAY
             groups[key] = {"name": f"{role}{' (norm)' if is_norm else ''}", "params": [], "names": [],
                            "lr": lr, "weight_decay": wd}
@@ -83,7 +94,29 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         opt = torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got '{cfg.SOLVER.OPTIMIZER}'.")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        return full_model_gradient_clipping(opt, float(clip.CLIP_VALUE), float(clip.NORM_TYPE))
     return maybe_add_gradient_clipping(cfg, opt)
+
+
+def full_model_gradient_clipping(optimizer: torch.optim.Optimizer, max_norm: float,
+                                 norm_type: float = 2.0) -> torch.optim.Optimizer:
+    """``optimizer`` whose ``step`` first scales every gradient it updates so that their joint ``norm_type``
+    norm is at most ``max_norm`` (SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model": one norm over the whole model,
+    as MaskFormer-style trainers clip, where detectron2's "norm" clips each parameter on its own). Under AMP
+    the GradScaler unscales the gradients before it calls ``step``, so the norm is that of the true gradients."""
+    base = type(optimizer)
+
+    class FullModelClipping(base):
+        def step(self, closure=None):
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+            return base.step(self, closure)
+
+    FullModelClipping.__name__ = f"FullModelClipping{base.__name__}"
+    optimizer.__class__ = FullModelClipping
+    return optimizer
 
 
 def warmup_fraction(cfg) -> float:

@@ -1,9 +1,11 @@
 """Optimizer groups and the warm-up + poly schedule (paper §4.1)."""
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from ldvc_d2.solver import PolyParamScheduler, build_lr_scheduler, build_optimizer, warmup_fraction
+from ldvc_d2 import add_ldvc_config
+from ldvc_d2.solver import PolyParamScheduler, build_lr_scheduler, build_optimizer, param_groups, warmup_fraction
 from tests.conftest import tiny_cfg
 
 
@@ -75,3 +77,45 @@ def test_warmup_within_the_limit_is_kept(caplog):
     assert "clamped" not in caplog.text
     with pytest.raises(ValueError, match="SOLVER.WARMUP_MAX_FRACTION"):
         warmup_fraction(tiny_cfg("configs/demo.yaml", "SOLVER.WARMUP_MAX_FRACTION", "0.0"))
+
+
+def test_full_model_clipping_scales_every_gradient_by_one_norm():
+    """CLIP_TYPE "full_model": one L2 norm over all updated gradients (not detectron2's per-parameter clipping)."""
+    cfg = get_cfg()
+    add_ldvc_config(cfg)
+    cfg.merge_from_list(["SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "1.0", "SOLVER.MOMENTUM", "0.0",
+                         "SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.WEIGHT_DECAY_NORM", "0.0",
+                         "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
+                         "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.5"])
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[1].weight.zero_()
+    opt = build_optimizer(cfg, model)
+    model[0].weight.grad = torch.tensor([[3.0, 0.0]])
+    model[1].weight.grad = torch.tensor([[4.0]])  # joint norm 5 -> every gradient x 0.5 / 5
+    opt.step()
+    torch.testing.assert_close(model[0].weight, torch.tensor([[-0.3, 0.0]]))
+    torch.testing.assert_close(model[1].weight, torch.tensor([[-0.4]]))
+    # per-parameter "norm" clipping would give [-0.5, 0] and [-0.5]: the two differ
+    assert isinstance(opt, torch.optim.SGD)
+
+
+def test_a_model_names_its_own_lr_roles():
+    """``lr_multipliers()``: the longest matching prefix sets a parameter's role and lr multiplier."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = torch.nn.ModuleDict({"backbone": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 2)})
+            self.other = torch.nn.Linear(2, 2)
+
+        def lr_multipliers(self):
+            return {"student": ("student", 1.0), "student.head": ("decode head", 10.0)}
+
+    cfg = get_cfg()
+    add_ldvc_config(cfg)
+    groups = {g["name"]: g for g in param_groups(Net(), cfg)}
+    assert groups["decode head"]["names"] == ["student.head.weight", "student.head.bias"]
+    assert groups["decode head"]["lr"] == 10 * cfg.SOLVER.BASE_LR
+    assert groups["student"]["names"] == ["student.backbone.weight", "student.backbone.bias"]
+    assert groups["head"]["names"] == ["other.weight", "other.bias"] and groups["head"]["lr"] == cfg.SOLVER.BASE_LR

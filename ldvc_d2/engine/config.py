@@ -43,6 +43,10 @@ def add_engine_config(cfg: CN) -> None:
 def engine_config_problems(cfg: CN, training: bool) -> list:
     """What is wrong with the training keys (for ``validate_config``), each message naming its key."""
     problems = []
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE not in ("value", "norm", "full_model"):
+        problems.append(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE is '{clip.CLIP_TYPE}'; use 'value', 'norm' (per parameter, "
+                        "detectron2's) or 'full_model' (one norm over every updated gradient)")
     if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
         problems.append(f"SOLVER.AMP.DTYPE is '{cfg.SOLVER.AMP.DTYPE}'; use one of {list(AMP_DTYPES)}")
     if training:
