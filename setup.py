@@ -42,6 +42,7 @@ setup(
         "export": ["onnx>=1.23.2", "onnxruntime>=1.32", "onnxscript>=0.7.2"],
         "test": [
             "pytest>=9.0",
+            "pytest-xdist>=3.8",
             "transformers>=5.24,<6",
             "timm>=1.0.31",
             "onnx>=1.23.2",
