@@ -278,3 +278,12 @@ def test_official_label_maps_follow_the_official_script():
     assert coco.gt_label_map == expected and coco.no_object_labels == [255]
     for clean in ("voc21_val", "coco_object_val", "coco_stuff_zs_val_crop224"):
         assert MetadataCatalog.get(clean).get("gt_label_map") is None
+
+
+def test_coco_object_harness_counts_unlabelled_as_background():
+    # GroupViT's cvt_coco_object.py (used by SCLIP, NACLIP, ClearCLIP, ProxyCLIP): every value that
+    # is not a thing, 255 included, becomes background; nothing is ignored.
+    harness, clean = MetadataCatalog.get("coco_object_val_harness"), MetadataCatalog.get("coco_object_val")
+    assert harness.gt_label_map == {255: 80} and harness.stuff_classes[80] == "background"
+    for key in ("stuff_classes", "unseen_classes", "background_class", "image_root", "sem_seg_root"):
+        assert harness.get(key) == clean.get(key), key
