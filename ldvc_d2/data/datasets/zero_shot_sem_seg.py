@@ -11,6 +11,7 @@ training view from the metadata:
   ``evaluator_type`` = ``"zero_shot_sem_seg"``;
 * ``stuff_colors``: one RGB triple per class (VOC palette order);
 * ``image_root`` / ``sem_seg_root``: the image folder and the prepared index-PNG label folder;
+* ``prepare_command``: the command that prepares the labels (benchmarks only, not folder datasets);
 * ``prompt_class_names``: one name per class, the words a paper's text encoder was given (e.g. VOC
   "tv" for "tvmonitor" in CLIPtrase's code); equal to ``stuff_classes`` unless a benchmark says
   otherwise. ``stuff_classes`` stay the dataset's names (results tables, per-class IoU keys);
@@ -160,7 +161,7 @@ def load_zero_shot_sem_seg(
     if not os.path.isdir(image_root):
         raise FileNotFoundError(
             f"dataset '{name}': image folder '{image_root}' does not exist. Download the dataset "
-            "into $DETECTRON2_DATASETS as described in datasets/README.md.")
+            f"into $DETECTRON2_DATASETS as described in datasets/README.md, then run `{prepare_command}`.")
     labels = _stems(sem_seg_root, ".png")
     if not labels:
         raise FileNotFoundError(
@@ -221,6 +222,7 @@ def register_zero_shot_splits(
             prompt_class_names=split.prompt_class_names, background_class=split.background_class,
             background_names=split.background_names, center_crop=split.center_crop,
             gt_label_map=dict(split.gt_label_map) or None, no_object_labels=split.no_object_labels)
+        MetadataCatalog.get(name).set(prepare_command=split.prepare_command)
         names.append(name)
     return names
 
