@@ -9,7 +9,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ldvc_d2.data import LDVCTrainMapper, register_zero_shot_folder
+from ldvc_d2.data import register_zero_shot_folder
 from ldvc_d2.data.mapper import LabelResizeTransform
 from ldvc_d2.evaluation import load_confusion_matrix
 from ldvc_d2.evaluation.confusion_file import save_confusion_matrix
