@@ -95,3 +95,10 @@ def test_config_choices_are_checked(tmp_path):
         tool.resolve_runs(None, None, [f"a={tmp_path / 'missing.yaml'}"])
     runs = tool.resolve_runs(None, None, [f"a={config}", f"b={config}"])
     assert [(r.name, r.config) for r in runs] == [("a", config), ("b", config)]
+    # overrides written right after a list option are overrides, not configs or benchmarks
+    args = tool.parse_args(["--configs", f"a={config}", "MODEL.DEVICE", "cpu"])
+    assert (args.configs, args.opts) == ([f"a={config}"], ["MODEL.DEVICE", "cpu"])
+    args = tool.parse_args(["--method", "sclip", "--benchmarks", "voc21", "ade150", "MODEL.DEVICE", "cpu"])
+    assert (args.benchmarks, args.opts) == (["voc21", "ade150"], ["MODEL.DEVICE", "cpu"])
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--method", "sclip", "--benchmarks", "voc21", "cityscape"])

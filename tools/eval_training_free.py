@@ -22,6 +22,7 @@ failed, else 0.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ BENCHMARKS: Tuple[Tuple[str, str], ...] = (  # config stem, the papers' column n
 )
 _LABELS = dict(BENCHMARKS)
 _LOG_TAIL = 2000
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # e.g. MODEL.DEVICE
 
 
 @dataclass
@@ -185,7 +187,8 @@ def get_parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--method", help="evaluate configs/METHOD/<benchmark>.yaml")
     which.add_argument("--configs", nargs="+", metavar="[NAME=]PATH", help="evaluate these config files instead")
-    parser.add_argument("--benchmarks", nargs="+", choices=list(_LABELS), help="with --method: only these")
+    parser.add_argument("--benchmarks", nargs="+", metavar="NAME",
+                        help=f"with --method: only these ({', '.join(_LABELS)})")
     parser.add_argument("--output", help="folder for the runs and the table (default output/training_free/METHOD)")
     parser.add_argument("--register", action="append", default=[], metavar="FILE",
                         help="Python file registering datasets of your own, passed on to every run")
@@ -194,11 +197,27 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line; KEY VALUE overrides written right after --configs / --benchmarks go to ``opts``."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    # trailing KEY VALUE overrides right after a list option end up in that list: move them back
+    for option, belongs in (("configs", lambda c: c.endswith((".yaml", ".yml"))), ("benchmarks", _LABELS.__contains__)):
+        items = getattr(args, option) or []
+        first_other = next((i for i, item in enumerate(items) if not belongs(item)), len(items))
+        if first_other < len(items) and (first_other == 0 or not _CONFIG_KEY.match(items[first_other])):
+            what = "a config file (.yaml)" if option == "configs" else f"a benchmark ({', '.join(_LABELS)})"
+            parser.error(f"--{option}: {items[first_other]!r} is not {what}")
+        setattr(args, option, items[:first_other] or None)
+        args.opts = items[first_other:] + args.opts
     if args.configs and args.benchmarks:
         parser.error("--benchmarks selects among --method's configs; with --configs list only the ones to run.")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_args(argv)
     try:
         runs = resolve_runs(args.method, args.benchmarks, args.configs)
     except ValueError as e:
