@@ -6,7 +6,8 @@ VOC palette PNGs hold VOC ids 0 (background) .. 20 and 255 (boundary); SBD ``cls
 ``GTcls.Segmentation`` with ids 0..20; COCO-Stuff ``stuffthingmaps`` hold 0-based ids 0..181 without
 the 11 unused thing ids, and 255 (unlabeled); PASCAL-Context ``trainval/*.mat`` files hold
 ``LabelMap`` with ids 0 (unlabelled) .. 459 of ``labels.txt``; an ADE20K 2021 ``*_seg.png`` encodes
-the object class of a pixel as ``R // 10 * 256 + G`` (B is the instance). Every generator returns
+the object class of a pixel as ``R // 10 * 256 + G`` (B is the instance); Cityscapes
+``*_gtFine_labelIds.png`` hold labelIds 0..33. Every generator returns
 the raw label arrays it wrote, so that a test can compute the expected prepared labels itself.
 """
 import os
@@ -18,7 +19,7 @@ from PIL import Image
 
 __all__ = [
     "COCO_UNUSED_1BASED", "VOC_TRAIN", "VOC_VAL", "SBD_TRAIN", "SBD_VAL", "VOC_EXTRA",
-    "coco_used_ids", "coco_contiguous", "make_ade_full_tree", "make_coco_stuff_tree",
+    "coco_used_ids", "coco_contiguous", "make_ade_full_tree", "make_cityscapes_tree", "make_coco_stuff_tree",
     "make_context_full_tree", "make_voc_tree", "voc_expected", "write_image", "write_lines",
     "write_png",
 ]
@@ -212,4 +213,31 @@ def make_ade_full_tree(
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(seg.astype(np.uint8), "RGB").save(os.path.join(folder, f"{name}_seg.png"))
         write_image(os.path.join(folder, f"{name}.jpg"), h, w)
+    return raw
+
+
+# --------------------------------------------------------------------------------------- Cityscapes
+def make_cityscapes_tree(
+    root: str, splits: Dict[str, Dict[str, Sequence[str]]], seed: int = 7,
+    size: Tuple[int, int] = (6, 8),
+) -> Dict[str, np.ndarray]:
+    """Cityscapes under ``root/cityscapes``: ``splits`` maps a split ("val", "train") to
+    {city: [stems]} (``<city>_<seq>_<frame>``); each stem gets ``leftImg8bit/<split>/<city>/
+    <stem>_leftImg8bit.png`` (``size`` h, w) and ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``
+    with labelIds drawn from 0..33, the first label of each split holding all 34. Returns stem ->
+    labelIds map."""
+    rng, base = np.random.default_rng(seed), os.path.join(root, "cityscapes")
+    raw: Dict[str, np.ndarray] = {}
+    for split, cities in splits.items():
+        first = True
+        for city, stems in cities.items():
+            for stem in stems:
+                raw[stem] = rng.integers(0, 34, size=size)
+                if first:
+                    _stamp(raw[stem], range(34))
+                    first = False
+                write_png(os.path.join(base, "gtFine", split, city, f"{stem}_gtFine_labelIds.png"), raw[stem])
+                path = os.path.join(base, "leftImg8bit", split, city, f"{stem}_leftImg8bit.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.new("RGB", size[::-1], (70, 130, 180)).save(path)
     return raw

@@ -101,7 +101,8 @@ def test_register_folder_messages():
         register_zero_shot_folder("bad_reg", "i", "l", "road")
     with pytest.raises(ValueError, match=r"class names 0 \('Road'\) and 2 \('road'\) differ only in case"):
         register_zero_shot_folder("bad_reg", "i", "l", ["Road", "car", "road "])
-    with pytest.raises(ValueError, match="300 classes, but folder labels are 8-bit PNGs.*at most 255 classes"):
+    # more than 255 classes: the default ignore label 255 is a class index; 16-bit labels need e.g. 65535
+    with pytest.raises(ValueError, match=r"ignore_label 255 must be in 300..65535.*16-bit labels, e.g. ignore_label 65535"):
         register_zero_shot_folder("bad_reg", "i", "l", [f"class {i}" for i in range(300)])
     assert "bad_reg" not in DatasetCatalog.list()
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ldvc_d2.evaluation import load_confusion_matrix
 from tests.conftest import REPO
 from tests.fake_datasets import (coco_contiguous, coco_used_ids, make_coco_stuff_tree,
                                  make_voc_tree, voc_expected)
@@ -172,7 +173,7 @@ def test_train_then_eval_only(prepared, tmp_path):
     assert {names[i] for i in unseen} == set(bench.unseen_names)
 
     # Every ground-truth pixel of the 3 val images, at full resolution, counted once in its row.
-    conf = np.array(report["confusion_matrix"])
+    conf = load_confusion_matrix(os.path.join(out, "inference", bench.val_set), bench.num_classes)
     gt = np.concatenate([v.ravel() for k, v in expected.items()
                          if k.startswith(os.path.basename(bench.val_split) + "/")])
     assert gt.size == 3 * SIZE[0] * SIZE[1]

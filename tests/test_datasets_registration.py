@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldvc_d2.data.datasets import (builtin_classes, register_ade, register_coco_stuff,
+from ldvc_d2.data.datasets import (builtin_classes, register_ade, register_cityscapes, register_coco_stuff,
                                    register_context, register_voc)
 from ldvc_d2.data.datasets.zero_shot_sem_seg import datasets_root
 from detectron2.data import DatasetCatalog, MetadataCatalog  # after ldvc_d2: its compat shims
@@ -30,7 +30,8 @@ DESIGN_UNSEEN = {
 REGISTER = {"voc": register_voc.register_all_voc,
             "coco_stuff": register_coco_stuff.register_all_coco_stuff,
             "context59": register_context.register_all_context,
-            "ade150": register_ade.register_all_ade}
+            "ade150": register_ade.register_all_ade,
+            "cityscapes": register_cityscapes.register_all_cityscapes}
 
 
 def _benchmark(name: str) -> str:
@@ -226,6 +227,7 @@ def test_center_crop_variants(base, size):
     ("coco_stuff", "coco_object_val", "coco_object_ldvc/val2017", "python datasets/prepare_coco_object.py"),
     ("ade150", "ade_full_val", "annotations_ldvc/validation", "python datasets/prepare_ade_full.py"),
     ("voc", "voc20_val_crop336", "crop336/VOCdevkit", "python datasets/prepare_voc.py --center-crop 336"),
+    ("cityscapes", "cityscapes_val", "cityscapes/gtFine_ldvc/val", "python datasets/prepare_cityscapes.py"),
 ])
 def test_new_sets_name_their_prepare_command(tmp_path, suite, name, folder, command):
     test_missing_label_folder_names_folder_and_command(tmp_path, suite, name, folder, command)
@@ -278,3 +280,12 @@ def test_official_label_maps_follow_the_official_script():
     assert coco.gt_label_map == expected and coco.no_object_labels == [255]
     for clean in ("voc21_val", "coco_object_val", "coco_stuff_zs_val_crop224"):
         assert MetadataCatalog.get(clean).get("gt_label_map") is None
+
+
+def test_coco_object_harness_counts_unlabelled_as_background():
+    # GroupViT's cvt_coco_object.py (used by SCLIP, NACLIP, ClearCLIP, ProxyCLIP): every value that
+    # is not a thing, 255 included, becomes background; nothing is ignored.
+    harness, clean = MetadataCatalog.get("coco_object_val_harness"), MetadataCatalog.get("coco_object_val")
+    assert harness.gt_label_map == {255: 80} and harness.stuff_classes[80] == "background"
+    for key in ("stuff_classes", "unseen_classes", "background_class", "image_root", "sem_seg_root"):
+        assert harness.get(key) == clean.get(key), key

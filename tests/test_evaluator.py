@@ -12,7 +12,7 @@ from PIL import Image
 import ldvc_d2  # noqa: F401  (applies the detectron2 compat shims before detectron2 is imported)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
-from ldvc_d2.evaluation import ZeroShotSemSegEvaluator, harmonic_iou, zero_shot_metrics
+from ldvc_d2.evaluation import ZeroShotSemSegEvaluator, harmonic_iou, load_confusion_matrix, zero_shot_metrics
 
 CLASSES = ["road", "tree", "cow", "sky", "wall"]
 SEEN, UNSEEN = [0, 1, 3], [2, 4]
@@ -118,10 +118,12 @@ def test_matches_independent_per_pixel_computation(dataset, tmp_path, caplog):
 
     saved = json.loads((out_dir / "sem_seg_metrics.json").read_text(),
                        parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert os.listdir(out_dir) == ["sem_seg_metrics.json"]  # no temp file left behind
+    assert sorted(os.listdir(out_dir)) == ["sem_seg_confusion.npz", "sem_seg_metrics.json"]  # no temp file
     assert saved["per_class_iou"]["wall"] is None
     assert saved["metrics"]["hIoU"] == pytest.approx(expected["hIoU"])
-    conf = np.array(saved["confusion_matrix"])
+    assert "confusion_matrix" not in saved and saved["confusion_matrix_file"] == "sem_seg_confusion.npz"
+    conf = load_confusion_matrix(str(out_dir), num_classes=5)
+    assert saved["confusion_matrix_shape"] == [6, 6] and conf.dtype == np.int64
     n_ignored = sum((np.array(Image.open(r["sem_seg_file_name"])) == 255).sum()
                     for r in DatasetCatalog.get(dataset))
     assert conf.shape == (6, 6) and conf[-1].sum() == n_ignored and conf.sum() == sum(h * w for h, w in SIZES)

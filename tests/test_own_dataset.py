@@ -73,7 +73,7 @@ def test_register_a_folder_with_a_split(tmp_path):
         register_zero_shot_folder("own_bad", "i", "l", CLASSES, unseen_classes=["bus"])
     with pytest.raises(ValueError, match=r"class names 1 \('car'\) and 4 \('car'\) appear more than once"):
         register_zero_shot_folder("own_bad", "i", "l", CLASSES + ["car"])
-    with pytest.raises(ValueError, match="ignore_label 2 must be in 4..255"):
+    with pytest.raises(ValueError, match="ignore_label 2 must be in 4..65535"):
         register_zero_shot_folder("own_bad", "i", "l", CLASSES, ignore_label=2)
     assert "own_bad" not in DatasetCatalog.list()
 

@@ -6,11 +6,13 @@
         --classes "road,car,tree,person,sky" --unseen "car,tree"
 
 For every image/label pair (paired by file stem, as training pairs them) it checks that the label
-is readable, single-channel (index PNG: mode L, P or I), the size of its image (after the image's
-EXIF rotation, as training reads it), and that its values are class indices 0..C-1 or the ignore
-label; the image must be readable too. Unmatched files (a label without image, an image without
-label) are problems as well. It prints a table of pixels and images per class and every problem
-with the file it concerns, and exits with status 1 when there is any problem (0 otherwise).
+is readable, single-channel (index PNG: mode L, P, or 16-bit I;16 / I for more than 255 classes),
+the size of its image (after the image's EXIF rotation, as training reads it), and that its values
+are class indices 0..C-1 or the ignore label; the image must be readable too. Unmatched files (a
+label without image, an image without label) are problems as well. A registered set's
+``gt_label_map`` (stored -> scored label) is applied before checking and counting, as the evaluator
+applies it. It prints a table of pixels and images per class and every problem with the file it
+concerns, and exits with status 1 when there is any problem (0 otherwise).
 """
 import argparse
 import os
@@ -44,8 +46,21 @@ def _image_size(path: str) -> Tuple[int, int]:
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
 
 
-def check_pair(image_path: str, label_path: str, num_classes: int, ignore_label: int) -> Tuple[Optional[np.ndarray], List[str]]:
-    """(pixel counts per label value 0..255, or None when unusable; problems naming the files)."""
+def _apply_label_map(label: np.ndarray, label_map: Optional[Dict[int, int]]) -> np.ndarray:
+    """``label`` with each key of ``label_map`` replaced by its value (the dataset's ``gt_label_map``,
+    applied as the evaluator applies it); unchanged without a map."""
+    if not label_map:
+        return label
+    mapped = label.astype(np.int64)
+    for stored, scored in label_map.items():
+        mapped[label == int(stored)] = int(scored)
+    return mapped
+
+
+def check_pair(image_path: str, label_path: str, num_classes: int, ignore_label: int,
+               label_map: Optional[Dict[int, int]] = None) -> Tuple[Optional[np.ndarray], List[str]]:
+    """(pixel counts: classes 0..C-1, then the ignore label, or None when unusable; problems naming
+    the files). Labels are 8- or 16-bit index PNGs; ``label_map``: the dataset's ``gt_label_map``."""
     problems = []
     try:
         image_size = _image_size(image_path)
@@ -60,19 +75,21 @@ def check_pair(image_path: str, label_path: str, num_classes: int, ignore_label:
         return None, problems + [f"label '{label_path}': unreadable ({type(e).__name__}: {e})"]
     if label is None:
         return None, problems + [f"label '{label_path}': mode {mode}; labels must be single-channel index PNGs "
-                                 "(mode L, P or I: class index per pixel). Convert colour renderings to indices."]
+                                 "(mode L, P, or 16-bit I;16 / I: class index per pixel). Convert colour "
+                                 "renderings to indices."]
     if image_size is not None and label.shape != image_size:
         problems.append(f"label '{label_path}': size {label.shape[1]}x{label.shape[0]} differs from its image "
                         f"'{image_path}' {image_size[1]}x{image_size[0]} (width x height)")
-    values, counts = np.unique(label, return_counts=True)
+    values, counts = np.unique(_apply_label_map(label, label_map), return_counts=True)
     bad = [(int(v), int(c)) for v, c in zip(values, counts) if v != ignore_label and not 0 <= v < num_classes]
     if bad:
+        mapped = " after the dataset's gt_label_map" if label_map else ""
         shown = ", ".join(f"{v} ({c} px)" for v, c in bad[:_SHOW_VALUES]) + (", ..." if len(bad) > _SHOW_VALUES else "")
-        problems.append(f"label '{label_path}': values {shown} are neither class indices 0..{num_classes - 1} nor "
-                        f"the ignore label {ignore_label}")
+        problems.append(f"label '{label_path}': values {shown}{mapped} are neither class indices 0..{num_classes - 1} "
+                        f"nor the ignore label {ignore_label}")
         return None, problems
-    hist = np.zeros(256, np.int64)
-    hist[values.astype(np.int64)] = counts
+    hist = np.zeros(num_classes + 1, np.int64)
+    hist[np.where(values == ignore_label, num_classes, values).astype(np.int64)] = counts
     return hist, problems
 
 
@@ -81,10 +98,12 @@ def _check_star(args):
 
 
 def check_dataset(dicts: Sequence[Dict], num_classes: int, ignore_label: int = 255, workers: int = 1,
-                  progress: bool = True) -> Dict[str, object]:
+                  progress: bool = True, label_map: Optional[Dict[int, int]] = None) -> Dict[str, object]:
     """Check every pair of ``dicts`` (``file_name``, ``sem_seg_file_name``) -> {"pixels": per class,
-    "images": per class (images containing it), "ignore_pixels", "num_images", "problems"}."""
-    jobs = [(d["file_name"], d["sem_seg_file_name"], num_classes, ignore_label) for d in dicts]
+    "images": per class (images containing it), "ignore_pixels", "num_images", "problems"};
+    ``label_map``: the dataset's ``gt_label_map`` (stored -> scored label), applied before counting."""
+    label_map = {int(k): int(v) for k, v in (label_map or {}).items()} or None
+    jobs = [(d["file_name"], d["sem_seg_file_name"], num_classes, ignore_label, label_map) for d in dicts]
     pixels = np.zeros(num_classes, np.int64)
     images = np.zeros(num_classes, np.int64)
     ignored, problems = 0, []
@@ -96,12 +115,12 @@ def check_dataset(dicts: Sequence[Dict], num_classes: int, ignore_label: int = 2
             if hist is not None:
                 pixels += hist[:num_classes]
                 images += hist[:num_classes] > 0
-                ignored += int(hist[ignore_label])
+                ignored += int(hist[num_classes])
     finally:
         if pool:
             pool.close()
     return {"num_images": len(jobs), "pixels": pixels.tolist(), "images": images.tolist(), "ignore_pixels": ignored,
-            "problems": problems}
+            "problems": problems, "gt_label_map": label_map}
 
 
 def load_dicts(name: str) -> Tuple[List[Dict], List[str]]:
@@ -133,7 +152,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes-file", help="without --dataset: class names, one per line, in label order")
     parser.add_argument("--unseen", default="", help="without --dataset: comma-separated unseen class names")
     parser.add_argument("--image-ext", default=".jpg", help="without --dataset: image file extension (default .jpg)")
-    parser.add_argument("--ignore-label", type=int, default=255, help="without --dataset: ignore value (default 255)")
+    parser.add_argument("--ignore-label", type=int, default=255,
+                        help="without --dataset: ignore value (default 255; 16-bit labels: e.g. 65535)")
     parser.add_argument("--workers", type=int, default=1, help="processes reading labels (default 1)")
     parser.add_argument("--max-problems", type=int, default=50, help="problems printed at most (default 50)")
     parser.add_argument("--output", metavar="FILE", help="also write the counts and all problems as JSON")
@@ -164,14 +184,16 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"PROBLEM: {e}")
         return 1
-    report = check_dataset(dicts, len(classes), ignore, args.workers)
+    label_map = meta.get("gt_label_map", None)
+    report = check_dataset(dicts, len(classes), ignore, args.workers, label_map=label_map)
     report["problems"] = problems + report["problems"]
     labelled = max(sum(report["pixels"]), 1)
     rows = [[i, c, "unseen" if i in unseen else "seen", f"{p:,}", f"{100 * p / labelled:.2f}", n]
             for i, (c, p, n) in enumerate(zip(classes, report["pixels"], report["images"]))]
     print(f"dataset '{name}': {report['num_images']} image/label pairs, {len(classes)} classes "
           f"({len(classes) - len(unseen)} seen, {len(unseen)} unseen), ignore label {ignore}: "
-          f"{report['ignore_pixels']:,} pixels")
+          f"{report['ignore_pixels']:,} pixels"
+          + (f"; counted after the dataset's gt_label_map {label_map}" if label_map else ""))
     print(tabulate(rows, headers=["id", "class", "split", "pixels", "% of labelled", "images"], tablefmt="pipe",
                    colalign=("right", "left", "left", "right", "right", "right")))
     empty = [c for c, p in zip(classes, report["pixels"]) if p == 0]

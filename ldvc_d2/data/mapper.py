@@ -24,8 +24,8 @@ from PIL import Image
 from ..utils.io import read_label
 from .image_io import read_image
 
-__all__ = ["LDVCTrainMapper", "LDVCTestMapper", "PhotometricDistortion", "RandomScaleResize", "check_label_size",
-           "photometric_distortion"]
+__all__ = ["LDVCTrainMapper", "LDVCTestMapper", "LabelResizeTransform", "PhotometricDistortion", "RandomScaleResize",
+           "check_label_size", "photometric_distortion"]
 
 
 def check_label_size(label_path: str, image_path: str, image_hw: Tuple[int, int]) -> None:
@@ -41,6 +41,23 @@ def check_label_size(label_path: str, image_path: str, image_hw: Tuple[int, int]
                          "(tools/check_dataset.py lists every such pair).")
 
 
+class LabelResizeTransform(T.ResizeTransform):
+    """detectron2's resize, whose label resize also works for 16-bit labels: detectron2 resizes
+    non-uint8 arrays with ``torch.nn.functional.interpolate`` (no uint16 support, and its "nearest"
+    samples other pixels than Pillow's NEAREST). Here a uint16 label is resized by Pillow's NEAREST
+    in 32-bit mode "I", so it gets exactly the pixels an 8-bit label of the same values gets."""
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        if segmentation.dtype == np.uint8:
+            return super().apply_segmentation(segmentation)
+        if segmentation.ndim != 2 or segmentation.min(initial=0) < 0 or segmentation.max(initial=0) > 65535:
+            raise ValueError(f"Labels are H×W arrays of values 0..65535, got {segmentation.dtype} "
+                             f"{segmentation.shape}.")
+        image = Image.fromarray(segmentation.astype(np.int32), mode="I")
+        resized = image.resize((self.new_w, self.new_h), Image.NEAREST)
+        return np.asarray(resized).astype(segmentation.dtype)
+
+
 class RandomScaleResize(T.Augmentation):
     """Resize so the image fits (long, short) = ratio × ``scale`` with ratio ~ U(ratio_range)."""
 
@@ -53,7 +70,7 @@ class RandomScaleResize(T.Augmentation):
         r = np.random.uniform(*self.ratio_range)
         long_side, short_side = self.scale[0] * r, self.scale[1] * r
         f = min(long_side / max(h, w), short_side / min(h, w))
-        return T.ResizeTransform(h, w, max(int(h * f + 0.5), 1), max(int(w * f + 0.5), 1))
+        return LabelResizeTransform(h, w, max(int(h * f + 0.5), 1), max(int(w * f + 0.5), 1))
 
 
 def _clip_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -125,8 +142,9 @@ def photometric_distortion(img: np.ndarray, brightness: Optional[float], contras
 
 
 class LDVCTrainMapper:
-    """Reads image + full label map and applies the training augmentation. Output: ``image`` uint8
-    3×H×W tensor (RGB), ``sem_seg`` int64 H×W (class index over all classes, 255 = ignore)."""
+    """Reads image + full label map (8- or 16-bit PNG) and applies the training augmentation. Output:
+    ``image`` uint8 3×H×W tensor (RGB), ``sem_seg`` int64 H×W (class index over all classes, or the
+    ignore value MODEL.SEM_SEG_HEAD.IGNORE_VALUE, which must be the training set's ``ignore_label``)."""
 
     @configurable
     def __init__(self, *, augmentations: List[T.Augmentation], image_format: str = "RGB",
@@ -148,9 +166,16 @@ class LDVCTrainMapper:
         augs.append(T.RandomFlip())
         if cfg.INPUT.PHOTOMETRIC_DISTORTION:
             augs.append(PhotometricDistortion())
-        names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", None) if cfg.DATASETS.TRAIN else None
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        names = meta.get("stuff_classes", None) if meta else None
+        ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        if meta and meta.get("ignore_label", ignore) != ignore:  # e.g. a 16-bit set, ignore 65535
+            raise ValueError(
+                f"Training set '{cfg.DATASETS.TRAIN[0]}' marks ignored pixels {meta.ignore_label}, but "
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore}; set MODEL.SEM_SEG_HEAD.IGNORE_VALUE "
+                f"{meta.ignore_label} in the config.")
         return {"augmentations": augs, "image_format": cfg.INPUT.FORMAT,
-                "num_classes": len(names) if names else None, "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE}
+                "num_classes": len(names) if names else None, "ignore_label": ignore}
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)

@@ -1,7 +1,8 @@
 """Zero-shot semantic segmentation metrics from one confusion matrix (pure NumPy, no detectron2).
 
 Kept apart from the evaluator so that the numbers can be tested by hand and recomputed offline from
-the confusion matrix that ``ZeroShotSemSegEvaluator`` writes to ``sem_seg_metrics.json``.
+the confusion matrix that ``ZeroShotSemSegEvaluator`` writes beside ``sem_seg_metrics.json``
+(``sem_seg_confusion.npz``, :func:`ldvc_d2.evaluation.load_confusion_matrix`).
 
 NaN semantics follow MMSegmentation (where the published zero-shot numbers come from), not
 detectron2's ``SemSegEvaluator``:

@@ -17,6 +17,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..utils.io import write_json_atomic
+from .confusion_file import CONFUSION_FILE, CONFUSION_LAYOUT, save_confusion_matrix
 from .ground_truth import apply_label_map, has_object_label, label_map_lut, read_index_png
 from .metrics import MIOU_RULES, confusion_matrix, zero_shot_metrics
 
@@ -250,7 +251,8 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
         self._logger.info(f"Semantic segmentation results (%, mIoU rule '{self._miou_rule}'):\n" + table)
 
     def _save(self, metrics: Dict[str, float], conf: np.ndarray, num_images: int, num_skipped: int) -> None:
-        """Write ``sem_seg_metrics.json`` atomically (NaN written as null, which JSON allows)."""
+        """Write ``sem_seg_metrics.json`` (NaN written as null, which JSON allows) and the confusion
+        matrix as ``sem_seg_confusion.npz`` (:mod:`.confusion_file`), both atomically."""
         def finite(value: float) -> Optional[float]:
             return None if np.isnan(value) else value
 
@@ -269,10 +271,12 @@ class ZeroShotSemSegEvaluator(DatasetEvaluator):
             "unseen_classes": self._unseen,
             "metrics": {k: finite(v) for k, v in metrics.items() if not k.startswith(("IoU-", "ACC-"))},
             "per_class_iou": {n: finite(metrics[f"IoU-{n}"]) for n in self._class_names},
-            "confusion_matrix_layout": "rows: ground truth, columns: prediction, last row: ignored pixels",
-            "confusion_matrix": conf.tolist(),
+            "confusion_matrix_file": CONFUSION_FILE,
+            "confusion_matrix_shape": list(conf.shape),
+            "confusion_matrix_layout": CONFUSION_LAYOUT,
         }
         os.makedirs(self._output_dir, exist_ok=True)
+        save_confusion_matrix(self._output_dir, conf)
         path = os.path.join(self._output_dir, "sem_seg_metrics.json")
         write_json_atomic(path, report)  # mode 0644 (umask), like every other output
-        self._logger.info(f"Wrote {path}")
+        self._logger.info(f"Wrote {path} and {CONFUSION_FILE}")

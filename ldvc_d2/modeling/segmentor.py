@@ -104,7 +104,9 @@ class ZeroShotSegmentor(nn.Module):
         self.train_size = tuple(train_size)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        lut = torch.full((256,), ignore_label, dtype=torch.long)
+        # label value -> training-class index; 16-bit labels (more than 255 classes, ignore 65535) need more rows
+        size = max([256, ignore_label + 1] + [int(i) + 1 for i in train_class_ids or []])
+        lut = torch.full((size,), ignore_label, dtype=torch.long)
         if train_class_ids is not None:
             lut[torch.tensor(train_class_ids, dtype=torch.long)] = torch.arange(len(train_class_ids))
         self.register_buffer("label_lut", lut, False)
@@ -207,7 +209,7 @@ class ZeroShotSegmentor(nn.Module):
         images = torch.stack([self._pad(self._normalize(x["image"]), 0.0, size) for x in batched_inputs])
         targets = torch.stack([self._pad(x["sem_seg"].to(self.device)[None], self.ignore_label, size)[0]
                                for x in batched_inputs])
-        return images, self.label_lut[targets.long().clamp(0, 255)]
+        return images, self.label_lut[targets.long().clamp(0, self.label_lut.numel() - 1)]
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std

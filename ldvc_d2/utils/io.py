@@ -3,7 +3,7 @@
 Every output is written under a temporary name in its folder, then renamed: an interrupted run (Ctrl-C,
 out of memory, a full disk) never leaves a half-written PNG, ``.npy`` or JSON file under the final name;
 ``os.replace`` is atomic within one file system. :func:`read_label` reads a label PNG (the data mappers,
-DeOP's oracle proposals), every failure naming the file.
+DeOP's oracle proposals), 8- or 16-bit, every failure naming the file.
 """
 import contextlib
 import json
@@ -57,8 +57,9 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def read_label(path: str) -> np.ndarray:
-    """Read an index PNG (mode L/P/I) as an H×W uint8 array; a colour, truncated or unreadable label
-    is an error naming the file."""
+    """Read an index PNG (mode L/P, or 16-bit I;16 / I) as an H×W array: uint8 when every value fits
+    (0..255), else uint16 (the 16-bit sets with more than 255 classes, ignore 65535). A colour,
+    truncated or unreadable label, or one with values outside 0..65535, is an error naming the file."""
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -68,8 +69,10 @@ def read_label(path: str) -> np.ndarray:
     if label is None:
         raise ValueError(
             f"Label '{path}' is a {mode} image; labels must be single-channel index PNGs (class "
-            "index per pixel, 255 = ignore). Convert it with the datasets/prepare_*.py scripts."
+            "index per pixel, 255 = ignore; 16-bit PNGs for more than 255 classes). Convert it with "
+            "the datasets/prepare_*.py scripts."
         )
-    if label.max(initial=0) > 255:
-        raise ValueError(f"Label '{path}' has values above 255; class indices must be 0-254, 255 = ignore.")
-    return label.astype(np.uint8)
+    if label.size and (label.min() < 0 or label.max() > 65535):
+        raise ValueError(f"Label '{path}' has values {label.min()}..{label.max()}; class indices must be "
+                         "0..65534 (8- or 16-bit index PNG).")
+    return label.astype(np.uint8 if label.max(initial=0) <= 255 else np.uint16)

@@ -24,12 +24,10 @@ RGB = Tuple[int, int, int]
 
 
 def vocabulary_colors(num_classes: int) -> List[RGB]:
-    """Distinct RGB colours: the VOC palette for the first 255 classes (as the registered datasets
-    use), then fixed pseudo-random colours."""
-    colors = class_colors(min(num_classes, 255))
-    rng = np.random.default_rng(0)
-    colors += [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(num_classes - len(colors))]
-    return colors
+    """One distinct RGB colour per class, the registered datasets' ``stuff_colors``
+    (:func:`.palette.class_colors`: the VOC palette rule, distinct for up to 2**24 - 1 classes, so
+    ADE20K-full's 847 and Context-459's classes each get their own)."""
+    return class_colors(num_classes)
 
 
 def _legend(entries: Sequence[Tuple[str, RGB]], height: int, width: int = 0) -> np.ndarray:

@@ -16,6 +16,7 @@ __all__ = [
     "ADE150_CLASSES", "BACKGROUND", "VOC21_CLASSES", "CONTEXT60_CLASSES", "COCO_OBJECT_CLASSES",
     "VOC_PROMPT_NAMES", "CONTEXT59_PROMPT_NAMES", "ADE150_PROMPT_NAMES", "VOC21_BACKGROUND_NAMES",
     "CONTEXT60_BACKGROUND_NAMES", "COCO_OBJECT_BACKGROUND_NAMES",
+    "CITYSCAPES_CLASSES", "CITYSCAPES_LABEL_IDS",
     "check_split", "seen_indices",
 ]
 
@@ -105,6 +106,18 @@ ADE150_CLASSES: Tuple[str, ...] = (
     "clock", "flag",
 )
 
+# ------------------------------------------------------------------------------------- Cityscapes
+# The 19 evaluation classes (cityscapesScripts helpers/labels.py: the labels whose trainId is not
+# 255), in trainId order, and the labelId each comes from (the value in *_gtFine_labelIds.png);
+# every other labelId (unlabelled, ego vehicle, ..., caravan, trailer) is ignored (255).
+CITYSCAPES_CLASSES: Tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)
+CITYSCAPES_LABEL_IDS: Tuple[int, ...] = (
+    7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
 # --------------------------------------------------------------------- benchmarks with background
 # CLIPtrase's VOC-21, Context-60 and COCO-Object count "background" as a class. Label 0 is background
 # in VOC-21 (VOC id 0; 1..20 = the VOC classes, 255 boundary) and Context-60 (everything outside the 59
@@ -167,8 +180,10 @@ _SPLITS: Dict[str, tuple] = {
     "voc21": (VOC21_CLASSES, (), (), 21),
     "context60": (CONTEXT60_CLASSES, (), (), 60),
     "coco_object": (COCO_OBJECT_CLASSES, (), (), 81),
+    "cityscapes": (CITYSCAPES_CLASSES, (), (), 19),
 }
 for _name, _split in _SPLITS.items():
     check_split(*_split)
 assert COCO_STUFF_NUM_IDS - len(COCO_STUFF_UNUSED_IDS) == len(COCO_STUFF_CLASSES)
+assert len(CITYSCAPES_LABEL_IDS) == len(set(CITYSCAPES_LABEL_IDS)) == len(CITYSCAPES_CLASSES)
 assert len(VOC21_BACKGROUND_NAMES) == 33 and len(COCO_OBJECT_BACKGROUND_NAMES) == 107

@@ -9,7 +9,9 @@
 
 Images and labels are paired by file stem (``images/train/0001.jpg`` <-> ``labels/train/0001.png``).
 A label is a single-channel PNG of the image's size whose pixel values are class indices into
-``class_names`` (0..C-1) or ``ignore_label`` (255). The registered sets carry the metadata of the
+``class_names`` (0..C-1) or ``ignore_label`` (255); with more than 255 classes, a 16-bit PNG and an
+``ignore_label`` above C-1 (e.g. 65535, with MODEL.SEM_SEG_HEAD.IGNORE_VALUE 65535 for training).
+The registered sets carry the metadata of the
 benchmarks (:mod:`.zero_shot_sem_seg`), so training (inductive: unseen pixels are ignored),
 evaluation and the tools work on them unchanged. ``python tools/check_dataset.py --dataset NAME``
 validates every label and prints the class pixel counts.
@@ -110,7 +112,8 @@ def register_zero_shot_folder(
             empty for a fully supervised set. Evaluation is always over all classes. A set whose
             classes are all unseen can be evaluated (mIoU(S) is then NaN) but not trained on inductively.
         ignore_label: label value that is not a class (not trained, not evaluated). Keep 255 unless
-            you also set MODEL.SEM_SEG_HEAD.IGNORE_VALUE to it; it must not be a class index.
+            you also set MODEL.SEM_SEG_HEAD.IGNORE_VALUE to it; it must not be a class index (more
+            than 255 classes: 16-bit label PNGs and e.g. 65535).
         image_ext: extension of the images (".jpg", ".png", ...).
         images_need_labels: an image without a label is an error (True), or is left out (False, for
             image folders shared by several splits).
@@ -119,12 +122,13 @@ def register_zero_shot_folder(
     Registering a name again with the same arguments does nothing; with others it is an error.
     """
     names = _check_class_names(class_names, name)
-    if len(names) > 255:
-        raise ValueError(f"dataset '{name}': {len(names)} classes, but folder labels are 8-bit PNGs whose values are "
-                         "class indices 0..254 plus the ignore label, so at most 255 classes (merge or drop some).")
-    if 0 <= ignore_label < len(names) or not 0 <= ignore_label <= 255:
-        raise ValueError(f"dataset '{name}': ignore_label {ignore_label} must be in {len(names)}..255, outside the "
-                         f"class indices 0..{len(names) - 1}.")
+    if len(names) > 65535:
+        raise ValueError(f"dataset '{name}': {len(names)} classes, but labels are PNGs of at most 16 bits whose "
+                         "values are class indices plus the ignore label, so at most 65535 classes.")
+    if 0 <= ignore_label < len(names) or not 0 <= ignore_label <= 65535:
+        hint = " (more than 255 classes: 16-bit labels, e.g. ignore_label 65535)" if len(names) > 255 else ""
+        raise ValueError(f"dataset '{name}': ignore_label {ignore_label} must be in {len(names)}..65535, outside the "
+                         f"class indices 0..{len(names) - 1}{hint}.")
     if not image_ext.startswith("."):
         image_ext = "." + image_ext
     unseen = _class_indices(unseen_classes, names, name)

@@ -16,6 +16,9 @@ Sets (name: images; seen / unseen class indices; use):
   classes, every 255 turned into background): ``gt_label_map`` 0..79 unchanged, 80 ('banner') stays
   80 = background, 81..170 -> 255 (not scored), 255 (unlabelled) -> 80; ``no_object_labels`` [255]
   (the script skips an image only when its 171-class map is all unlabelled); for its parity configs
+* ``coco_object_val_harness``: ``coco_object_val`` scored as the training-free harnesses (SCLIP,
+  NACLIP, ClearCLIP, ProxyCLIP; GroupViT's ``cvt_coco_object.py``) score COCO-Object: unlabelled
+  (255) counts as background (``gt_label_map`` {255: 80}), so no pixel is ignored
 * ``coco_stuff_zs_val_crop224`` / ``_crop336``, ``coco_object_val_crop224`` / ``_crop336``,
   ``coco_object_val_official_crop224`` / ``_crop336``: the centre-crop protocol (CLIPtrase's
   COCO-Stuff-171 mIoU is the mIoU over all classes of the first)
@@ -54,12 +57,16 @@ _OBJECT_OFFICIAL = dataclasses.replace(
     _OBJECT_VAL, name="coco_object_val_official", label_dir=_ZS_VAL.label_dir, prepare_command=_PREPARE,
     gt_label_map=tuple((i, 255) for i in range(81, len(COCO_STUFF_CLASSES))) + ((255, 80),),
     no_object_labels=(255,))
+# The training-free harnesses' conversion maps things 0..79 -> 1..80 and every other value, 255
+# included, to background 0; here background stays index 80 and only 255 is remapped.
+_OBJECT_HARNESS = dataclasses.replace(_OBJECT_VAL, name="coco_object_val_harness", gt_label_map=((255, 80),))
 COCO_STUFF_SPLITS = (
     _split("coco_stuff_zs_train_seen", "train2017", COCO_STUFF_UNSEEN, 118287),
     _ZS_VAL,
     _split("coco_stuff_full_train", "train2017", (), 118287),
     _OBJECT_VAL,
     _OBJECT_OFFICIAL,
+    _OBJECT_HARNESS,
 ) + tuple(center_crop_variant(s, n) for s in (_ZS_VAL, _OBJECT_VAL, _OBJECT_OFFICIAL)
           for n in CENTER_CROP_SIZES)
 

@@ -11,6 +11,7 @@ training view from the metadata:
   ``evaluator_type`` = ``"zero_shot_sem_seg"``;
 * ``stuff_colors``: one RGB triple per class (VOC palette order);
 * ``image_root`` / ``sem_seg_root``: the image folder and the prepared index-PNG label folder;
+* ``prepare_command``: the command that prepares the labels (benchmarks only, not folder datasets);
 * ``prompt_class_names``: one name per class, the words a paper's text encoder was given (e.g. VOC
   "tv" for "tvmonitor" in CLIPtrase's code); equal to ``stuff_classes`` unless a benchmark says
   otherwise. ``stuff_classes`` stay the dataset's names (results tables, per-class IoU keys);
@@ -66,6 +67,8 @@ class ZeroShotSplit:
     ``images_need_labels``: the image folder holds exactly this split, so an image without a label
     is an error (False where the folder is shared by several splits, e.g. VOC's JPEGImages).
     ``expected_count``: the number of images of the full dataset; a different count is logged.
+    ``recursive_images``: images lie in subfolders of ``image_dir`` (Cityscapes: one per city),
+    found by walking it; their stems must be unique. Labels are always one flat folder.
     The other fields are the optional metadata of the module docstring (``ignore_label`` 255 unless
     the labels are 16-bit; ``prompt_class_names`` None = ``classes``; ``gt_label_map`` as
     (stored, scored) pairs, () = none).
@@ -87,6 +90,7 @@ class ZeroShotSplit:
     center_crop: Optional[int] = None
     gt_label_map: Tuple[Tuple[int, int], ...] = ()
     no_object_labels: Optional[Tuple[int, ...]] = None
+    recursive_images: bool = False
 
 
 def center_crop_variant(split: ZeroShotSplit, size: int) -> ZeroShotSplit:
@@ -111,6 +115,22 @@ def _stems(folder: str, ext: str) -> Dict[str, str]:
                 if e.name.endswith(ext) and not e.name.startswith(".")}
 
 
+def _stems_recursive(folder: str, ext: str) -> Dict[str, str]:
+    """Map file stem -> path relative to ``folder`` for the non-hidden files ending in ``ext`` in
+    ``folder`` and its subfolders; a stem found twice is an error naming both files."""
+    found: Dict[str, str] = {}
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.endswith(ext) and not name.startswith("."):
+                stem, rel = name[: -len(ext)], os.path.relpath(os.path.join(current, name), folder)
+                if stem in found:
+                    raise FileNotFoundError(f"'{folder}' holds two images with the stem '{stem}': "
+                                            f"'{found[stem]}' and '{rel}'; image stems must be unique.")
+                found[stem] = rel
+    return found
+
+
 def _unmatched_message(name: str, kind: str, folder: str, stems: List[str], ext: str) -> str:
     shown = ", ".join(s + ext for s in stems[:_SHOW]) + (", ..." if len(stems) > _SHOW else "")
     return f"dataset '{name}': {len(stems)} {kind} missing from '{folder}' (first: {shown})"
@@ -125,8 +145,10 @@ def load_zero_shot_sem_seg(
     image_ext: str = ".jpg",
     images_need_labels: bool = False,
     expected_count: Optional[int] = None,
+    recursive_images: bool = False,
 ) -> List[dict]:
-    """Pair the prepared label PNGs of ``sem_seg_root`` with the images of ``image_root``.
+    """Pair the prepared label PNGs of ``sem_seg_root`` with the images of ``image_root`` (and of
+    its subfolders with ``recursive_images``).
 
     Raises ``FileNotFoundError`` naming the folder (and, for labels, the prepare command) when a
     folder is missing or holds no labels, and on unmatched files (see the module docstring).
@@ -139,13 +161,13 @@ def load_zero_shot_sem_seg(
     if not os.path.isdir(image_root):
         raise FileNotFoundError(
             f"dataset '{name}': image folder '{image_root}' does not exist. Download the dataset "
-            "into $DETECTRON2_DATASETS as described in datasets/README.md.")
+            f"into $DETECTRON2_DATASETS as described in datasets/README.md, then run `{prepare_command}`.")
     labels = _stems(sem_seg_root, ".png")
     if not labels:
         raise FileNotFoundError(
             f"dataset '{name}': prepared label folder '{sem_seg_root}' holds no .png files. "
             f"Run `{prepare_command}` to build it.")
-    images = _stems(image_root, image_ext)
+    images = (_stems_recursive if recursive_images else _stems)(image_root, image_ext)
 
     problems = []
     no_image = sorted(set(labels) - set(images))
@@ -193,12 +215,14 @@ def register_zero_shot_splits(
         DatasetCatalog.register(name, functools.partial(
             load_zero_shot_sem_seg, name, image_root, sem_seg_root,
             prepare_command=split.prepare_command, image_ext=split.image_ext,
-            images_need_labels=split.images_need_labels, expected_count=split.expected_count))
+            images_need_labels=split.images_need_labels, expected_count=split.expected_count,
+            recursive_images=split.recursive_images))
         set_zero_shot_metadata(
             name, split.classes, split.unseen, image_root, sem_seg_root, split.ignore_label,
             prompt_class_names=split.prompt_class_names, background_class=split.background_class,
             background_names=split.background_names, center_crop=split.center_crop,
             gt_label_map=dict(split.gt_label_map) or None, no_object_labels=split.no_object_labels)
+        MetadataCatalog.get(name).set(prepare_command=split.prepare_command)
         names.append(name)
     return names
 
