@@ -212,9 +212,11 @@ def test_openai_weights_are_built_with_quick_gelu(monkeypatch):
     assert seen == {"openai": True, "laion2b_s34b_b88k": False}
 
 
-def _keys_cubic(grid: torch.Tensor, n_out: int, a: float = -0.75) -> torch.Tensor:
+def _keys_cubic(grid: torch.Tensor, n_out: int, a: float = -0.75, scale: float = 0.0) -> torch.Tensor:
     """n_in×C -> n_out×C by hand with Keys' cubic convolution kernel (a = -0.75), half-pixel centres,
-    taps clamped to the grid: the "bicubic to the exact size" DeOP's released CLIP code uses."""
+    taps clamped to the grid: the "bicubic to the exact size" DeOP's released CLIP code uses. ``scale`` > 0:
+    source coordinates (j + 0.5) / scale - 0.5, as ``F.interpolate(scale_factor=scale)`` without recomputing
+    the scale from the output size (CLIPtrase's official resize)."""
     def kernel(x):
         x = abs(x)
         if x <= 1:
@@ -222,7 +224,7 @@ def _keys_cubic(grid: torch.Tensor, n_out: int, a: float = -0.75) -> torch.Tenso
         return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
     n_in, rows = grid.shape[0], []
     for j in range(n_out):
-        src = (j + 0.5) * n_in / n_out - 0.5
+        src = (j + 0.5) / scale - 0.5 if scale else (j + 0.5) * n_in / n_out - 0.5
         i0 = math.floor(src)
         rows.append(sum(kernel(src - i) * grid[min(max(i, 0), n_in - 1)] for i in range(i0 - 1, i0 + 3)))
     return torch.stack(rows)
@@ -240,3 +242,20 @@ def test_positional_embedding_bicubic_to_the_exact_size(tiny_clip):
         torch.testing.assert_close(pos[y], _keys_cubic(row, 11), atol=1e-5, rtol=0)
     bilinear = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0]).positional_embedding(gh, 11)
     assert (bilinear[1:].detach().double().reshape(gh, 11, -1) - pos).abs().max() > 1e-3
+
+
+def test_positional_embedding_bicubic_plus_a_tenth_is_the_official_formula_at_21(vit_b16):
+    """CLIPtrase's official resize at 336 px (ViT-B/16: 14×14 -> 21×21): bicubic with scale factor
+    (21 + 0.1) / 14 on both axes, written out separably with Keys' kernel; not a plain resize to 21×21."""
+    model, _ = vit_b16
+    enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0], pos_interpolation="bicubic")
+    with torch.no_grad():
+        pos = enc.positional_embedding(21, 21).detach().double()
+    grid = model.visual.positional_embedding[1:].detach().double().reshape(14, 14, -1)
+    scale = 21.1 / 14
+    cols = torch.stack([_keys_cubic(grid[:, x], 21, scale=scale) for x in range(14)], dim=1)  # 21×14×C
+    want = torch.stack([_keys_cubic(cols[y], 21, scale=scale) for y in range(21)])  # 21×21×C
+    torch.testing.assert_close(pos[1:].reshape(21, 21, -1), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pos[0], model.visual.positional_embedding[0].detach().double())  # [CLS] kept
+    plain = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[0], pos_interpolation="bicubic_size")
+    assert (plain.positional_embedding(21, 21)[1:].detach().double() - pos[1:]).abs().max() > 1e-3

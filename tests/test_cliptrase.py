@@ -105,12 +105,32 @@ def test_background_words_expand_the_background_entry():
     assert (no_bg.background, no_bg.weights.shape[0]) == (-1, len(TOY_CLASSES))
 
 
-def test_grid_scaled_dbscan_and_slide_inference_run_on_any_size():
-    model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", "grid", "MODEL.SEGMENTOR.INFERENCE.MODE", "slide",
-                   "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64", "MODEL.SEGMENTOR.INFERENCE.STRIDE", "48")
-    out = model([{"image": _image(70, 100), "class_names": TOY_CLASSES, "height": 35, "width": 50}])[0]["sem_seg"]
-    assert out.shape == (len(TOY_CLASSES), 35, 50) and torch.isfinite(out).all()
-    assert out.min() >= 0 and out.max() <= 1
+@pytest.mark.parametrize("scale,size,want", [
+    ("grid", 128, (0.7 * 16 / 14, 4)),  # 16×16 patches: eps 0.7·√(256/196), min_samples round(3·256/196) = 4
+    ("grid", 64, (0.7 * 8 / 14, 1)),  # 8×8: 0.7·√(64/196) = 0.4, round(0.98) = 1
+    ("fixed", 128, (0.7, 3)),
+])
+def test_scaled_dbscan_settings_reach_dbscan(monkeypatch, scale, size, want):
+    """What DBSCAN is called with: the grid-scaled eps / min_samples for the window's patch count (slide
+    windows of 64 px included), or the config's values as given."""
+    import ldvc_d2.modeling.clip.clustering as clustering
+
+    calls = []
+    real = clustering.DBSCAN
+
+    def spy(eps, min_samples, **kwargs):
+        calls.append((eps, min_samples))
+        return real(eps=eps, min_samples=min_samples, **kwargs)
+
+    monkeypatch.setattr(clustering, "DBSCAN", spy)
+    model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", scale, "MODEL.SEGMENTOR.INFERENCE.MODE",
+                   "whole" if size == 128 else "slide", "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64",
+                   "MODEL.SEGMENTOR.INFERENCE.STRIDE", "48")
+    out = model([{"image": _image(128, 128 if size == 128 else 100), "class_names": TOY_CLASSES}])[0]["sem_seg"]
+    assert out.shape[0] == len(TOY_CLASSES) and out.min() >= 0 and out.max() <= 1
+    assert calls and all(c[0] == pytest.approx(want[0]) and c[1] == want[1] for c in calls), calls
+    if size == 64:
+        assert len(calls) == 3 * 2  # 128×100 in 64 windows at stride 48: ceil(64/48)+1 rows × ceil(36/48)+1 columns
 
 
 def test_training_is_a_clear_error_and_nothing_is_trainable():
@@ -182,6 +202,38 @@ def test_every_config_names_a_registered_set_and_the_official_settings(name):
                 ("voc21", "coco_object"))
     assert list(cfg.MODEL.PIXEL_MEAN) == ([123.675, 116.28, 103.53] if name.startswith("shapes")
                                           else [122.771, 116.746, 104.094])
+
+
+def _paper_config_names():
+    folder = os.path.join(REPO, "configs", "cliptrase")
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files
+                  if f.endswith(".yaml") and not f.startswith(("Base", "shapes")))
+
+
+@pytest.mark.parametrize("name", _paper_config_names())
+def test_every_cliptrase_value_of_the_paper_configs(name):
+    """All MODEL.CLIPTRASE.* keys, written out from the supplement (seed 001) and the official script:
+    block 11 correlation (-2), q+k+v attention in the last block, smoothing x4 + median 7, hard vote; DBSCAN
+    eps/min_samples 0.7/3 at 224 (both), 1.1/7 at 336 (script) or 0.7/3 (paper_text/); re-weighting on VOC20
+    (script) unless *_no_reweight; the zero-shot split configs (*_zs) scale 0.7/3 with the grid (ours)."""
+    base = name.rsplit("/", 1)[-1]
+    if base.endswith("_zs.yaml"):
+        dbscan = (0.7, 3, "grid")
+    elif "_336" in base and not name.startswith("paper_text/"):
+        dbscan = (1.1, 7, "fixed")
+    else:
+        dbscan = (0.7, 3, "fixed")
+    want = {"CORRELATION_LAYER": -2, "ATTENTION_LAYER": -1, "ATTENTION_BRANCHES": ["q", "k", "v"], "CLUSTER": True,
+            "DBSCAN_EPS": dbscan[0], "DBSCAN_MIN_SAMPLES": dbscan[1], "DBSCAN_SCALE": dbscan[2], "SMOOTH_RATIO": 4,
+            "MEDIAN_SIZE": 7, "VOTE": "hard",
+            "IMAGE_LEVEL_REWEIGHT": base.startswith("voc20") and "no_reweight" not in base,
+            "BACKGROUND_CLASS": "background", "BACKGROUND_WORDS": []}
+    cfg = tiny_cfg(f"configs/cliptrase/{name}")
+    assert {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.MODEL.CLIPTRASE.items()} == want
+    assert cfg.MODEL.CLIP.POS_INTERPOLATION == "bicubic" and list(cfg.MODEL.CLIP.TEXT_TEMPLATES) == ["imagenet80"]
+    if name.startswith("paper_text/") or "no_reweight" in base:  # the variants keep the official set and crop
+        size = 336 if "_336" in base else 224
+        assert cfg.DATASETS.TEST[0].endswith(f"_crop{size}") and cfg.INPUT.MIN_SIZE_TEST == size
 
 
 def test_voc21_uses_the_official_names_and_background_words():

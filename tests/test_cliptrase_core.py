@@ -57,6 +57,40 @@ def test_self_correlation_against_in_proj_recomputation(tiny_clip):
     torch.testing.assert_close(qk[0], want_qk, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("clip", ["tiny_clip", "vit_b16"])
+def test_last_block_output_against_a_hand_recomputation(clip, request):
+    """(T2) The modified last block, written out: z = ln_1(x); per head A = Σ_{a∈q,k,v} softmax(d_h^-½ a aᵀ);
+    x' = x + out_proj(concat_h A_h v_h); x_out = x' + mlp(ln_2(x')); dense / global = normalize(ln_post(x_out) proj)."""
+    model, _ = request.getfixturevalue(clip)
+    enc = PromptedVisionEncoder(model.visual, num_prompts=0, intermediate_layers=[]).eval()
+    block = enc.visual.transformer.resblocks[-1]
+    seen = {}
+    # the block's input x, as its first LayerNorm receives it (a replaced block does not run block.forward)
+    handle = block.ln_1.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    patch = enc.patch_size
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 3 * patch, 4 * patch)
+    with torch.no_grad():
+        out = enc(images, hooks=cliptrase_hooks())
+        handle.remove()
+        x = seen["x"]
+        assert x.shape[:2] == (2, 1 + 12)
+        q, k, v = qkv_from_in_proj(block, x)  # B×H×N×d_h
+        dh = q.shape[-1]
+        heads = []
+        for i in range(q.shape[1]):
+            a = sum(torch.softmax(t[:, i] @ t[:, i].transpose(1, 2) / math.sqrt(dh), dim=-1) for t in (q, k, v))
+            heads.append(a @ v[:, i])
+        attn = block.attn
+        x1 = x + torch.cat(heads, dim=-1) @ attn.out_proj.weight.T + attn.out_proj.bias
+        x2 = x1 + block.mlp(block.ln_2(x1))
+        feats = enc.visual.ln_post(x2) @ enc.visual.proj
+    width = feats.shape[-1]
+    want_dense = F.normalize(feats[:, 1:], dim=-1).transpose(1, 2).reshape(2, width, 3, 4)
+    torch.testing.assert_close(out["dense"], want_dense, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["global"], F.normalize(feats[:, 0], dim=-1), rtol=0, atol=1e-5)
+
+
 def test_qk_attention_is_sclip_csa():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 4, 9, 16).unbind(0)

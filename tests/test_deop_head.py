@@ -42,13 +42,81 @@ def test_sine_positions_against_the_formula():
                     assert abs(float(pos[r * w + c, axis * half + i]) - want) < 1e-5
 
 
-def test_cal_output_and_logits():
+def _sine(h, w, dim):
+    """DETR's normalised 2-D sine positions, element by element: row r·w+c = [y part; x part]."""
+    half, out = dim // 2, torch.zeros(h * w, dim)
+    for r in range(h):
+        for c in range(w):
+            for axis, t in ((0, (r + 1) / h * 2 * math.pi), (1, (c + 1) / w * 2 * math.pi)):
+                for i in range(half):
+                    arg = t / 10000 ** (2 * (i // 2) / half)
+                    out[r * w + c, axis * half + i] = math.sin(arg) if i % 2 == 0 else math.cos(arg)
+    return out
+
+
+def _mha(attn, query, key, value, heads):
+    """nn.MultiheadAttention from its raw weights: per-head softmax(q k^T / sqrt(d_h)) v, concat, out_proj."""
+    d = query.shape[-1]
+    dh = d // heads
+    wq, wk, wv = attn.in_proj_weight.split(d)
+    bq, bk, bv = attn.in_proj_bias.split(d)
+    q, k, v = query @ wq.T + bq, key @ wk.T + bk, value @ wv.T + bv
+    out = torch.cat([torch.softmax(q[..., h * dh:(h + 1) * dh] @ k[..., h * dh:(h + 1) * dh].transpose(-1, -2)
+                                   / math.sqrt(dh), dim=-1) @ v[..., h * dh:(h + 1) * dh] for h in range(heads)], -1)
+    return out @ attn.out_proj.weight.T + attn.out_proj.bias
+
+
+def _ln(norm, x):
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def _reference_cal(cal, feats, masks, heads, heat_heads, heat_dropout=0.0):
+    """CAL written out (D6, D7): zero queries + Q_pos; post-norm DETR layers (self-attn on q+Q_pos with value q,
+    cross-attn q+Q_pos -> F_V+S with value F_V, FFN), then the heat layer (self-attn + LN) and per heat head
+    h: dropout(softmax(W_q(q+Q_pos)_h · W_k(F_V+S)_h / sqrt(d_h))) · mask pooling F_V's channel slice h; L2 norm."""
+    b, d, hh, ww = feats.shape
+    mem = feats.flatten(2).transpose(1, 2)
+    pos = _sine(hh, ww, d)[None]
+    qpos = cal.query_pos.weight[None].expand(b, -1, -1)
+    q = torch.zeros_like(qpos)
+    for layer in cal.layers:
+        q = _ln(layer.norm1, q + _mha(layer.self_attn, q + qpos, q + qpos, q, heads))
+        q = _ln(layer.norm2, q + _mha(layer.cross_attn, q + qpos, mem + pos, mem, heads))
+        ffn = layer.ffn
+        q = _ln(layer.norm3, q + (torch.relu(q @ ffn[0].weight.T + ffn[0].bias) @ ffn[3].weight.T + ffn[3].bias))
+    q = _ln(cal.out_self.norm1, q + _mha(cal.out_self.self_attn, q + qpos, q + qpos, q, heads))
+    qq = (q + qpos) @ cal.heat_q.weight.T + cal.heat_q.bias
+    kk = (mem + pos) @ cal.heat_k.weight.T + cal.heat_k.bias
+    dh = d // heat_heads
+    weights = torch.stack([torch.softmax(qq[..., h * dh:(h + 1) * dh] @ kk[..., h * dh:(h + 1) * dh].transpose(-1, -2)
+                                         / math.sqrt(dh), dim=-1) for h in range(heat_heads)], 1)  # B×H×N×L
+    weights = F.dropout(weights, heat_dropout, training=heat_dropout > 0)
+    out = torch.cat([(weights[:, h] * masks) @ mem[..., h * dh:(h + 1) * dh] for h in range(heat_heads)], -1)
+    return out / out.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("heat_heads", [0, 1])  # 0: the released 8-head pooling (= CAL_HEADS); 1: paper eq. 3
+def test_cal_forward_against_a_written_out_implementation(heat_heads):
     torch.manual_seed(0)
-    cal = ClassificationAnchorLearning(16, num_queries=4, num_layers=1, heads=2, ffn=32, dropout=0.0).eval()
+    cal = ClassificationAnchorLearning(16, num_queries=4, num_layers=2, heads=2, ffn=32, dropout=0.0,
+                                       heat_dropout=0.3, heatmap_heads=heat_heads).eval()
+    with torch.no_grad():  # non-trivial LayerNorm affine and biases
+        for name, p in cal.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_()
     feats = F.normalize(torch.randn(2, 16, 3, 3), dim=1)
-    out = cal(feats, torch.rand(2, 4, 9))  # σ(M̃) on the 3×3 grid of F_V, flattened
-    assert out.shape == (2, 4, 16)
-    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 4))
+    masks = torch.rand(2, 4, 9)  # σ(M̃) on the 3×3 grid of F_V, flattened
+    with torch.no_grad():
+        out = cal(feats, masks)  # eval: no heat dropout
+        want = _reference_cal(cal, feats, masks, heads=2, heat_heads=heat_heads or 2)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+        cal.train()  # training: dropout 0.3 on the B×H×N×L heat weights, the same random draw
+        torch.manual_seed(7)
+        dropped = cal(feats, masks)
+        torch.manual_seed(7)
+        want_dropped = _reference_cal(cal, feats, masks, heads=2, heat_heads=heat_heads or 2, heat_dropout=0.3)
+    torch.testing.assert_close(dropped, want_dropped, rtol=0, atol=1e-5)
+    assert (dropped - out).abs().max() > 1e-3
     text = F.normalize(torch.randn(5, 16), dim=-1)
     torch.testing.assert_close(class_logits(out, text, 100.0), 100 * torch.einsum("bnd,cd->bnc", out, text))
     with pytest.raises(ValueError, match="NUM_PROPOSALS"):

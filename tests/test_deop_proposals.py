@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from detectron2.modeling import build_model  # noqa: E402
 
 from ldvc_d2.modeling.deop.proposals import build_proposal_network, semantic_to_masks  # noqa: E402
-from ldvc_d2.solver import build_optimizer  # noqa: E402
+from ldvc_d2.solver import build_optimizer, param_groups  # noqa: E402
 from tests.conftest import registered_toy_dataset, tiny_cfg  # noqa: E402
 
 CONFIG = "configs/deop/proposals_shapes.yaml"
@@ -38,14 +38,14 @@ def _dice(logits, y):
     return 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
 
 
-def _cost(class_logits, mask_logits, masks, labels):
-    """N×K matching cost of one image, pairs computed one by one."""
+def _cost(class_logits, mask_logits, masks, labels, class_weight=1.0):
+    """N×K matching cost of one image, pairs computed one by one (``class_weight`` 0: the paper's mask-only cost)."""
     probs = class_logits.softmax(-1)
     cost = torch.zeros(mask_logits.shape[0], len(labels), dtype=torch.float64)
     for q in range(mask_logits.shape[0]):
         for k in range(len(labels)):
             m, y = mask_logits[q].double(), masks[k].double()
-            cost[q, k] = -probs[q, labels[k]] + 20 * _focal(m, y).mean() + _dice(m, y)
+            cost[q, k] = -class_weight * probs[q, labels[k]] + 20 * _focal(m, y).mean() + _dice(m, y)
     return cost
 
 
@@ -77,14 +77,14 @@ def test_hungarian_matching_equals_brute_force(net, seed, n, k):
     assert matched == pytest.approx(_brute_force(cost), rel=1e-5, abs=1e-6)
 
 
-def _expected_losses(class_logits, mask_logits, masks, labels, num_classes):
+def _expected_losses(class_logits, mask_logits, masks, labels, num_classes, class_weight=1.0):
     """MaskFormer's losses of one decoder layer for a batch, matching by brute force."""
     b, n = class_logits.shape[:2]
     target_classes = torch.full((b, n), num_classes, dtype=torch.long)
     focal = dice = 0.0
     for i in range(b):
         small = F.interpolate(masks[i][:, None], size=mask_logits.shape[-2:], mode="nearest")[:, 0]
-        cost = _cost(class_logits[i], mask_logits[i], small, labels[i])
+        cost = _cost(class_logits[i], mask_logits[i], small, labels[i], class_weight)
         best = min(itertools.permutations(range(n), len(labels[i])),
                    key=lambda perm: sum(float(cost[q, j]) for j, q in enumerate(perm)))
         for j, q in enumerate(best):
@@ -180,17 +180,50 @@ def test_backbone_weights_come_from_a_local_torchvision_style_file(tmp_path, fro
                                             "resnet18", "MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS", path))
 
 
-def test_class_agnostic_network_has_one_class_and_no_semantic_evaluation():
+def test_mask_loss_only_matches_and_trains_masks_without_the_class_head():
+    """The paper's stage 2: class-agnostic, matched on 20·focal + dice only, no cross-entropy, class head frozen."""
     with registered_toy_dataset("deop_prop_agnostic") as name:
-        cfg = tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "MODEL.DEOP.PROPOSAL_NET.CLASS_AGNOSTIC", "True")
+        cfg = tiny_cfg(CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "MODEL.DEOP.PROPOSAL_NET.CLASS_AGNOSTIC", "True",
+                       "MODEL.DEOP.PROPOSAL_NET.MASK_LOSS_ONLY", "True")
+        torch.manual_seed(3)
         model = build_model(cfg)
-    assert model.proposal_net.num_classes == 1
-    model.train()
-    batch = [{"image": torch.randint(0, 256, (3, 32, 32)).float(), "sem_seg": torch.randint(0, 5, (32, 32))}]
-    assert torch.isfinite(sum(model(batch).values()))
+    net = model.proposal_net
+    assert net.num_classes == 1
+    assert not any(p.requires_grad for p in net.maskformer.class_predictor.parameters())
+    net.train()
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 32, 32)
+    targets = torch.randint(0, 3, (2, 32, 32))
+    targets[1, :, :10] = 255
+    losses = net.losses(images, targets, 255)
+    assert not [k for k in losses if "cross_entropy" in k]
+    class_logits, mask_logits, aux = net.predict(images)
+    masks, labels = zip(*[semantic_to_masks(t, 255, class_agnostic=True) for t in targets])
+    for suffix, (c, m) in (("", (class_logits, mask_logits)),
+                           ("_0", (aux[0]["class_queries_logits"], aux[0]["masks_queries_logits"]))):
+        expected = _expected_losses(c.detach(), m.detach(), masks, labels, num_classes=1, class_weight=0.0)
+        for key in ("loss_mask", "loss_dice"):
+            assert float(losses[key + suffix]) == pytest.approx(float(expected[key]), rel=1e-4), key + suffix
     model.eval()
     with pytest.raises(ValueError, match="CLASS_AGNOSTIC"):
-        model([{"image": batch[0]["image"], "class_names": ["a", "b"]}])
+        model([{"image": torch.randint(0, 256, (3, 32, 32)).float(), "class_names": ["a", "b"]}])
+
+
+def test_backbone_lr_is_a_tenth_of_the_rest():
+    """Released stage 2: every ResNet tensor at 0.1 x BASE_LR (MaskFormer BACKBONE_MULTIPLIER), the rest at BASE_LR."""
+    with registered_toy_dataset("deop_prop_lr") as name:
+        cfg = tiny_cfg("configs/deop/proposals_voc.yaml", *TINY, "DATASETS.TRAIN", f"('{name}',)",
+                       "MODEL.DEOP.PROPOSAL_NET.RES5_MULTI_GRID", "[]")
+        model = build_model(cfg)
+    backbone = {f"proposal_net.maskformer.model.pixel_level_module.encoder.{n}"
+                for n, p in model.proposal_net.maskformer.model.pixel_level_module.encoder.named_parameters()
+                if p.requires_grad}
+    assert backbone
+    groups = param_groups(model, cfg)
+    lr = {n: g["lr"] for g in groups for n in g["names"]}
+    assert {n for n, v in lr.items() if v == pytest.approx(0.1 * cfg.SOLVER.BASE_LR)} == backbone
+    assert all(v == pytest.approx(cfg.SOLVER.BASE_LR) for n, v in lr.items() if n not in backbone)
+    assert type(build_optimizer(cfg, model)).__name__ == "FullModelClippingAdamW"
 
 
 def test_proposal_recall_against_pixel_counts():

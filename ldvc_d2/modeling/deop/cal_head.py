@@ -9,8 +9,9 @@ features F_V (B×d×h×w, L2-normalised patch tokens) the evidence for the propo
 * (D7) heat-map output layer, released code: q ← LN(q + SA(…)); per head h (d_h = d/H)
   H_{h,n,l} = softmax_l(W_q^h(q_n + Q_pos,n) · W_k^h(F_V,l + S_l) / √d_h) · σ(M̃_{n,l}) with M̃ the mask
   logits resized bilinearly to the h×w grid; the value is the raw F_V split into H channel slices;
-  F_I,n = normalize(concat_h Σ_l H_{h,n,l} F_V,l[slice h]). No output projection, H not renormalised
-  (paper eq. 3: H = softmax(q F_V / √d) ⊙ M, F_I = H ⊙ F_V, i.e. the single-head case; "the attention maps
+  F_I,n = normalize(concat_h Σ_l H_{h,n,l} F_V,l[slice h]). No output projection, H not renormalised; in
+  training the softmax weights pass a dropout (released: 0.1) before the mask. Paper eq. 3: H = softmax(q F_V
+  / √d) ⊙ M, F_I = H ⊙ F_V, i.e. the single-head case (MODEL.DEOP.CAL_HEATMAP_HEADS 1); "the attention maps
   are multiplied with the N proposal masks, enabling each anchor query to be aware of its corresponding
   mask/segment"). CAL takes σ(M̃) already on the grid: the mask-based patch severance [D3] needs the very
   same grid masks, so the DeOP forward computes them once for both.
@@ -42,15 +43,20 @@ def sine_positions(h: int, w: int, dim: int, temperature: float = 10000.0) -> to
 
 
 def heatmap_pool(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masks: torch.Tensor,
-                 heads: int) -> torch.Tensor:
+                 heads: int, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
     """(D7) queries B×N×d (projected), keys B×L×d (projected), values B×L×d (raw F_V), masks B×N×L in [0, 1]
-    → F_I B×N×d, L2-normalised: per head softmax_l(q·k/√d_h) · mask, pooling the head's channel slice."""
+    → F_I B×N×d, L2-normalised: per head dropout(softmax_l(q·k/√d_h)) · mask, pooling the head's channel slice.
+
+    ``dropout`` acts on the B×H×N×L softmax weights in training only, before the mask (released
+    ``MultiHeadAttentionMy``: softmax → dropout 0.1 → × proposal mask → weights @ raw values).
+    """
     b, n, d = queries.shape
     dh = d // heads
     q = queries.reshape(b, n, heads, dh).transpose(1, 2)
     k = keys.reshape(b, -1, heads, dh).transpose(1, 2)
     v = values.reshape(b, -1, heads, dh).transpose(1, 2)
-    heat = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1) * masks[:, None].to(q.dtype)
+    weights = F.dropout(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1), dropout, training)
+    heat = weights * masks[:, None].to(q.dtype)
     return F.normalize((heat @ v).transpose(1, 2).reshape(b, n, d), dim=-1)
 
 
@@ -89,14 +95,20 @@ class ClassificationAnchorLearning(nn.Module):
     Args:
         dim: CLIP embedding width d (512 for ViT-B/16). num_queries: N (= proposals).
         num_layers: K decoder layers (MODEL.DEOP.CAL_LAYERS). heads / ffn / dropout: MODEL.DEOP.CAL_*.
+        heat_dropout: dropout on the heat weights in training (MODEL.DEOP.CAL_HEAT_DROPOUT, released 0.1).
+        heatmap_heads: heads of the heat-map pooling (MODEL.DEOP.CAL_HEATMAP_HEADS; 0 = ``heads``, 1 = eq. 3).
     """
 
     def __init__(self, dim: int, num_queries: int, num_layers: int = 1, heads: int = 8, ffn: int = 1024,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, heat_dropout: float = 0.0, heatmap_heads: int = 0):
         super().__init__()
+        heatmap_heads = heatmap_heads or heads
         if dim % heads:
             raise ValueError(f"MODEL.DEOP.CAL_HEADS={heads} must divide the CLIP embedding width {dim}.")
+        if dim % heatmap_heads:
+            raise ValueError(f"MODEL.DEOP.CAL_HEATMAP_HEADS={heatmap_heads} must divide the CLIP embedding width {dim}.")
         self.dim, self.heads, self.num_queries = dim, heads, num_queries
+        self.heatmap_heads, self.heat_dropout = heatmap_heads, heat_dropout
         self.query_pos = nn.Embedding(num_queries, dim)
         self.layers = nn.ModuleList(_DecoderLayer(dim, heads, ffn, dropout) for _ in range(num_layers))
         self.out_self = _DecoderLayer(dim, heads, ffn, dropout, cross=False)
@@ -120,4 +132,5 @@ class ClassificationAnchorLearning(nn.Module):
         for layer in self.layers:
             q = layer(q, qpos, memory, mpos)
         q = self.out_self(q, qpos, memory, mpos)
-        return heatmap_pool(self.heat_q(q + qpos), self.heat_k(memory + mpos), memory, masks, self.heads)
+        return heatmap_pool(self.heat_q(q + qpos), self.heat_k(memory + mpos), memory, masks, self.heatmap_heads,
+                            self.heat_dropout, self.training)

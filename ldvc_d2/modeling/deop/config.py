@@ -37,10 +37,14 @@ def add_deop_config(cfg: CN) -> None:
     d.TEXT_CTX = 16  # CoOp context tokens, shallow [D5]
     d.TEXT_CTX_INIT_STD = 0.02  # their N(0, std²) initialisation [D5]
     d.TEXT_PROMPT_WEIGHTS = ""  # stage-1 checkpoint whose one key ending in "ctx" initialises TEXT_CTX
+    # True: stage 3 may start from random text prompts without TEXT_PROMPT_WEIGHTS (shapes/tests; ours)
+    d.ALLOW_RANDOM_TEXT_PROMPTS = False
     d.CAL_LAYERS = 1  # DETR decoder layers before the heat-map layer (Table 5: K = 1) [D6]
     d.CAL_HEADS = 8  # heads of CAL's attention and of the heat-map pooling [D6, D7]
     d.CAL_FFN = 1024  # FFN width of the CAL decoder layer [D6]
     d.CAL_DROPOUT = 0.1  # dropout in CAL's layers [D6]
+    d.CAL_HEAT_DROPOUT = 0.1  # dropout on the heat weights softmax(q·k) before the mask, training only (released: 0.1) [D7]
+    d.CAL_HEATMAP_HEADS = 0  # heads of the heat-map pooling; 0 = CAL_HEADS (released 8); 1 = paper eq. 3 [D7]
     d.LOGIT_SCALE = 100.0  # ℓ_n = scale · F_I,n · Tᵀ [D8]
     d.OUTPUT_SIG = 3.0  # p = σ(k·S′ − k) in the released loss [D10]
     d.LOSS = "released"  # "released" [D10] or "paper" (plain sigmoid focal + dice on S)
@@ -53,11 +57,16 @@ def add_deop_config(cfg: CN) -> None:
 def _add_proposal_net(d: CN) -> None:
     """MODEL.DEOP.PROPOSAL_NET: the stage-2 MaskFormer (MODEL.META_ARCHITECTURE "DeOPProposals") [D1]."""
     p = d.PROPOSAL_NET = CN()
-    # timm ResNet of the proposal network ("resnet50", "resnet101", any timm ResNet with 4 stages). The
-    # released R101c (DeepLab 3-conv stem, multigrid) is not available: detectron2.projects.deeplab is not
-    # in the pip detectron2, and its ImageNet weights (R-103.pkl) are not torchvision/timm weights [D1].
+    # timm ResNet of the proposal network (any timm ResNet with 4 stages). "resnet101s" (3-conv deep stem
+    # 64/64/128) with RES5_MULTI_GRID [1, 2, 4] is the released R101c (detectron2 DeepLab ResNet-101) [D1].
     p.BACKBONE = "resnet101"
-    p.BACKBONE_WEIGHTS = ""  # local torchvision/timm ImageNet state dict of BACKBONE ("" = random init)
+    # Dilations of res5's three 3×3 convs, stride kept (released R101c: [1, 2, 4]); [] = none
+    p.RES5_MULTI_GRID = []
+    # Local ImageNet weights of BACKBONE: a torchvision/timm state dict, or detectron2's R-103.pkl (R101c, the
+    # released MaskFormer's) for "resnet101s"; "" = random init
+    p.BACKBONE_WEIGHTS = ""
+    p.ALLOW_RANDOM_BACKBONE = False  # True: stage 2 may train from a random backbone ("" BACKBONE_WEIGHTS; shapes, ours)
+    p.BACKBONE_LR_MULTIPLIER = 0.1  # lr × of the backbone (released MaskFormer SOLVER.BACKBONE_MULTIPLIER 0.1)
     p.FREEZE_BACKBONE_BN = True  # frozen BatchNorm statistics and affine (detectron2's ResNet default, FrozenBN)
     p.NUM_QUERIES = 100  # N mask proposals [D1]
     p.HIDDEN_DIM = 256  # transformer decoder width [D1]
@@ -70,6 +79,9 @@ def _add_proposal_net(d: CN) -> None:
     # False: classes = the seen training classes (released: SimBaseline's ZeroShotMaskFormer, CE over seen
     # classes + no-object); True: one "object" class (the paper's class-agnostic MaskFormer) [D1].
     p.CLASS_AGNOSTIC = False
+    # True: the mask losses only (no class cross-entropy, class matching cost 0), the paper's class-agnostic
+    # stage 2 ("trained with the mask loss only"); needs CLASS_AGNOSTIC True. False: the released recipe.
+    p.MASK_LOSS_ONLY = False
     # Classes of the class head (not class-agnostic); 0 = the training classes of DATASETS.TRAIN[0]. Stage 3
     # builds the same network, so its head must be the stage-2 checkpoint's size.
     p.NUM_CLASSES = 0
@@ -99,6 +111,17 @@ def deop_config_problems(cfg: CN, training: bool) -> list:
             and not cfg.MODEL.WEIGHTS):
         problems.append("MODEL.DEOP.PROPOSAL_WEIGHTS is empty; DeOP training with PROPOSALS 'maskformer' needs the "
                         "stage-2 checkpoint (configs/deop/proposals_*.yaml), or PROPOSALS 'gt' / 'clusters'")
+    if (training and cfg.MODEL.META_ARCHITECTURE == "DeOPProposals" and not d.PROPOSAL_NET.BACKBONE_WEIGHTS
+            and not cfg.MODEL.WEIGHTS and not d.PROPOSAL_NET.ALLOW_RANDOM_BACKBONE):
+        problems.append("MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS is empty; the proposal network starts from ImageNet "
+                        "weights: get detectron2's R-103.pkl (https://dl.fbaipublicfiles.com/detectron2/DeepLab/R-103.pkl, "
+                        "BACKBONE 'resnet101s') or a torchvision/timm file of BACKBONE, or set "
+                        "MODEL.DEOP.PROPOSAL_NET.ALLOW_RANDOM_BACKBONE True to train from random weights")
+    if (training and cfg.MODEL.META_ARCHITECTURE == "DeOP" and not d.TEXT_PROMPT_WEIGHTS and not cfg.MODEL.WEIGHTS
+            and not d.ALLOW_RANDOM_TEXT_PROMPTS):
+        problems.append("MODEL.DEOP.TEXT_PROMPT_WEIGHTS is empty; DeOP stage 3 starts from the stage-1 text prompts: "
+                        "train configs/deop/stage1_<dataset>.yaml and give its output/deop/prompts_<dataset>/"
+                        "model_final.pth, or set MODEL.DEOP.ALLOW_RANDOM_TEXT_PROMPTS True to start from random ones")
     if d.PROPOSALS not in PROPOSAL_SOURCES:
         problems.append(f"MODEL.DEOP.PROPOSALS is '{d.PROPOSALS}'; use one of {list(PROPOSAL_SOURCES)}")
     if d.LOSS not in DEOP_LOSSES:
@@ -114,6 +137,16 @@ def deop_config_problems(cfg: CN, training: bool) -> list:
     for key in ("NUM_QUERIES", "HIDDEN_DIM", "NUM_HEADS", "DIM_FEEDFORWARD", "DEC_LAYERS", "PIXEL_DECODER_DIM", "MASK_DIM"):
         if int(p.get(key)) <= 0:
             problems.append(f"MODEL.DEOP.PROPOSAL_NET.{key} is {p.get(key)}; it must be > 0")
+    if p.MASK_LOSS_ONLY and not p.CLASS_AGNOSTIC:
+        problems.append("MODEL.DEOP.PROPOSAL_NET.MASK_LOSS_ONLY True needs CLASS_AGNOSTIC True (a class head trained "
+                        "without a class loss would be random)")
+    if any(int(m) < 1 for m in p.RES5_MULTI_GRID):
+        problems.append(f"MODEL.DEOP.PROPOSAL_NET.RES5_MULTI_GRID {list(p.RES5_MULTI_GRID)}: dilations must be >= 1")
+    if not 0.0 <= float(d.CAL_HEAT_DROPOUT) < 1.0:
+        problems.append(f"MODEL.DEOP.CAL_HEAT_DROPOUT is {d.CAL_HEAT_DROPOUT}; it must lie in [0, 1)")
+    heat_heads = int(d.CAL_HEATMAP_HEADS) or int(d.CAL_HEADS)
+    if heat_heads < 1:
+        problems.append(f"MODEL.DEOP.CAL_HEATMAP_HEADS is {d.CAL_HEATMAP_HEADS}; use 0 (= CAL_HEADS) or a positive count")
     if int(p.NUM_CLASSES) < 0:
         problems.append(f"MODEL.DEOP.PROPOSAL_NET.NUM_CLASSES is {p.NUM_CLASSES}; it must be >= 0 (0 = automatic)")
     if int(p.HIDDEN_DIM) % max(int(p.NUM_HEADS), 1):

@@ -49,7 +49,8 @@ class DeOP(ZeroShotSegmentor):
                  cluster: Optional[Dict[str, object]] = None, gps_layers=(-1,), gps_alpha=(1.0,),
                  gps_mode: str = "mask_weighted", visual_prompt_layers=(0, 1, 2, 3, 4, 5), visual_prompt_grid: int = 24,
                  text_ctx: int = 16, text_ctx_std: float = 0.02, text_prompt_weights: str = "", cal_layers: int = 1,
-                 cal_heads: int = 8, cal_ffn: int = 1024, cal_dropout: float = 0.1, logit_scale: float = 100.0,
+                 cal_heads: int = 8, cal_ffn: int = 1024, cal_dropout: float = 0.1, cal_heat_dropout: float = 0.0,
+                 cal_heatmap_heads: int = 0, allow_random_text_prompts: bool = True, logit_scale: float = 100.0,
                  output_sig: float = 3.0, loss: str = "released", loss_weights=(2.0, 0.8), loss_num_class: int = 0,
                  pos_interpolation: str = "bicubic_size", **kwargs):
         model, tokenizer = build_clip_model(clip_model, clip_pretrained, cache_dir=clip_cache_dir or None)
@@ -73,9 +74,12 @@ class DeOP(ZeroShotSegmentor):
         self.text = CoOpTextEncoder(model, tokenizer, n_ctx=text_ctx, init_std=text_ctx_std)
         if text_prompt_weights:
             load_text_context(self.text, text_prompt_weights)
+        elif allow_random_text_prompts:
+            logger.info("DeOP: text prompts start from random values (MODEL.DEOP.ALLOW_RANDOM_TEXT_PROMPTS True, no "
+                        "MODEL.DEOP.TEXT_PROMPT_WEIGHTS).")
         self.no_object = NoObjectEmbedding(visual.output_dim)
         self.cal = ClassificationAnchorLearning(visual.output_dim, num_proposals, cal_layers, cal_heads, cal_ffn,
-                                                cal_dropout)
+                                                cal_dropout, cal_heat_dropout, cal_heatmap_heads)
         self.proposal_net = proposal_net
         if proposal_net is not None:
             for p in proposal_net.parameters():
@@ -112,6 +116,8 @@ class DeOP(ZeroShotSegmentor):
             "visual_prompt_layers": list(d.VISUAL_PROMPT_LAYERS), "visual_prompt_grid": d.VISUAL_PROMPT_GRID,
             "text_ctx": d.TEXT_CTX, "text_ctx_std": d.TEXT_CTX_INIT_STD, "text_prompt_weights": d.TEXT_PROMPT_WEIGHTS,
             "cal_layers": d.CAL_LAYERS, "cal_heads": d.CAL_HEADS, "cal_ffn": d.CAL_FFN, "cal_dropout": d.CAL_DROPOUT,
+            "cal_heat_dropout": d.CAL_HEAT_DROPOUT, "cal_heatmap_heads": d.CAL_HEATMAP_HEADS,
+            "allow_random_text_prompts": d.ALLOW_RANDOM_TEXT_PROMPTS,
             "logit_scale": d.LOGIT_SCALE, "output_sig": d.OUTPUT_SIG, "loss": d.LOSS,
             "loss_weights": list(d.LOSS_WEIGHTS), "loss_num_class": d.LOSS_NUM_CLASS,
         })

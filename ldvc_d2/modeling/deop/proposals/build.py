@@ -8,11 +8,13 @@ on the Hugging Face Hub), and ImageNet weights come from a local file only (``BA
 import logging
 from typing import Optional
 
+import torch
 from torch import nn
 
 from ...segmentor_config import class_lists_from_metadata, registered_train_sets
 from ..weight_files import read_state_dict
 from .network import MaskFormerProposals
+from .r101c import apply_multi_grid, detectron2_resnet_to_timm, is_detectron2_resnet
 
 __all__ = ["build_proposal_network", "proposal_num_classes"]
 
@@ -44,16 +46,25 @@ def _import_transformers():
 
 
 def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load a local torchvision/timm ResNet state dict (its classifier ``fc.*`` dropped) into ``backbone``.
+    """Load local ImageNet weights into the timm ``backbone``: a torchvision/timm ResNet state dict (classifier
+    ``fc.*`` dropped) or a detectron2 ResNet ``.pkl`` such as R-103.pkl, the released R101c's (renamed by
+    :func:`~.r101c.detectron2_resnet_to_timm`; needs BACKBONE "resnet101s").
 
-    Read by DeOP's one checkpoint reader (:func:`~ldvc_d2.modeling.deop.weight_files.read_state_dict`), which also
-    unwraps the "state_dict" key of timm/Lightning-style files.
+    Read by DeOP's one checkpoint reader (:func:`~ldvc_d2.modeling.deop.weight_files.read_state_dict`, the safe
+    loader underneath), which also unwraps the "state_dict" / "model" keys.
     """
     state = read_state_dict(path, "MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS",
-                            hint="give a local torchvision/timm ImageNet checkpoint of MODEL.DEOP.PROPOSAL_NET.BACKBONE, "
-                                 "or '' for random init.", unwrap=("state_dict", "model"))
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    hint = "Give the weights of MODEL.DEOP.PROPOSAL_NET.BACKBONE (torchvision or timm key names)."
+                            hint="give a local torchvision/timm ImageNet checkpoint of MODEL.DEOP.PROPOSAL_NET.BACKBONE "
+                                 "or detectron2's R-103.pkl (BACKBONE 'resnet101s'), or '' for random init.",
+                            unwrap=("state_dict", "model"))
+    detectron2 = is_detectron2_resnet(state)
+    if detectron2:
+        state = detectron2_resnet_to_timm(state)
+        hint = ("A detectron2 DeepLab ResNet file (R-103.pkl = R101c) fits MODEL.DEOP.PROPOSAL_NET.BACKBONE "
+                "'resnet101s' only.")
+    else:
+        state = {k: torch.as_tensor(v) for k, v in state.items() if not k.startswith("fc.")}
+        hint = "Give the weights of MODEL.DEOP.PROPOSAL_NET.BACKBONE (torchvision or timm key names)."
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -62,6 +73,7 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     if missing or unexpected:
         raise ValueError(f"MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS '{path}' does not fit the backbone: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}. {hint}")
+    logger.info(f"Proposal network backbone loaded from '{path}'{' (detectron2 names mapped to timm)' if detectron2 else ''}.")
 
 
 def build_proposal_network(cfg, num_classes: Optional[int] = None) -> MaskFormerProposals:
@@ -89,9 +101,18 @@ def build_proposal_network(cfg, num_classes: Optional[int] = None) -> MaskFormer
         maskformer = tf.MaskFormerForInstanceSegmentation(config)
     except RuntimeError as e:  # timm's error for an unknown model name
         raise ValueError(f"MODEL.DEOP.PROPOSAL_NET.BACKBONE '{p.BACKBONE}': {e}") from e
+    backbone_module = maskformer.model.pixel_level_module.encoder._backbone
+    if len(p.RES5_MULTI_GRID):
+        apply_multi_grid(backbone_module, list(p.RES5_MULTI_GRID))
+    if p.MASK_LOSS_ONLY:  # the paper's class-agnostic network: masks are matched and trained by focal + dice only
+        maskformer.matcher.cost_class = 0.0
+        maskformer.class_predictor.requires_grad_(False)
     if p.BACKBONE_WEIGHTS:
-        load_backbone_weights(maskformer.model.pixel_level_module.encoder._backbone, p.BACKBONE_WEIGHTS)
+        load_backbone_weights(backbone_module, p.BACKBONE_WEIGHTS)
     else:
-        logger.info(f"Proposal network backbone '{p.BACKBONE}' randomly initialised (MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS "
-                    "''); the paper configs need ImageNet weights, a stage-3 build loads the stage-2 checkpoint instead.")
-    return MaskFormerProposals(maskformer, class_agnostic=p.CLASS_AGNOSTIC)
+        why = ("MODEL.DEOP.PROPOSAL_NET.ALLOW_RANDOM_BACKBONE" if p.ALLOW_RANDOM_BACKBONE
+               else "a stage-3 build loads the stage-2 checkpoint instead")
+        logger.info(f"Proposal network backbone '{p.BACKBONE}' randomly initialised (MODEL.DEOP.PROPOSAL_NET."
+                    f"BACKBONE_WEIGHTS ''; {why}).")
+    return MaskFormerProposals(maskformer, class_agnostic=p.CLASS_AGNOSTIC, mask_loss_only=p.MASK_LOSS_ONLY,
+                               backbone_lr_multiplier=p.BACKBONE_LR_MULTIPLIER)

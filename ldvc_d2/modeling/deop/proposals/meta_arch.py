@@ -12,7 +12,7 @@ proposals' seen-class quality and mIoU(U)/hIoU are 0 by construction. The "class
 name is its one-hot row over the training classes (:meth:`encode_text`), which maps the K scores onto any
 test vocabulary. A class-agnostic network has no semantic output: its ``--eval-only`` is refused.
 """
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,12 @@ class DeOPProposals(ZeroShotSegmentor):
     def from_config(cls, cfg) -> Dict[str, object]:
         # no seen-score calibration: the unseen classes score 0 here, a calibrated seen score could fall below
         return {**segmentor_config(cfg), "calibration": 0.0, "proposal_net": build_proposal_network(cfg)}
+
+    def lr_multipliers(self) -> Dict[str, Tuple[str, float]]:
+        """The ResNet at lr × MODEL.DEOP.PROPOSAL_NET.BACKBONE_LR_MULTIPLIER (released MaskFormer: 0.1), the rest
+        at the base lr (used by :func:`ldvc_d2.solver.param_groups`)."""
+        net = self.proposal_net
+        return {f"proposal_net.{net.BACKBONE}": ("backbone", net.backbone_lr_multiplier)}
 
     @classmethod
     def describe_protocol(cls, cfg) -> str:

@@ -43,12 +43,19 @@ class MaskFormerProposals(nn.Module):
     Args:
         maskformer: a ``MaskFormerForInstanceSegmentation`` (see :func:`build_proposal_network`).
         class_agnostic: its targets carry one "object" class (the paper's class-agnostic MaskFormer).
+        mask_loss_only: no class cross-entropy in :meth:`losses` (the paper's stage 2 trains the class-agnostic
+            network with the mask losses only; the builder also zeroes the matcher's class cost).
+        backbone_lr_multiplier: lr × of the ResNet when trained (MODEL.DEOP.PROPOSAL_NET.BACKBONE_LR_MULTIPLIER).
     """
 
-    def __init__(self, maskformer: nn.Module, *, class_agnostic: bool = False):
+    BACKBONE = "maskformer.model.pixel_level_module.encoder"  # prefix of the timm ResNet's parameters
+
+    def __init__(self, maskformer: nn.Module, *, class_agnostic: bool = False, mask_loss_only: bool = False,
+                 backbone_lr_multiplier: float = 1.0):
         super().__init__()
         self.maskformer = maskformer
-        self.class_agnostic = class_agnostic
+        self.class_agnostic, self.mask_loss_only = class_agnostic, mask_loss_only
+        self.backbone_lr_multiplier = float(backbone_lr_multiplier)
         self.num_classes = maskformer.config.num_labels
         self.num_queries = maskformer.config.decoder_config.num_queries
 
@@ -82,11 +89,14 @@ class MaskFormerProposals(nn.Module):
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor, ignore_label: int) -> Dict[str, torch.Tensor]:
         """Images B×3×H×W and targets B×H×W (training-class indices or ``ignore_label``) -> the weighted
-        losses of D1: ``loss_cross_entropy``, ``loss_mask`` (focal), ``loss_dice``, and ``..._i`` for
-        decoder layer i with deep supervision."""
+        losses of D1: ``loss_cross_entropy`` (not with ``mask_loss_only``), ``loss_mask`` (focal), ``loss_dice``,
+        and ``..._i`` for decoder layer i with deep supervision."""
         class_logits, mask_logits, auxiliary = self.predict(images)
         masks, labels = zip(*[semantic_to_masks(t, ignore_label, self.class_agnostic) for t in targets])
         if any(len(lab) and int(lab.max()) >= self.num_classes for lab in labels):
             raise ValueError(f"Proposal targets hold class indices >= the network's {self.num_classes} classes; "
                              "MODEL.DEOP.PROPOSAL_NET.NUM_CLASSES must match the training classes (0 = automatic).")
-        return self.maskformer.get_loss_dict(mask_logits, class_logits, list(masks), list(labels), auxiliary or None)
+        losses = self.maskformer.get_loss_dict(mask_logits, class_logits, list(masks), list(labels), auxiliary or None)
+        if self.mask_loss_only:
+            losses = {k: v for k, v in losses.items() if not k.startswith("loss_cross_entropy")}
+        return losses
