@@ -204,6 +204,20 @@ def test_mask_loss_only_matches_and_trains_masks_without_the_class_head():
         expected = _expected_losses(c.detach(), m.detach(), masks, labels, num_classes=1, class_weight=0.0)
         for key in ("loss_mask", "loss_dice"):
             assert float(losses[key + suffix]) == pytest.approx(float(expected[key]), rel=1e-4), key + suffix
+    # the matcher minimises the mask-only cost; with strong class scores that optimum differs from 1·class + masks
+    differs = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        c_logits, m_logits = torch.randn(1, 4, 2, generator=g) * 10, torch.randn(1, 4, 6, 6, generator=g)
+        small, zeros = (torch.rand(3, 6, 6, generator=g) > 0.5).float(), torch.zeros(3, dtype=torch.long)
+        (queries, targets), = net.maskformer.matcher(m_logits, c_logits, [small], [zeros])
+        cost = _cost(c_logits[0], m_logits[0], small, zeros, class_weight=0.0)
+        matched = sum(float(cost[q, t]) for q, t in zip(queries.tolist(), targets.tolist()))
+        assert matched == pytest.approx(_brute_force(cost), rel=1e-5, abs=1e-6)
+        with_class = _cost(c_logits[0], m_logits[0], small, zeros)
+        differs += matched > _brute_force(cost) + 1e-6 or _brute_force(with_class) < sum(
+            float(with_class[q, t]) for q, t in zip(queries.tolist(), targets.tolist())) - 1e-6
+    assert differs  # the seeds tell the two costs apart
     model.eval()
     with pytest.raises(ValueError, match="CLASS_AGNOSTIC"):
         model([{"image": torch.randint(0, 256, (3, 32, 32)).float(), "class_names": ["a", "b"]}])
