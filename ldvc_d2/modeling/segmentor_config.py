@@ -49,6 +49,10 @@ def add_segmentor_config(cfg: CN) -> None:
     # Arithmetic of the window forward passes: "fp32", "bf16" or "fp16" (torch.autocast on MODEL.DEVICE;
     # scores are returned, averaged and calibrated in fp32; text embeddings are encoded in fp32).
     s.INFERENCE.PRECISION = "fp32"
+    # PAMR refinement of the test scores at the output size (Araslanov & Roth 2020; modeling/pamr.py): iterations
+    # (0 = off; NACLIP's README row and SCLIP's option: 10) and neighbour dilations (SCLIP/NACLIP: [8, 16])
+    s.INFERENCE.PAMR_STEPS = 0
+    s.INFERENCE.PAMR_DILATIONS = [8, 16]
 
 
 def segmentor_config_problems(cfg: CN, training: bool) -> List[str]:
@@ -67,6 +71,10 @@ def segmentor_config_problems(cfg: CN, training: bool) -> List[str]:
                         "(0 or 1: one window per forward pass)")
     if inference.PRECISION not in PRECISION_DTYPES:
         problems.append(f"MODEL.SEGMENTOR.INFERENCE.PRECISION is '{inference.PRECISION}'; use one of {list(PRECISION_DTYPES)}")
+    if int(inference.PAMR_STEPS) < 0 or any(int(d) < 1 for d in inference.PAMR_DILATIONS) or (
+            int(inference.PAMR_STEPS) > 0 and not inference.PAMR_DILATIONS):
+        problems.append(f"MODEL.SEGMENTOR.INFERENCE.PAMR_STEPS ({inference.PAMR_STEPS}) must be >= 0 and "
+                        f"PAMR_DILATIONS ({list(inference.PAMR_DILATIONS)}) non-empty positive integers")
     if s.TRAINING_CLASSES not in ("seen", "all"):
         problems.append(f"MODEL.SEGMENTOR.TRAINING_CLASSES is '{s.TRAINING_CLASSES}'; use 'seen' or 'all'")
     if s.CLASS_EMBEDDINGS not in ("text", "random"):
@@ -156,4 +164,6 @@ def segmentor_config(cfg, *, trains: bool = True) -> Dict[str, object]:
         "stride": c.INFERENCE.STRIDE,
         "window_batch": c.INFERENCE.WINDOW_BATCH,
         "precision": c.INFERENCE.PRECISION,
+        **({"pamr_steps": c.INFERENCE.PAMR_STEPS, "pamr_dilations": list(c.INFERENCE.PAMR_DILATIONS)}
+           if c.INFERENCE.PAMR_STEPS else {}),
     }
