@@ -17,7 +17,7 @@ __all__ = ["add_segmentor_config", "class_lists_from_metadata", "registered_trai
 
 def add_segmentor_config(cfg: CN) -> None:
     """Add MODEL.SEGMENTOR.* and the MODEL defaults every segmentor starts from (called by ``add_ldvc_config``)."""
-    cfg.MODEL.META_ARCHITECTURE = "LDVC"  # LDVC, ZegCLIP, CLIPtrase, DeOP (+ DeOPPromptLearner, DeOPProposals) or C2S
+    cfg.MODEL.META_ARCHITECTURE = "LDVC"  # LDVC, ZegCLIP, CLIPtrase, DeOP (+ DeOPPromptLearner, DeOPProposals), C2S, MaskCLIP, SCLIP, ClearCLIP, NACLIP, ProxyCLIP
     cfg.MODEL.BACKBONE.NAME = "PromptedCLIPBackbone"  # the prompted CLIP towers of LDVC and ZegCLIP
     # ZegCLIP normalises with ImageNet statistics (RGB, 0-255), not CLIP's; CLIP's are
     # [122.771, 116.746, 104.094] / [68.501, 66.632, 70.323] [DESIGN 1.3].
