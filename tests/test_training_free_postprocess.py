@@ -75,3 +75,22 @@ def test_background_words_and_name_sets_become_queries(tmp_path):
 def test_threshold_without_a_background_class_is_refused():
     with pytest.raises(ValueError, match="PROB_THRESHOLD"):
         _model("MODEL.TRAINING_FREE.PROB_THRESHOLD", "0.2")  # shapes_zs_val has no background class
+
+
+def test_inference_refines_with_pamr_at_the_output_size_before_the_softmax():
+    """Window logits resized to the output size, PAMR guided by the input image at that size, then postprocess."""
+    import torch.nn.functional as F
+
+    from ldvc_d2.modeling.pamr import PAMR
+
+    model = _model("MODEL.SEGMENTOR.INFERENCE.PAMR_STEPS", "2", "MODEL.SEGMENTOR.INFERENCE.PAMR_DILATIONS", "[1, 2]")
+    image = torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    got = model([{"image": image, "class_names": TOY_CLASSES, "height": 96, "width": 80}])[0]["sem_seg"]
+    with torch.no_grad():
+        text = model.text_features(TOY_CLASSES)
+        logits = model.batch_window_scores(model.preprocess(image), text)[0]
+        logits = F.interpolate(logits[None], size=(96, 80), mode="bilinear", align_corners=False)
+        guide = F.interpolate(((image.float() - model.pixel_mean) / model.pixel_std)[None], size=(96, 80),
+                              mode="bilinear", align_corners=False)
+        want = model.postprocess(PAMR(2, [1, 2])(guide, logits)[0], text, {})
+    torch.testing.assert_close(got, want)

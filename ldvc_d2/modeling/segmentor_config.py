@@ -49,10 +49,10 @@ def add_segmentor_config(cfg: CN) -> None:
     # Arithmetic of the window forward passes: "fp32", "bf16" or "fp16" (torch.autocast on MODEL.DEVICE;
     # scores are returned, averaged and calibrated in fp32; text embeddings are encoded in fp32).
     s.INFERENCE.PRECISION = "fp32"
-    # PAMR refinement of the test scores at the output size (Araslanov & Roth 2020; modeling/pamr.py): iterations
-    # (0 = off; NACLIP's README row and SCLIP's option: 10) and neighbour dilations (SCLIP/NACLIP: [8, 16])
+    # PAMR refinement of the test scores at the output size (Araslanov & Roth 2020; modeling/pamr.py), iterations:
+    # 0 = off; 10 in NACLIP's README row and SCLIP's option
     s.INFERENCE.PAMR_STEPS = 0
-    s.INFERENCE.PAMR_DILATIONS = [8, 16]
+    s.INFERENCE.PAMR_DILATIONS = [8, 16]  # PAMR neighbour dilations in pixels (SCLIP / NACLIP released code: 8, 16)
 
 
 def segmentor_config_problems(cfg: CN, training: bool) -> List[str]:
@@ -164,6 +164,11 @@ def segmentor_config(cfg, *, trains: bool = True) -> Dict[str, object]:
         "stride": c.INFERENCE.STRIDE,
         "window_batch": c.INFERENCE.WINDOW_BATCH,
         "precision": c.INFERENCE.PRECISION,
-        **({"pamr_steps": c.INFERENCE.PAMR_STEPS, "pamr_dilations": list(c.INFERENCE.PAMR_DILATIONS)}
-           if c.INFERENCE.PAMR_STEPS else {}),
+        **_pamr_args(c.INFERENCE),
     }
+
+
+def _pamr_args(inference) -> Dict[str, object]:
+    """PAMR arguments, only when it is on (segmentors that never refine need not take them); both keys are read."""
+    steps, dilations = int(inference.PAMR_STEPS), list(inference.PAMR_DILATIONS)
+    return {"pamr_steps": steps, "pamr_dilations": dilations} if steps else {}
