@@ -1,4 +1,4 @@
-"""PAMR (modeling/pamr.py) against a direct per-pixel loop of its affinity formula (Araslanov & Roth 2020, eq. 4-5
+"""PAMR (modeling/pamr.py) against a direct per-pixel loop of its affinity formula (Araslanov & Roth 2020,
 as the released code computes it): replicate borders, unbiased std over the centre + 8 neighbours of every
 dilation, a_ij = mean_k(−|I_ik − I_jk| / (1e-8 + 0.1 σ_ik)), softmax over the 8·|D| neighbours, M_i ← Σ_j α_ij M_j."""
 import numpy as np

@@ -71,11 +71,11 @@ def _reference(model, images, attention, residual, ffn):
     s = q.shape[-1] ** -0.5
     if attention == "identity":  # MaskCLIP: A = I
         out = v
-    elif attention == "sclip":  # eq. 4: softmax(s q q^T) + softmax(s k k^T), not renormalised
+    elif attention == "sclip":  # SCLIP: softmax(s q q^T) + softmax(s k k^T), not renormalised
         out = (_softmax(s * q @ q.transpose(-1, -2)) + _softmax(s * k @ k.transpose(-1, -2))) @ v
     elif attention == "qq":  # ClearCLIP
         out = _softmax(s * q @ q.transpose(-1, -2)) @ v
-    elif attention == "naclip":  # eq. 10 with eq. 9's prior by an explicit double loop over grid positions
+    elif attention == "naclip":  # NACLIP: k-k plus the Gaussian prior by an explicit double loop over grid positions
         n = q.shape[-2]
         side = int(round((n - 1) ** 0.5))
         omega = torch.zeros(n, n)
@@ -107,7 +107,7 @@ def test_last_block_matches_the_papers_equations(method, opts, attention, residu
 
 
 def _proxy_reference(model, images, feats, beta=1.2, gamma=3.0):
-    """ProxyCLIP eq. 3-4 from VFM features B×C×H'×W': cosine S, γ(S − β·mean over all M² entries), −inf below 0,
+    """ProxyCLIP's proxy attention from VFM features B×C×H'×W': cosine S, γ(S − β·mean over all M² entries), −inf below 0,
     row softmax; CLIP's last-block patch values resized to H'×W'; W_o, ln_post, proj; no residual, no FFN."""
     tower = model.visual.visual
     x = _last_block_input(tower, images)

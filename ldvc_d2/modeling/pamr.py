@@ -1,4 +1,4 @@
-"""PAMR: pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020, §3.2 eq. 4-5), a post-processing step
+"""PAMR: pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), a post-processing step
 any segmentor can apply to its score maps (MODEL.SEGMENTOR.INFERENCE.PAMR_STEPS, PAMR_DILATIONS).
 
 For every pixel i and its 8·|D| neighbours j at offsets d·{−1, 0, 1}² \\ {(0, 0)}, d ∈ D (image borders

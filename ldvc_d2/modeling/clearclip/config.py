@@ -1,7 +1,7 @@
 """MODEL.CLEARCLIP: ClearCLIP's keys (MODEL.META_ARCHITECTURE "ClearCLIP", training-free; Lan et al., "ClearCLIP:
 Decomposing CLIP Representations for Dense Vision-Language Inference", ECCV 2024).
 
-The three switches are the paper's §4 components (its ablation, Table 2); defaults = ClearCLIP.
+The three switches are the paper's three modifications of the last block (its ablation); defaults = ClearCLIP.
 """
 from typing import List
 
@@ -16,8 +16,8 @@ def add_clearclip_config(cfg: CN) -> None:
     """Add MODEL.CLEARCLIP.* (called by :func:`ldvc_d2.config.add_ldvc_config`)."""
     c = cfg.MODEL.CLEARCLIP = CN()
     c.ATTENTION = "qq"  # last block's self-attention softmax(s a b^T): "qq" (ClearCLIP), "kk", "vv", "qk" (CLIP's own)
-    c.RESIDUAL = False  # keep the last block's residual connection (ClearCLIP: removed, §4.1)
-    c.FFN = False  # keep the last block's feed-forward network (ClearCLIP: removed, §4.2)
+    c.RESIDUAL = False  # keep the last block's residual connection (ClearCLIP: removed)
+    c.FFN = False  # keep the last block's feed-forward network (ClearCLIP: removed)
 
 
 def clearclip_config_problems(cfg: CN, training: bool) -> List[str]:

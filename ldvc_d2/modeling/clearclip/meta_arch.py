@@ -1,9 +1,9 @@
 """The ClearCLIP meta-architecture (Lan et al., ECCV 2024), training-free.
 
-§4: the last block's output is X = Proj(Attn_qq(ln_1(x))): query-query self-attention softmax(s q qᵀ) v through the
+The last block's output is X = Proj(Attn_qq(ln_1(x))): query-query self-attention softmax(s q qᵀ) v through the
 output projection (W_o, b_o), with "the residual connection removed" and "the feed-forward network discarded", then
 ``ln_post`` and ``proj`` (released ``open_clip/transformer.py``: ``attn_type 'q-q'``, returning the attention output
-without residual and FFN). MODEL.CLEARCLIP.{ATTENTION, RESIDUAL, FFN} switch each piece back (Table 2's ablation).
+without residual and FFN). MODEL.CLEARCLIP.{ATTENTION, RESIDUAL, FFN} switch each piece back (the paper's ablation).
 """
 from typing import Dict, List
 

@@ -4,12 +4,12 @@ Each is a pure function of the q, k, v of one open_clip block (B×H×N×d_h, N =
 :func:`~ldvc_d2.modeling.clip.surgery.block_qkv` gives them, biases included, no 1/√d_h scaling) returning
 per-head outputs B×H×N×d_h, for ``BlockHook.attn_fn``. s = d_h^-1/2 throughout.
 
-* :func:`identity_attention` — MaskCLIP (Zhou et al., ECCV 2022, §3.2): "we ... remove the query and key
-  embedding layers", the value embedding goes straight to the output projection: O = v (A = I).
-* :class:`SelfCorrelationAttention` — SCLIP's correlative self-attention (Wang et al., 2024, eq. 4:
+* :func:`identity_attention` — MaskCLIP (Zhou et al., ECCV 2022): the query and key embeddings are dropped and
+  the value embedding goes straight to the output projection: O = v (A = I).
+* :class:`SelfCorrelationAttention` — SCLIP's correlative self-attention (Wang et al., ECCV 2024:
   A = softmax(s q qᵀ) + softmax(s k kᵀ), branches ["q", "k"]) and CLIPtrase's q+k+v form (seed 001, T2).
-* :func:`qq_attention` — ClearCLIP (Lan et al., ECCV 2024, §4: "self-self attention", q-q): A = softmax(s q qᵀ).
-* :class:`NeighbourhoodAttention` — NACLIP (Hajimiri et al., WACV 2025, eq. 8-10): A = softmax(s k kᵀ + Ω),
+* :func:`qq_attention` — ClearCLIP (Lan et al., ECCV 2024, query-query attention): A = softmax(s q qᵀ).
+* :class:`NeighbourhoodAttention` — NACLIP (Hajimiri et al., WACV 2025): A = softmax(s k kᵀ + Ω),
   Ω a Gaussian of the patch-grid distance (:func:`gaussian_prior`).
 """
 from functools import lru_cache
@@ -71,7 +71,7 @@ def _prior(h: int, w: int, sigma: float) -> torch.Tensor:
 
 
 def gaussian_prior(h: int, w: int, sigma: float) -> torch.Tensor:
-    """NACLIP's neighbourhood prior Ω (eq. 9), (1+hw)×(1+hw): Ω_ij = exp(−‖p_i − p_j‖² / (2σ²)) for patches i, j
+    """NACLIP's neighbourhood prior Ω, (1+hw)×(1+hw): Ω_ij = exp(−‖p_i − p_j‖² / (2σ²)) for patches i, j
     at grid positions p (row, column); 0 on the [CLS] row and column. The released code convolves a
     (2h−1)×(2w−1) Gaussian window ("same" padding), i.e. the Gaussian is never truncated inside the grid; cached."""
     if sigma <= 0:
@@ -82,7 +82,7 @@ def gaussian_prior(h: int, w: int, sigma: float) -> torch.Tensor:
 class NeighbourhoodAttention:
     """NACLIP's attention on an h×w patch grid. ``mode``:
 
-    * "naclip": softmax(s k kᵀ + Ω) v (the paper's eq. 10, key-key similarity plus the neighbourhood prior);
+    * "naclip": softmax(s k kᵀ + Ω) v (key-key similarity plus the neighbourhood prior);
     * "kk": softmax(s k kᵀ) v; "nonly": softmax(Ω) v (released code's ablations ``attn_type``).
     """
 

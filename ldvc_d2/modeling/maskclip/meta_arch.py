@@ -1,7 +1,7 @@
 """The MaskCLIP meta-architecture (Zhou et al., "Extract Free Dense Labels from CLIP", ECCV 2022), training-free.
 
-§3.2: "we ... remove the query and key embedding layers, and reformulate the value-embedding layer and the last
-linear layer into two respective 1×1 convolutional layers": the last block's patch outputs are its value embeddings
+The paper drops the query and key embeddings of the last attention layer and keeps the value embedding and the
+output linear layer (as two 1×1 convolutions): the last block's patch outputs are its value embeddings
 through the output projection, then ``ln_post`` and ``proj`` (A = I, :func:`~ldvc_d2.modeling.clip.attention.identity_attention`).
 Two forms (MODEL.MASKCLIP.VARIANT): "released" keeps the block's residual and feed-forward around W_o v + b_o (the
 released backbone; with bicubic positional resize to the exact size, POS_INTERPOLATION "bicubic_size"); "harness"

@@ -1,8 +1,8 @@
 """The NACLIP meta-architecture (Hajimiri et al., WACV 2025), training-free.
 
-§3.2, eq. 8-10: the last block's attention logits are the key-key similarity plus a neighbourhood prior,
+The last block's attention logits are the key-key similarity plus a neighbourhood prior,
 A = softmax(s k kᵀ + Ω), Ω_ij = exp(−‖p_i − p_j‖² / (2σ²)) over patch positions (0 for [CLS]);
-§3.3 ("reduced architecture"): the last block returns W_o(A v) + b_o, without residual and feed-forward, then
+the "reduced architecture": the last block returns W_o(A v) + b_o, without residual and feed-forward, then
 ``ln_post`` and ``proj`` (released ``clip/model.py``, ``arch 'reduced'``, ``attn_strategy 'naclip'``).
 :class:`~ldvc_d2.modeling.clip.attention.NeighbourhoodAttention`. PAMR (10 steps, dilations 8 and 16) is the
 README row's post-processing (MODEL.SEGMENTOR.INFERENCE.PAMR_STEPS; the paper's tables are without it).

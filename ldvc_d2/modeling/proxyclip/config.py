@@ -18,7 +18,7 @@ def add_proxyclip_config(cfg: CN) -> None:
     # Its weights: a local .pth/.pkl/.safetensors file (read without running code), or a timm hub name such as
     # "timm/vit_base_patch8_224.dino" (downloaded by timm); "" is refused for a timm VFM_ARCH (never random weights)
     c.VFM_WEIGHTS = "timm/vit_base_patch8_224.dino"
-    c.BETA = 1.2  # S~ = GAMMA * (S - BETA * mean(S)) (eq. 4; released code beta 1.2)
+    c.BETA = 1.2  # S~ = GAMMA * (S - BETA * mean(S)) (released code beta 1.2)
     c.GAMMA = 3.0  # temperature of the proxy attention (released code gamma 3.0)
 
 

@@ -1,6 +1,6 @@
 """The ProxyCLIP meta-architecture (Lan et al., ECCV 2024), training-free.
 
-§3.2: the attention of CLIP's last block comes from a vision foundation model's features (the proxy): with the
+The attention of CLIP's last block comes from a vision foundation model's features (the proxy): with the
 VFM's final patch features G on its H'×W' grid, A = softmax(mask(γ(ĜᵀĜ − β·mean))) (:func:`.vfm.proxy_attention`),
 shared by every head; CLIP's last-block values v (patches, [CLS] dropped) are bilinearly resized from h×w to H'×W'
 (released ``proxyclip_segmentor.py``), and the output F(W_o(A v) + b_o), F = ``ln_post`` then ``proj``, without

@@ -70,7 +70,7 @@ def build_vfm(arch: str, weights: str) -> TimmVFM:
 
 
 def proxy_attention(features: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """ProxyCLIP's attention (eq. 3-4) from VFM features B×C×H'×W' -> B×M×M (M = H'W'), rows summing to 1.
+    """ProxyCLIP's proxy attention from VFM features B×C×H'×W' -> B×M×M (M = H'W'), rows summing to 1.
 
     Ĝ = G/‖G‖ per token; S = ĜᵀĜ; S̃ = γ(S − β·mean(S)) (mean over all M² entries of the image); entries < 0 are
     masked (−inf) before the row softmax. A row masked entirely (β·mean(S) > 1; the released code returns NaN there)

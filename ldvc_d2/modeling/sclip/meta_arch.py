@@ -1,6 +1,6 @@
 """The SCLIP meta-architecture (Wang et al., ECCV 2024), training-free.
 
-Correlative self-attention (§3.3, eq. 4): A = softmax(s q qᵀ) + softmax(s k kᵀ) (the two branches summed, rows
+Correlative self-attention: A = softmax(s q qᵀ) + softmax(s k kᵀ) (the two branches summed, rows
 summing to 2, as the released ``custom_attn``: ``attn_weights = q_attn + k_attn``), output W_o(A v) + b_o. The
 block keeps its residual and feed-forward (released ``clip/model.py``: ``x = x + custom_attn(...)``, ``x = x +
 mlp(ln_2(x))``). :class:`~ldvc_d2.modeling.clip.attention.SelfCorrelationAttention` with branches ["q", "k"].
