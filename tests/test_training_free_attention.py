@@ -84,6 +84,17 @@ def _reference(model, images, attention, residual, ffn):
                 (yi, xi), (yj, xj) = divmod(i, side), divmod(j, side)
                 omega[1 + i, 1 + j] = torch.exp(torch.tensor(-((yi - yj) ** 2 + (xi - xj) ** 2) / (2 * 5.0 ** 2)))
         out = _softmax(s * k @ k.transpose(-1, -2) + omega) @ v
+    elif attention == "nonly":  # NACLIP's prior-only ablation: omega x s * mean over heads, i, j of |q_i| |k_j|, per image
+        n = q.shape[-2]
+        side = int(round((n - 1) ** 0.5))
+        ys, xs = torch.arange(side).repeat_interleave(side).float(), torch.arange(side).repeat(side).float()
+        omega = torch.zeros(n, n)
+        omega[1:, 1:] = torch.exp(-((ys[:, None] - ys[None]) ** 2 + (xs[:, None] - xs[None]) ** 2) / 50.0)
+        outs = []
+        for i in range(q.shape[0]):
+            c = s * torch.stack([torch.outer(q[i, h].norm(dim=-1), k[i, h].norm(dim=-1)) for h in range(q.shape[1])]).mean()
+            outs.append(_softmax(c * omega) @ v[i])
+        out = torch.stack(outs)
     else:
         raise ValueError(attention)
     return _finish(tower, blk, x, out, residual, ffn)
@@ -95,6 +106,7 @@ def _reference(model, images, attention, residual, ffn):
     ("sclip", (), "sclip", True, True),
     ("clearclip", (), "qq", False, False),
     ("naclip", (), "naclip", False, False),
+    ("naclip", ("MODEL.NACLIP.ATTENTION", "nonly"), "nonly", False, False),
 ])
 def test_last_block_matches_the_papers_equations(method, opts, attention, residual, ffn):
     model = _model(method, *opts)
@@ -191,3 +203,17 @@ def test_vfm_weights_load_from_local_files_and_refuse_code(tmp_path):
         build_vfm("vit_tiny_patch16_224", str(tmp_path / "evil.pth"))
     with pytest.raises(ValueError, match="MODEL.PROXYCLIP.VFM_WEIGHTS"):
         build_vfm("vit_tiny_patch16_224", "")
+
+
+def test_naclip_kk_needs_no_prior_and_bad_sigma_is_refused():
+    model = _model("naclip", "MODEL.NACLIP.ATTENTION", "kk", "MODEL.NACLIP.GAUSSIAN_STD", "0.0")
+    images = _images(b=1)
+    with torch.no_grad():
+        tower = model.visual.visual
+        x = _last_block_input(tower, images)
+        blk = tower.transformer.resblocks[-1]
+        _, k, v = _qkv(blk, x)
+        want = _finish(tower, blk, x, _softmax(k.shape[-1] ** -0.5 * k @ k.transpose(-1, -2)) @ v, False, False)
+        torch.testing.assert_close(model.dense_features(images), want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="GAUSSIAN_STD"):
+        _model("naclip", "MODEL.NACLIP.GAUSSIAN_STD", "0.0")

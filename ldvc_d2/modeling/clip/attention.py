@@ -83,7 +83,9 @@ class NeighbourhoodAttention:
     """NACLIP's attention on an h×w patch grid. ``mode``:
 
     * "naclip": softmax(s k kᵀ + Ω) v (key-key similarity plus the neighbourhood prior);
-    * "kk": softmax(s k kᵀ) v; "nonly": softmax(Ω) v (released code's ablations ``attn_type``).
+    * "kk": softmax(s k kᵀ) v; "nonly": softmax(c·Ω) v with c = s · mean_{h,i,j} ‖q_hi‖‖k_hj‖ per image, the prior
+      alone at the scale of the attention logits (released code's ablations ``attn_strategy``; it runs one window
+      at a time, so its mean over heads is a mean per image here).
     """
 
     MODES = ("naclip", "kk", "nonly")
@@ -100,7 +102,11 @@ class NeighbourhoodAttention:
         if k.shape[-2] != n:
             raise ValueError(f"NeighbourhoodAttention for a {self.grid} grid needs {n} tokens, got {k.shape[-2]}.")
         s = k.shape[-1] ** -0.5
-        logits = s * k @ k.transpose(-1, -2) if self.mode != "nonly" else k.new_zeros(*k.shape[:-2], n, n)
-        if self.mode != "kk":
-            logits = logits + gaussian_prior(*self.grid, self.sigma).to(k)
+        omega = gaussian_prior(*self.grid, self.sigma).to(k) if self.mode != "kk" else None
+        if self.mode == "nonly":
+            scale = s * (q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :]).mean(dim=(1, 2, 3))
+            return torch.softmax(scale[:, None, None, None] * omega, dim=-1) @ v
+        logits = s * k @ k.transpose(-1, -2)
+        if self.mode == "naclip":
+            logits = logits + omega
         return torch.softmax(logits, dim=-1) @ v

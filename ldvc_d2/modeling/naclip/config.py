@@ -12,7 +12,7 @@ def add_naclip_config(cfg: CN) -> None:
     """Add MODEL.NACLIP.* (called by :func:`ldvc_d2.config.add_ldvc_config`)."""
     c = cfg.MODEL.NACLIP = CN()
     c.GAUSSIAN_STD = 5.0  # sigma of the neighbourhood prior, in patches (released code gaussian_std 5)
-    c.ATTENTION = "naclip"  # "naclip" (k-k + prior), "kk" (k-k only), "nonly" (prior only): released ablations
+    c.ATTENTION = "naclip"  # "naclip" (k-k + prior), "kk" (k-k only), "nonly" (prior only, scaled): released ablations
     c.ARCH = "reduced"  # "reduced": last block without residual and feed-forward (the paper's reduced architecture); "vanilla": both kept
 
 
