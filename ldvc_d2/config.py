@@ -2,8 +2,8 @@
 moved keys, and the start-of-run check.
 
 Each room owns its keys and their checks, beside the code that reads them: MODEL.CLIP (modeling/clip/config.py),
-MODEL.SEGMENTOR (modeling/segmentor_config.py), MODEL.LDVC / ZEGCLIP / CLIPTRASE / DEOP / C2S
-(modeling/<method>/config.py), SOLVER (engine/config.py), INPUT / DATASETS (data/config.py), TEST
+MODEL.SEGMENTOR (modeling/segmentor_config.py), MODEL.LDVC / ZEGCLIP / CLIPTRASE / DEOP / C2S / MASKCLIP / SCLIP /
+CLEARCLIP / NACLIP / PROXYCLIP (modeling/<method>/config.py), MODEL.TRAINING_FREE (modeling/training_free_config.py), SOLVER (engine/config.py), INPUT / DATASETS (data/config.py), TEST
 (evaluation/config.py). configs/README.md lists every key, its default, who reads it and where its value
 comes from.
 """
@@ -19,8 +19,14 @@ from .modeling.c2s.config import add_c2s_config, c2s_config_problems
 from .modeling.clip.config import add_clip_config, clip_config_problems
 from .modeling.cliptrase.config import add_cliptrase_config, cliptrase_config_problems
 from .modeling.deop.config import add_deop_config, deop_config_problems
+from .modeling.clearclip.config import add_clearclip_config, clearclip_config_problems
 from .modeling.ldvc.config import add_ldvc_method_config, ldvc_config_problems
+from .modeling.maskclip.config import add_maskclip_config, maskclip_config_problems
+from .modeling.naclip.config import add_naclip_config, naclip_config_problems
+from .modeling.proxyclip.config import add_proxyclip_config, proxyclip_config_problems
+from .modeling.sclip.config import add_sclip_config, sclip_config_problems
 from .modeling.segmentor_config import add_segmentor_config, segmentor_config_problems
+from .modeling.training_free_config import add_training_free_config, training_free_config_problems
 from .modeling.zegclip.config import add_zegclip_config, zegclip_config_problems
 
 __all__ = ["MOVED_KEYS", "add_ldvc_config", "load_config_file", "merge_overrides", "validate_config"]
@@ -66,6 +72,12 @@ _ROOMS = (
     (add_cliptrase_config, cliptrase_config_problems),
     (add_deop_config, deop_config_problems),
     (add_c2s_config, c2s_config_problems),
+    (add_training_free_config, training_free_config_problems),
+    (add_maskclip_config, maskclip_config_problems),
+    (add_sclip_config, sclip_config_problems),
+    (add_clearclip_config, clearclip_config_problems),
+    (add_naclip_config, naclip_config_problems),
+    (add_proxyclip_config, proxyclip_config_problems),
 )
 
 

@@ -47,10 +47,14 @@ VARIANTS = {  # name -> (config, description)
     "ldvc_gps": ("configs/shapes/ldvc_gps.yaml", "LDVC + patch severance (GPS, last block)"),
     # training-free rows: evaluated only (--eval-only), the same for every seed
     "cliptrase": ("configs/cliptrase/shapes.yaml", "CLIPtrase (training-free)"),
-    "sclip": ("configs/cliptrase/shapes_sclip.yaml", "SCLIP-style q/k attention (training-free)"),
     "plain_clip": ("configs/cliptrase/shapes_clip.yaml", "plain CLIP patch-text (training-free)"),
+    "maskclip": ("configs/maskclip/shapes.yaml", "MaskCLIP, harness form (training-free)"),
+    "sclip": ("configs/sclip/shapes.yaml", "SCLIP, correlative self-attention (training-free)"),
+    "clearclip": ("configs/clearclip/shapes.yaml", "ClearCLIP, q-q attention, no residual/FFN (training-free)"),
+    "naclip": ("configs/naclip/shapes.yaml", "NACLIP, neighbourhood k-k attention (training-free)"),
+    "proxyclip": ("configs/proxyclip/shapes.yaml", "ProxyCLIP, CLIP-key proxy (training-free)"),
 }
-TRAINING_FREE = ("cliptrase", "sclip", "plain_clip")
+TRAINING_FREE = ("cliptrase", "sclip", "plain_clip", "maskclip", "clearclip", "naclip", "proxyclip")
 DEFAULT_VARIANTS = ["ldvc", "zegclip", "no_language", "frozen_clip", "cliptrase", "sclip", "plain_clip"]
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 METRICS = ("pAcc", "mIoU(S)", "mIoU(U)", "hIoU")

@@ -29,7 +29,9 @@ METHOD_CONFIGS = {
     "LDVC": "configs/shapes/ldvc.yaml", "ZegCLIP": "configs/shapes/zegclip.yaml",
     "CLIPtrase": "configs/cliptrase/shapes.yaml", "DeOP": "configs/deop/shapes.yaml",
     "DeOP stage 1": "configs/deop/stage1_shapes.yaml", "DeOP stage 2": "configs/deop/proposals_shapes.yaml",
-    "C2S": "configs/c2s/shapes.yaml",
+    "C2S": "configs/c2s/shapes.yaml", "MaskCLIP": "configs/maskclip/shapes.yaml", "SCLIP": "configs/sclip/shapes.yaml",
+    "ClearCLIP": "configs/clearclip/shapes.yaml", "NACLIP": "configs/naclip/shapes.yaml",
+    "ProxyCLIP": "configs/proxyclip/shapes.yaml",
 }
 # Keys read outside the model (trainer, data mapper, evaluator, checkpointer).
 OUTSIDE = {"SOLVER.": "trainer", "INPUT.": "data mapper", "DATASETS.": "data / test vocabulary",

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.precision import PRECISION_DTYPES, autocast
+from .pamr import PAMR
 from .windows import Box, consecutive_chunks, slide_boxes
 
 __all__ = ["ZeroShotSegmentor"]
@@ -69,6 +70,8 @@ class ZeroShotSegmentor(nn.Module):
         train_size: Sequence[int] = (0, 0),
         window_batch: int = 8,
         precision: str = "fp32",
+        pamr_steps: int = 0,
+        pamr_dilations: Sequence[int] = (8, 16),
     ):
         """
         Args:
@@ -83,6 +86,8 @@ class ZeroShotSegmentor(nn.Module):
                 to the crop size: a per-image loss mean then does not depend on the batch.
             window_batch: most windows scored in one forward pass (0 or 1: one by one).
             precision: "fp32", "bf16" or "fp16": autocast dtype of the window passes.
+            pamr_steps / pamr_dilations: PAMR refinement of the scores at the output size (0 steps: off;
+                :mod:`.pamr`), before :meth:`postprocess`.
         """
         super().__init__()
         if inference_mode not in ("slide", "whole"):
@@ -110,6 +115,7 @@ class ZeroShotSegmentor(nn.Module):
         if train_class_ids is not None:
             lut[torch.tensor(train_class_ids, dtype=torch.long)] = torch.arange(len(train_class_ids))
         self.register_buffer("label_lut", lut, False)
+        self.pamr = PAMR(pamr_steps, pamr_dilations) if pamr_steps > 0 else None
         self._text_cache: Dict[Tuple, torch.Tensor] = {}
         self._frozen_text_cache: Dict[Tuple, torch.Tensor] = {}  # training, text without trainable inputs
 
@@ -135,6 +141,11 @@ class ZeroShotSegmentor(nn.Module):
 
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement training.")
+
+    def postprocess(self, scores: torch.Tensor, text, inputs: Dict) -> torch.Tensor:
+        """Scores at the output size (C'×height×width, after PAMR) -> the C×height×width scores returned; the
+        identity by default (training-free harness methods: softmax, synonyms, background threshold)."""
+        return scores
 
     @classmethod
     def describe_protocol(cls, cfg) -> str:
@@ -232,14 +243,18 @@ class ZeroShotSegmentor(nn.Module):
         images = [self._normalize(x["image"]) for x in batched_inputs]
         all_scores = self._averaged_scores(images, texts, [tuple(n) for n in names], self.inference_mode)
         outputs = []
-        for inputs, class_names, scores in zip(batched_inputs, names, all_scores):
+        for inputs, class_names, text, scores in zip(batched_inputs, names, texts, all_scores):
             seen = inputs.get("seen_classes", self.test_seen_classes if class_names is self.test_class_names else [])
             if self.calibration and len(seen):
                 scores[list(seen)] -= self.calibration
             height, width = inputs.get("height", scores.shape[-2]), inputs.get("width", scores.shape[-1])
             if (height, width) != tuple(scores.shape[-2:]):
                 scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            outputs.append({"sem_seg": scores})
+            if self.pamr is not None:  # the guide image: the normalised input at the output size (SCLIP/NACLIP)
+                guide = F.interpolate(self._normalize(inputs["image"])[None], size=(height, width), mode="bilinear",
+                                      align_corners=False)
+                scores = self.pamr(guide, scores[None])[0]
+            outputs.append({"sem_seg": self.postprocess(scores, text, inputs)})
         return outputs
 
     def _class_names(self, inputs: Dict) -> Sequence[str]:

@@ -17,7 +17,7 @@ __all__ = ["add_segmentor_config", "class_lists_from_metadata", "registered_trai
 
 def add_segmentor_config(cfg: CN) -> None:
     """Add MODEL.SEGMENTOR.* and the MODEL defaults every segmentor starts from (called by ``add_ldvc_config``)."""
-    cfg.MODEL.META_ARCHITECTURE = "LDVC"  # LDVC, ZegCLIP, CLIPtrase, DeOP (+ DeOPPromptLearner, DeOPProposals) or C2S
+    cfg.MODEL.META_ARCHITECTURE = "LDVC"  # LDVC, ZegCLIP, CLIPtrase, DeOP (+ DeOPPromptLearner, DeOPProposals), C2S, MaskCLIP, SCLIP, ClearCLIP, NACLIP, ProxyCLIP
     cfg.MODEL.BACKBONE.NAME = "PromptedCLIPBackbone"  # the prompted CLIP towers of LDVC and ZegCLIP
     # ZegCLIP normalises with ImageNet statistics (RGB, 0-255), not CLIP's; CLIP's are
     # [122.771, 116.746, 104.094] / [68.501, 66.632, 70.323] [DESIGN 1.3].
@@ -49,6 +49,10 @@ def add_segmentor_config(cfg: CN) -> None:
     # Arithmetic of the window forward passes: "fp32", "bf16" or "fp16" (torch.autocast on MODEL.DEVICE;
     # scores are returned, averaged and calibrated in fp32; text embeddings are encoded in fp32).
     s.INFERENCE.PRECISION = "fp32"
+    # PAMR refinement of the test scores at the output size (Araslanov & Roth 2020; modeling/pamr.py), iterations:
+    # 0 = off; 10 in NACLIP's README row and SCLIP's option
+    s.INFERENCE.PAMR_STEPS = 0
+    s.INFERENCE.PAMR_DILATIONS = [8, 16]  # PAMR neighbour dilations in pixels (SCLIP / NACLIP released code: 8, 16)
 
 
 def segmentor_config_problems(cfg: CN, training: bool) -> List[str]:
@@ -67,6 +71,10 @@ def segmentor_config_problems(cfg: CN, training: bool) -> List[str]:
                         "(0 or 1: one window per forward pass)")
     if inference.PRECISION not in PRECISION_DTYPES:
         problems.append(f"MODEL.SEGMENTOR.INFERENCE.PRECISION is '{inference.PRECISION}'; use one of {list(PRECISION_DTYPES)}")
+    if int(inference.PAMR_STEPS) < 0 or any(int(d) < 1 for d in inference.PAMR_DILATIONS) or (
+            int(inference.PAMR_STEPS) > 0 and not inference.PAMR_DILATIONS):
+        problems.append(f"MODEL.SEGMENTOR.INFERENCE.PAMR_STEPS ({inference.PAMR_STEPS}) must be >= 0 and "
+                        f"PAMR_DILATIONS ({list(inference.PAMR_DILATIONS)}) non-empty positive integers")
     if s.TRAINING_CLASSES not in ("seen", "all"):
         problems.append(f"MODEL.SEGMENTOR.TRAINING_CLASSES is '{s.TRAINING_CLASSES}'; use 'seen' or 'all'")
     if s.CLASS_EMBEDDINGS not in ("text", "random"):
@@ -156,4 +164,11 @@ def segmentor_config(cfg, *, trains: bool = True) -> Dict[str, object]:
         "stride": c.INFERENCE.STRIDE,
         "window_batch": c.INFERENCE.WINDOW_BATCH,
         "precision": c.INFERENCE.PRECISION,
+        **_pamr_args(c.INFERENCE),
     }
+
+
+def _pamr_args(inference) -> Dict[str, object]:
+    """PAMR arguments, only when it is on (segmentors that never refine need not take them); both keys are read."""
+    steps, dilations = int(inference.PAMR_STEPS), list(inference.PAMR_DILATIONS)
+    return {"pamr_steps": steps, "pamr_dilations": dilations} if steps else {}

@@ -64,19 +64,24 @@ def block_qkv(block: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     return q, k, v
 
 
-def run_block_with_attention(block: nn.Module, x: torch.Tensor, attn_fn: AttnFn) -> torch.Tensor:
+def run_block_with_attention(block: nn.Module, x: torch.Tensor, attn_fn: AttnFn, *, residual: bool = True,
+                             ffn: bool = True) -> torch.Tensor:
     """(S2) Run ``block`` on batch-first ``x`` (B×N×D) with its attention replaced by ``attn_fn``.
 
     x' = x + ls_1(W_o concat_h(attn_fn(q, k, v)) + b_o); returns x' + ls_2(mlp(ln_2(x'))), B×N×D.
+    ``residual=False`` drops the skip connection: x' = W_o concat_h(attn_fn(q, k, v)) + b_o (without ls_1,
+    as ClearCLIP's and NACLIP's released code, which return the attention output directly); ``ffn=False``
+    drops the feed-forward branch (y = x'). The training-free methods (ClearCLIP, NACLIP, MaskCLIP's
+    harness form) remove both in the last block.
     """
     attn = check_block(block)
     q, k, v = block_qkv(block, x)
     out = attn_fn(q, k, v)
     if out.shape != q.shape:
         raise ValueError(f"attn_fn must return per-head outputs of shape {tuple(q.shape)}, got {tuple(out.shape)}.")
-    out = out.transpose(1, 2).reshape(x.shape)
-    x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    out = F.linear(out.transpose(1, 2).reshape(x.shape), attn.out_proj.weight, attn.out_proj.bias)
+    x = x + block.ls_1(out) if residual else out
+    return x + block.ls_2(block.mlp(block.ln_2(x))) if ffn else x
 
 
 @dataclass
@@ -90,15 +95,21 @@ class BlockHook:
         name: output key of ``tap`` (required with ``tap``; must not clash with other outputs).
         attn_fn: optional replacement of the block's attention over [CLS] + patch tokens (see
             :func:`run_block_with_attention`). Prompt tokens are left out of a replaced block.
+        residual / ffn: with ``attn_fn``, keep the block's skip connection / feed-forward branch
+            (:func:`run_block_with_attention`); both True = the block's own structure.
     """
 
     layer: int
     tap: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
     name: str = ""
     attn_fn: Optional[AttnFn] = None
+    residual: bool = True
+    ffn: bool = True
 
     def __post_init__(self):
         if self.tap is None and self.attn_fn is None:
             raise ValueError(f"BlockHook(layer={self.layer}) needs a tap, an attn_fn, or both.")
         if self.tap is not None and not self.name:
             raise ValueError(f"BlockHook(layer={self.layer}) with a tap needs a name (its output key).")
+        if self.attn_fn is None and not (self.residual and self.ffn):
+            raise ValueError(f"BlockHook(layer={self.layer}): residual/ffn switches need an attn_fn.")

@@ -167,15 +167,15 @@ class PromptedVisionEncoder(nn.Module):
         """Block ``i`` on [CLS]+patch tokens ``x`` (B×(1+hw)×width) with its hooks applied."""
         block = self.visual.transformer.resblocks[i]
         taps = [h for h in hooks if h.tap is not None]
-        replace = [h.attn_fn for h in hooks if h.attn_fn is not None]
+        replace = [h for h in hooks if h.attn_fn is not None]
         if replace:  # prompts are left out of a replaced block; taps reuse the block's own q/k/v
 
             def attn_fn(q, k, v):
                 for h in taps:
                     extras[h.name] = h.tap(q, k, v)
-                return replace[0](q, k, v)
+                return replace[0].attn_fn(q, k, v)
 
-            return run_block_with_attention(block, x, attn_fn)
+            return run_block_with_attention(block, x, attn_fn, residual=replace[0].residual, ffn=replace[0].ffn)
         q, k, v = block_qkv(block, x)
         for h in taps:
             extras[h.name] = h.tap(q, k, v)

@@ -10,34 +10,14 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..clip.clustering import BRANCHES, check_branches, denoise_correlation, pick_branches, self_correlation
+from ..clip.attention import SelfCorrelationAttention  # (T2) A_h = Σ_a softmax(s a_h a_hᵀ), shared with SCLIP
+from ..clip.clustering import BRANCHES, check_branches, denoise_correlation, self_correlation
 from ..clip.surgery import BlockHook
 
 __all__ = [
     "SelfCorrelationAttention", "check_branches", "cliptrase_hooks", "denoise_correlation", "patch_logits",
     "self_correlation",
 ]
-
-
-class SelfCorrelationAttention:
-    """(T2) Attention of CLIPtrase's last block: A_h = Σ_a softmax(s a_h a_hᵀ), output A_h v_h.
-
-    s = d_h^-1/2 (``scale`` overrides it); rows of A sum to the number of branches (the sum is not
-    renormalised, as ``clip_utils/attn2.py:254-277``). ["q", "k"] is SCLIP's correlative self-attention.
-    Use as ``BlockHook.attn_fn``: maps q, k, v (B×H×N×d_h) to per-head outputs B×H×N×d_h.
-    """
-
-    def __init__(self, branches: Sequence[str] = BRANCHES, scale: Optional[float] = None):
-        self.branches = check_branches(branches)
-        self.scale = scale
-
-    def weights(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A: B×H×N×N, each row summing to ``len(branches)``."""
-        s = q.shape[-1] ** -0.5 if self.scale is None else self.scale
-        return sum(torch.softmax(s * a @ a.transpose(-1, -2), dim=-1) for a in pick_branches(q, k, v, self.branches))
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.weights(q, k, v) @ v
 
 
 def cliptrase_hooks(correlation_layer: int = -2, attention_layer: int = -1,
