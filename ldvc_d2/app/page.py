@@ -135,8 +135,8 @@ def build_page(methods: Sequence[Method], cache: ModelCache, limits: Limits, res
         with gr.Accordion("Methods on this server", open=False):
             gr.Markdown(method_table(methods))
 
-        def on_upload(path):
-            return load_upload(path, limits, upload_root)
+        def on_upload(path):  # the file is read and deleted: the widget is emptied for the next upload
+            return (*load_upload(path, limits, upload_root), None)
 
         def on_example(label):
             if label not in examples:
@@ -158,7 +158,7 @@ def build_page(methods: Sequence[Method], cache: ModelCache, limits: Limits, res
                             result.labels_file, gr.update(visible=result.scores is not None, value=result.scores)]
             return updates
 
-        upload.upload(on_upload, [upload], [image_state, preview, status], concurrency_limit=4)
+        upload.upload(on_upload, [upload], [image_state, preview, status, upload], concurrency_limit=4)
         example.change(on_example, [example], [image_state, preview, status], concurrency_limit=4)
         class_list.change(on_class_list, [class_list], [vocabulary], concurrency_limit=4)
         run.click(on_run, [image_state, vocabulary, class_list, chosen, want_scores, threshold],
