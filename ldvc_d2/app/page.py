@@ -50,6 +50,12 @@ def load_upload(path: Optional[str], limits: Limits, upload_root: str) -> Tuple[
     return (image, name), image, f"Image '{name}' ({image.shape[1]}x{image.shape[0]}) is ready."
 
 
+def _file_stem(image_name: str, method_name: str) -> str:
+    """'scene.png', 'LDVC (shapes)' -> 'scene_LDVC_shapes': the download's name, letters, digits and _ only."""
+    text = f"{image_name.rsplit('.', 1)[0]}_{method_name}"
+    return "_".join("".join(c if c.isalnum() else " " for c in text).split())[:80] or "result"
+
+
 def segment(cache: ModelCache, methods: Sequence[Method], limits: Limits, results_root: str, image: Image,
             vocabulary: str, class_list: Optional[str], chosen: Sequence[str], want_scores: bool,
             threshold: float = 0.0, progress=None) -> Tuple[str, List]:
@@ -79,7 +85,7 @@ def segment(cache: ModelCache, methods: Sequence[Method], limits: Limits, result
         if progress is not None:
             progress(k / len(chosen), desc=f"running {method.name}")
         results[methods.index(method)] = run_method(cache, method, pixels, names, seen, want_scores=want_scores,
-                                                     out_dir=folder, stem=f"method{methods.index(method)}",
+                                                     out_dir=folder, stem=_file_stem(name, method.name),
                                                      threshold=threshold)
     failed = sum(r is not None and bool(r.error) for r in results)
     calibration = f", seen-score calibration on {len(seen)} seen classes" if seen else ""
