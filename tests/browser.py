@@ -75,6 +75,15 @@ def start_app(args: Sequence[str], log_path: str, timeout: float = 240) -> Tuple
     raise RuntimeError(f"The app did not start within {timeout:.0f} s:\n{Path(log_path).read_text()[-3000:]}")
 
 
+def files_folder(log_path: str) -> str:
+    """The private folder the server logged it keeps uploads and results in."""
+    import re
+
+    found = re.search(r"Uploads and results live in (\S+) \(removed", Path(log_path).read_text())
+    assert found, f"the server did not log its files folder:\n{Path(log_path).read_text()[-2000:]}"
+    return found.group(1)
+
+
 def stop_app(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

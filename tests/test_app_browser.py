@@ -6,6 +6,7 @@ training. Without Chromium the tests skip with the install command; under CI=tru
 """
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,10 +46,11 @@ def app(paths, weights, tmp_path_factory):
     driver = browser.make_driver(paths)
     try:
         browser.open_page(driver, url)
-        yield driver, proc
+        yield driver, proc, browser.files_folder(log)
     finally:
         driver.quit()
         browser.stop_app(proc)
+    assert not os.path.exists(browser.files_folder(log)), "the server left its files behind"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def _demo_labels(image_file: str, config: str, weights: str, out_dir) -> np.ndar
 
 
 def test_label_maps_downloaded_from_the_page_equal_the_demo_scripts(app, image_file, weights, tmp_path):
-    driver, _ = app
+    driver, _, _ = app
     browser.upload(driver, image_file)
     assert browser.status(driver) == "Image 'scene.png' (128x128) is ready."
     browser.set_vocabulary(driver, ", ".join(NAMES))
@@ -87,7 +89,7 @@ def test_label_maps_downloaded_from_the_page_equal_the_demo_scripts(app, image_f
 
 
 def test_bad_requests_show_messages_and_the_server_keeps_serving(app, image_file, tmp_path):
-    driver, proc = app
+    driver, proc, folder = app
     browser.upload(driver, image_file)
     browser.set_vocabulary(driver, "")
     browser.choose_methods(driver, ["CLIPtrase"])
@@ -103,3 +105,5 @@ def test_bad_requests_show_messages_and_the_server_keeps_serving(app, image_file
     browser.set_vocabulary(driver, "plain red shape, dotted green shape")
     assert browser.run(driver).startswith("Segmented 'scene.png' (128x128) into 2 classes with 1 method(s).")
     assert "CLIPtrase" in browser.slot_header(driver, 0) and proc.poll() is None
+    kept = [path.name for path in Path(folder).rglob("*") if path.is_file()]
+    assert kept and not {"scene.png", "notes.png"} & set(kept), kept  # uploads are deleted once read

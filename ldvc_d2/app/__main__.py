@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from typing import List, Optional
@@ -58,6 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not 1 <= args.max_classes <= 255:
         raise SystemExit("--max-classes must be in 1..255 (the label map is 8-bit).")
     root = tempfile.mkdtemp(prefix="ldvc_d2_app-")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does, removing ``root``
     # Gradio reads these when it is imported: its uploads and served files go to our folder, no analytics.
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(root, "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -65,6 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _serve(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve(args: argparse.Namespace, root: str) -> int:
@@ -84,6 +90,7 @@ def _serve(args: argparse.Namespace, root: str) -> int:
     for m in methods:
         logger.info(f"Offering '{m.name}': config {m.config}, weights {m.weights or 'none (training-free)'}")
     limits = Limits(int(args.max_upload_mb * 2**20), args.max_pixels, args.max_classes)
+    logger.info(f"Uploads and results live in {root} (removed when the server stops).")
     results = os.path.join(root, "results")
     os.makedirs(results)
     page = build_page(methods, ModelCache(args.device), limits, results, os.environ["GRADIO_TEMP_DIR"])
