@@ -173,6 +173,27 @@ def choose_methods(driver, names: Sequence[str]) -> None:
             label.click()
 
 
+def tick(driver, elem_id: str) -> None:
+    """Tick the checkbox ``elem_id``."""
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=checkbox]")
+    if not box.is_selected():
+        box.click()
+
+
+def shows_image(driver, elem_id: str, timeout: float = 10) -> bool:
+    """Whether the image component ``elem_id`` is on the page with a picture (waits up to ``timeout``)."""
+    from selenium.webdriver.common.by import By
+
+    try:
+        _wait(driver, lambda d: any(i.is_displayed() for i in d.find_elements(By.CSS_SELECTOR, f"#{elem_id} img")),
+              timeout, f"a picture in #{elem_id}")
+        return True
+    except AssertionError:
+        return False
+
+
 def run(driver, start: str = "Segmented", timeout: float = 180) -> str:
     """Press Segment and wait for the new status (starting with ``start``)."""
     from selenium.webdriver.common.by import By

@@ -11,7 +11,7 @@ from PIL import Image
 from ldvc_d2.app.__main__ import check_host
 from ldvc_d2.app.inputs import InputError, Limits, parse_vocabulary, read_upload
 from ldvc_d2.app.methods import Method, ModelCache, default_methods, parse_method
-from ldvc_d2.app.page import segment
+from ldvc_d2.app.page import _file_stem, segment
 from ldvc_d2.predictor import OpenVocabPredictor, load_config
 from tests.conftest import REPO
 
@@ -115,6 +115,9 @@ def test_segment_gives_the_models_labels_and_keeps_serving_after_bad_requests(tm
     assert np.array_equal(np.array(Image.open(results[0].labels_file)), expected.numpy().astype(np.uint8))
     assert results[0].overlay.ndim == 3 and results[0].scores.ndim == 3
     assert "configs/cliptrase/shapes.yaml" in results[0].header and " s**" in results[0].header
+    assert os.path.basename(results[0].labels_file) == "CLIPtrase_scene_labels.png"
+    long_name = "example 1: a checkered red shape, a checkered blue shape and a plain yellow shape"
+    assert _file_stem(long_name, "LDVC (shapes)") != _file_stem(long_name, "CLIPtrase (shapes)")
 
 
 def test_a_checkpoint_that_does_not_fit_is_reported_and_not_kept(tmp_path, cache):

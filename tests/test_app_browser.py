@@ -103,7 +103,9 @@ def test_bad_requests_show_messages_and_the_server_keeps_serving(app, image_file
     assert "Traceback" not in driver.page_source
     browser.upload(driver, image_file)
     browser.set_vocabulary(driver, "plain red shape, dotted green shape")
+    browser.tick(driver, "want-scores")  # per-class score maps on demand
     assert browser.run(driver).startswith("Segmented 'scene.png' (128x128) into 2 classes with 1 method(s).")
     assert "CLIPtrase" in browser.slot_header(driver, 0) and proc.poll() is None
+    assert browser.shows_image(driver, "scores-0") and not browser.shows_image(driver, "scores-1", 0.5)
     kept = [path.name for path in Path(folder).rglob("*") if path.is_file()]
     assert kept and not {"scene.png", "notes.png"} & set(kept), kept  # uploads are deleted once read

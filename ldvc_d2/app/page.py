@@ -50,10 +50,14 @@ def load_upload(path: Optional[str], limits: Limits, upload_root: str) -> Tuple[
     return (image, name), image, f"Image '{name}' ({image.shape[1]}x{image.shape[0]}) is ready."
 
 
+def _slug(text: str) -> str:
+    return "_".join("".join(c if c.isalnum() else " " for c in text).split())
+
+
 def _file_stem(image_name: str, method_name: str) -> str:
-    """'scene.png', 'LDVC (shapes)' -> 'scene_LDVC_shapes': the download's name, letters, digits and _ only."""
-    text = f"{image_name.rsplit('.', 1)[0]}_{method_name}"
-    return "_".join("".join(c if c.isalnum() else " " for c in text).split())[:80] or "result"
+    """'scene.png', 'LDVC (shapes)' -> 'LDVC_shapes_scene': the download's name (letters, digits, _), the method
+    first so that names stay distinct when a long one is cut."""
+    return f"{_slug(method_name)[:48] or 'method'}_{_slug(image_name.rsplit('.', 1)[0])[:32] or 'image'}"
 
 
 def segment(cache: ModelCache, methods: Sequence[Method], limits: Limits, results_root: str, image: Image,
@@ -132,11 +136,14 @@ def build_page(methods: Sequence[Method], cache: ModelCache, limits: Limits, res
             for i, m in enumerate(methods):
                 with gr.Column(visible=False, elem_id=f"slot-{i}", min_width=320) as column:
                     header = gr.Markdown(elem_id=f"header-{i}")
-                    overlay = gr.Image(label="overlay and legend", interactive=False, elem_id=f"overlay-{i}")
-                    colours = gr.Image(label="label map", interactive=False, elem_id=f"colours-{i}")
+                    overlay = gr.Image(label="overlay and legend", interactive=False, buttons=["download"],
+                                       elem_id=f"overlay-{i}")
+                    colours = gr.Image(label="label map", interactive=False, buttons=["download"],
+                                       elem_id=f"colours-{i}")
                     labels = gr.File(label="label map PNG (pixel = class index)", interactive=False,
                                      elem_id=f"labels-{i}")
-                    scores = gr.Image(label="class scores", interactive=False, visible=False, elem_id=f"scores-{i}")
+                    scores = gr.Image(label="class scores", interactive=False, buttons=["download"], visible=False,
+                                      elem_id=f"scores-{i}")
                 slots.append((column, header, overlay, colours, labels, scores))
         with gr.Accordion("Methods on this server", open=False):
             gr.Markdown(method_table(methods))
