@@ -10,7 +10,7 @@ from PIL import Image
 
 from ldvc_d2.app.__main__ import check_host
 from ldvc_d2.app.inputs import InputError, Limits, parse_vocabulary, read_upload
-from ldvc_d2.app.methods import Method, ModelCache, default_methods, parse_method
+from ldvc_d2.app.methods import Method, ModelCache, clip_weights_available, default_methods, parse_method
 from ldvc_d2.app.page import _file_stem, segment
 from ldvc_d2.predictor import OpenVocabPredictor, load_config
 from tests.conftest import REPO
@@ -152,6 +152,19 @@ def test_default_methods_offer_trained_models_whose_weights_exist(tmp_path, monk
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model_final.pth").write_bytes(b"")
     assert default_methods(configs)[1] == Method("LDVC", str(config), f"{tmp_path}/run/model_final.pth")
+
+
+def test_real_clip_weights_count_as_available_only_when_cached(tmp_path):
+    assert clip_weights_available("LDVC-Tiny", "shapes") and not clip_weights_available("LDVC-Tiny", "")
+    assert not clip_weights_available("ViT-B-16", "openai", str(tmp_path))
+    # the Hugging Face cache layout: models--<org>--<name>/refs/main -> snapshots/<commit>/<file>
+    repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "open_clip_model.safetensors").write_bytes(b"")
+    assert clip_weights_available("ViT-B-16", "openai", str(tmp_path))
+    assert not clip_weights_available("ViT-L-14-336", "openai", str(tmp_path))
 
 
 def test_server_options(tmp_path):
