@@ -116,6 +116,11 @@ def test_segment_gives_the_models_labels_and_keeps_serving_after_bad_requests(tm
     assert results[0].overlay.ndim == 3 and results[0].scores.ndim == 3
     assert "configs/cliptrase/shapes.yaml" in results[0].header and " s**" in results[0].header
     assert os.path.basename(results[0].labels_file) == "CLIPtrase_scene_labels.png"
+    # a score threshold leaves pixels unlabelled: 255 in the PNG (sigmoid scores never reach 1)
+    _, results = segment(cache, methods, Limits(), str(tmp_path), image, names, None, ["CLIPtrase"], False, 1.0)
+    assert (np.array(Image.open(results[0].labels_file)) == 255).all()
+    status, _ = segment(cache, methods, Limits(), str(tmp_path), image, "cat", None, ["CLIPtrase"], False, "lots")
+    assert status.startswith("**Error:**") and "threshold must be a number" in status
     long_name = "example 1: a checkered red shape, a checkered blue shape and a plain yellow shape"
     assert _file_stem(long_name, "LDVC (shapes)") != _file_stem(long_name, "CLIPtrase (shapes)")
 

@@ -75,7 +75,10 @@ def segment(cache: ModelCache, methods: Sequence[Method], limits: Limits, result
         unknown = [c for c in chosen if c not in by_name]
         if unknown:
             raise InputError(f"Unknown method(s) {unknown}; choose among {list(by_name)}.")
-        threshold = float(threshold or 0.0)
+        try:
+            threshold = float(threshold or 0.0)
+        except (TypeError, ValueError):
+            raise InputError(f"The score threshold must be a number in [0, 1], got {threshold!r}.") from None
         if not 0.0 <= threshold <= 1.0:
             raise InputError(f"The score threshold must be in [0, 1], got {threshold}.")
     except InputError as e:

@@ -81,6 +81,20 @@ def run_method(cache: ModelCache, method: Method, image: np.ndarray, names: List
         return _failed(method, _one_line(e))
     labels = out["labels"].numpy()
     colors = vocabulary_colors(len(names))
+    try:
+        overlay, labels_file, scores = _pictures(method, image, out, labels, names, colors, want_scores, out_dir, stem)
+    except Exception as e:  # drawing or writing failed: the prediction is still reported, the server goes on
+        logger.exception(f"Drawing the result of '{method.name}' failed")
+        return _failed(method, f"the result could not be drawn: {_one_line(e)}")
+    header = (f"### {method.name}\n**{seconds:.2f} s**{build}  \nconfig: `{method.config}`  \n"
+              f"{_weights_line(method, predictor.weights_status)}")
+    return MethodResult(method, header, overlay, colour_labels(labels, colors), labels_file, scores, seconds,
+                        labels=labels)
+
+
+def _pictures(method: Method, image: np.ndarray, out: dict, labels: np.ndarray, names: List[str],
+              colors: Sequence, want_scores: bool, out_dir: str, stem: str):
+    """(overlay, label map PNG path, score grid or None) of one prediction."""
     short, long = min(image.shape[:2]), max(image.shape[:2])
     min_side = min(float(OVERLAY_MIN_SIDE), short * max(1.0, OVERLAY_MAX_SIDE / long))
     overlay = draw_overlay(image, labels, names, colors, min_side=min_side)
@@ -90,10 +104,7 @@ def run_method(cache: ModelCache, method: Method, image: np.ndarray, names: List
     if want_scores:
         scores = draw_map_grid(image, [("input", out["sem_seg"].numpy())], names,
                                title=f"{method.name}: class scores", colorbar_label="sigmoid score")
-    header = (f"### {method.name}\n**{seconds:.2f} s**{build}  \nconfig: `{method.config}`  \n"
-              f"{_weights_line(method, predictor.weights_status)}")
-    return MethodResult(method, header, overlay, colour_labels(labels, colors), labels_file, scores, seconds,
-                        labels=labels)
+    return overlay, labels_file, scores
 
 
 def _failed(method: Method, message: str) -> MethodResult:
