@@ -1,12 +1,12 @@
-"""Serve the app: ``python -m ldvc_d2.app`` (``make app``), then open http://127.0.0.1:7860.
+"""Serve the app: python -m ldvc_d2.app (or make app), then open http://127.0.0.1:7860.
 
     python -m ldvc_d2.app                                   # the methods that can run here
     python -m ldvc_d2.app --port 7861 --method "LDVC=configs/demo.yaml@output/demo/model_final.pth"
 
-Without ``--method`` the page offers CLIPtrase and frozen CLIP on the shapes CLIP (training-free), the
+Without --method the page offers CLIPtrase and frozen CLIP on the shapes CLIP (training-free), the
 ViT CLIPtrase configs when their CLIP weights are cached, and each trained method whose
-``<OUTPUT_DIR>/model_final.pth`` exists (LDVC after ``make demo``). It listens on 127.0.0.1 only unless
-``--allow-remote`` is given. Uploads, previews and results live in a private temporary folder: an upload
+<OUTPUT_DIR>/model_final.pth exists (LDVC after make demo). It listens on 127.0.0.1 only unless
+--allow-remote is given. Uploads, previews and results live in a private temporary folder: an upload
 is deleted as soon as it is read, results after 5 minutes, the folder when the server stops.
 """
 import argparse
