@@ -2,7 +2,7 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test
+.PHONY: setup demo test app
 
 # Installs what a fresh machine lacks, keeping what is there: PyTorch (only if missing), detectron2
 # (an existing installation is kept; otherwise v0.6's Python code, tools/install_detectron2.py),
@@ -22,3 +22,9 @@ demo: setup
 TEST_WORKERS ?= auto
 test: setup
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
+
+# The browser app (docs/app.md): your image, any vocabulary, the methods that can run here side by side.
+# Serves on 127.0.0.1; `make app APP_ARGS="--port 7861"` passes options (python -m ldvc_d2.app --help).
+APP_ARGS ?=
+app: setup
+	$(PYTHON) -m ldvc_d2.app $(APP_ARGS)

@@ -30,7 +30,7 @@ setup(
         "scipy>=1.17",
         "scikit-learn>=1.9",
         "tqdm>=4.70",
-        "Pillow>=13.0",
+        "Pillow>=12.3",  # Gradio (the app extra) requires Pillow < 13
         "matplotlib>=3.11",
         "safetensors>=0.8",
     ],
@@ -40,6 +40,7 @@ setup(
         "deop": ["transformers>=5.24,<6", "timm>=1.0.31"],
         "c2s": ["transformers>=5.24,<6", "timm>=1.0.31"],
         "export": ["onnx>=1.23.2", "onnxruntime>=1.32", "onnxscript>=0.7.2"],
+        "app": ["gradio>=6.31"],
         "test": [
             "pytest>=9.0",
             "pytest-xdist>=3.8",
@@ -48,6 +49,8 @@ setup(
             "onnx>=1.23.2",
             "onnxruntime>=1.32",
             "onnxscript>=0.7.2",
+            "gradio>=6.31",
+            "selenium>=4.51",  # drives the system Chromium in the app's browser tests
         ],
     },
 )
