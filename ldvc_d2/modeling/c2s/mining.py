@@ -87,6 +87,7 @@ def average_linkage(sums: torch.Tensor, counts: torch.Tensor, threshold: float) 
     sim.fill_diagonal_(float("-inf"))
     best, partner = sim.max(dim=1)  # each row's most similar cluster, updated row-wise after a merge
     owner = torch.arange(len(alive), device=counts.device)  # compact index -> surviving compact index
+    merged = torch.zeros(len(alive), dtype=torch.bool, device=counts.device)
     while True:
         a = int(best.argmax())
         b = int(partner[a])
@@ -95,7 +96,8 @@ def average_linkage(sums: torch.Tensor, counts: torch.Tensor, threshold: float) 
         s[a] += s[b]
         n[a] += n[b]
         owner[owner == b] = a
-        row = (s @ s[a]) / (n * n[a])
+        merged[b] = True
+        row = ((s @ s[a]) / (n * n[a])).masked_fill(merged, float("-inf"))
         sim[a], sim[:, a] = row, row
         sim[b], sim[:, b] = float("-inf"), float("-inf")
         sim[a, a] = float("-inf")
