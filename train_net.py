@@ -29,7 +29,7 @@ from ldvc_d2.checkpoint import Checkpointer, training_free
 from ldvc_d2.config import load_config_file, merge_overrides, validate_config
 from ldvc_d2.data import LDVCTestMapper, LDVCTrainMapper, add_register_argument, load_user_modules
 from ldvc_d2.engine.data import build_train_stream
-from ldvc_d2.engine.launch import create_ddp_model, launch
+from ldvc_d2.engine.launch import create_ddp_model, launch, maybe_sync_batchnorm
 from ldvc_d2.engine.schedule import resolve_schedule
 from ldvc_d2.engine.train_loop import AccumulatingTrainer
 from ldvc_d2.evaluation import ZeroShotSemSegEvaluator
@@ -57,7 +57,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         TrainerBase.__init__(self)  # DefaultTrainer.__init__'s steps, with the pieces above
         cfg = resolve_schedule(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        model = maybe_sync_batchnorm(self.build_model(cfg), comm.get_world_size())  # C2S's student on GPUs
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         # ZegCLIP's head has trainable weights that get no gradient (its last layer after the attention
@@ -143,6 +143,8 @@ def main(args):
     start = time.perf_counter()
     if args.eval_only:
         model = Trainer.build_model(cfg)
+        if hasattr(model, "for_inference"):  # the evaluated model: training-only modules (C2S) are dropped
+            model = model.for_inference()
         checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, partial_load=cfg.MODEL.WEIGHTS_PARTIAL_LOAD)
         if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()) and not training_free(cfg):
             raise ValueError(f"--eval-only without MODEL.WEIGHTS would evaluate an untrained (random) "

@@ -165,7 +165,10 @@ class OpenVocabPredictor:
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got '{input_format}'.")
         self.cfg = cfg.clone()
         self.input_format = input_format
-        self.model = build_model(self.cfg).eval()
+        self.model = build_model(self.cfg)
+        if hasattr(self.model, "for_inference"):  # training-only modules (C2S's latent decoder) are not built in
+            self.model = self.model.for_inference()
+        self.model.eval()
         self.weights_status = {"weights": "", "sha256": None, "status": "not loaded (no file given)"}
         weights = self.cfg.MODEL.WEIGHTS
         if weights:

@@ -40,11 +40,12 @@ def tiny_clip():
 
 
 def tiny_cfg(config_file: str = "configs/demo.yaml", *opts):
-    """A config from the repository with the tiny random CLIP swapped in."""
+    """A config from the repository with the tiny random CLIP swapped in (and random C2S students: the paper
+    configs' hub ids are never downloaded in tests)."""
     cfg = get_cfg()
     add_ldvc_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(["MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "",
+    cfg.merge_from_list(["MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "", "MODEL.C2S.STUDENT_WEIGHTS", "",
                          "MODEL.DEVICE", "cpu", *opts])
     return cfg
 

@@ -11,6 +11,7 @@ from ldvc_d2.modeling.c2s import (
     merge_clusters, mine_latent_classes, pixel_loss, pseudo_mask, region_prototypes, window_seeds,
 )
 from ldvc_d2.modeling.c2s.latent import PAD_LOGIT
+from ldvc_d2.modeling.c2s.mining import average_linkage
 
 
 def test_global_prototype_matches_a_loop():
@@ -113,6 +114,84 @@ def test_merge_threshold_is_monotonic_and_kmeans_converges_to_the_planted_centre
     assert counts.sum() == len(points) and torch.equal(assign, (F.normalize(points, dim=1) @ centroids.T).argmax(1))
     groups = [len(torch.unique(merge_clusters(centroids, counts, t)[counts > 0])) for t in (-1.0, 0.5, 0.9, 0.99, 1.1)]
     assert groups == sorted(groups) and groups[0] == 1 and groups[-1] == int((counts > 0).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_default_mining_finds_the_hidden_classes_of_correlated_clip_like_tokens(seed):
+    """Tokens with cosine ~0.86 within and ~0.80 between classes (as CLIP's): the config's default rule
+    (average linkage on centred tokens, θ 0.1) finds the 4 hidden classes; the single-linkage rule on raw
+    tokens at 0.9 is recorded for the next test."""
+    from detectron2.config import get_cfg
+
+    from ldvc_d2 import add_ldvc_config
+    from ldvc_d2.modeling.c2s.synthetic import correlated_tokens
+
+    cfg = get_cfg()
+    add_ldvc_config(cfg)
+    c = cfg.MODEL.C2S
+    dense, labels, hidden = correlated_tokens(seed, shared=0.8, own=0.05)
+    t = F.normalize(dense.flatten(1), dim=0).T
+    same = labels.flatten()[:, None] == labels.flatten()[None]
+    cos = t @ t.T
+    assert cos[~same].mean() > 0.78 and cos[same].mean() < 0.88  # the anisotropy this test is about
+    kwargs = {"window_sizes": list(c.WINDOW_SIZES), "iters": c.KMEANS_ITERS, "min_tokens": c.MIN_CLUSTER,
+              "max_classes": c.MAX_LATENT}
+    latent = mine_latent_classes(dense, hidden, threshold=c.MERGE_THRESHOLD, linkage=c.MERGE_LINKAGE,
+                                 center=c.CENTER_TOKENS, **kwargs)
+    pred, truth = latent[hidden], labels[hidden]
+    assert (latent[~hidden] == -1).all()
+    assert sorted(pred.unique().tolist()) == [0, 1, 2, 3]  # 4 kept clusters
+    purity = sum(int(torch.bincount(truth[pred == j]).max()) for j in range(4)) / int((pred >= 0).sum())
+    assert purity >= 0.95 and (pred >= 0).float().mean() >= 0.9
+    assert {int(torch.bincount(truth[pred == j]).argmax()) for j in range(4)} == {0, 1, 2, 3}
+
+
+def test_single_linkage_on_raw_tokens_chains_classes_of_correlated_tokens():
+    """The rule the default replaced (connected components of centroid cosine > 0.9, raw tokens) merges
+    different hidden classes of the same tokens (seeds 0-3)."""
+    from ldvc_d2.modeling.c2s.synthetic import correlated_tokens
+
+    clusters, purity = [], []
+    for seed in range(4):
+        dense, labels, hidden = correlated_tokens(seed, shared=0.8, own=0.05)
+        old = mine_latent_classes(dense, hidden, window_sizes=[2, 4, 8], iters=10, threshold=0.9, min_tokens=8,
+                                  max_classes=8, linkage="single", center=False)[hidden]
+        truth, kept = labels[hidden], old[old >= 0].unique()
+        clusters.append(len(kept))
+        purity.append(sum(int(torch.bincount(truth[old == j]).max()) for j in kept) / int((old >= 0).sum()))
+    assert sum(clusters) / 4 < 3 and min(purity) < 0.6
+
+
+def _upgma_by_hand(points, threshold):
+    """Clusters as lists of point lists; merge the pair with the highest mean pairwise cosine while > threshold."""
+    groups = [p for p in points if len(p)]
+    while len(groups) > 1:
+        best, pair = None, None
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                sim = (groups[i] @ groups[j].T).mean().item()
+                if best is None or sim > best:
+                    best, pair = sim, (i, j)
+        if not best > threshold:
+            break
+        i, j = pair
+        groups = [g for k, g in enumerate(groups) if k not in pair] + [torch.cat([groups[i], groups[j]])]
+    return sorted(sorted(round(v, 5) for v in g[:, 0].tolist()) for g in groups)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_average_linkage_equals_brute_force_upgma(seed):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 4, (12,), generator=g)
+    points = [F.normalize(torch.randn(int(n), 5, generator=g), dim=1) for n in counts]
+    sums = torch.stack([p.sum(0) if len(p) else torch.zeros(5) for p in points])
+    labels = average_linkage(sums, counts, 0.1)
+    got = {}
+    for i, p in enumerate(points):
+        if len(p):
+            got.setdefault(int(labels[i]), []).append(p)
+    mine = sorted(sorted(round(v, 5) for v in torch.cat(ps)[:, 0].tolist()) for ps in got.values())
+    assert mine == _upgma_by_hand(points, 0.1)
 
 
 def test_pseudo_mask_is_seen_labels_union_latent_regions():

@@ -71,25 +71,29 @@ def test_ablation_switches_choose_the_losses(toy_dataset):
     assert set(distill(_batch())) == {"loss_global", "loss_local", "loss_ce", "loss_focal", "loss_dice"}
 
 
-def test_inference_uses_the_student_and_cached_text_only(toy_dataset):
+def test_inference_is_softmax_of_alpha_student_text_without_any_image_tower(toy_dataset, monkeypatch):
     trained = _model(toy_dataset).train()
     trained(_batch())  # builds the teacher, fills the bank
-    model = _model(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.MODE", "whole")
-    model.load_state_dict(trained.state_dict(), strict=True)  # nothing of the teacher is in a checkpoint
-    model.eval()
-    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
-    scores = model([{"image": image, "height": 32, "width": 48}])[0]["sem_seg"]
-    assert scores.shape == (5, 32, 48)
-    torch.testing.assert_close(scores.sum(0), torch.ones(32, 48))
-    assert not model._teacher_slot and not _has_image_tower(model)
-    assert len(model._text_cache) == 1
-    # the scores are softmax(alpha F^T A) of the student alone
-    feats = model.student(model.preprocess(image))
-    text = model.text(list(model.test_class_names))
-    logits = torch.nn.functional.interpolate(torch.einsum("bdhw,cd->bchw", feats, text), size=(64, 96),
-                                             mode="bilinear", align_corners=False)
-    full = model([{"image": image}])[0]["sem_seg"]
-    torch.testing.assert_close(full, logits[0].softmax(0), rtol=1e-4, atol=1e-5)
+    scores = {}
+    for beta in ("3.0", "7.0"):  # latent logits (beta) exist only in training: the scores ignore beta
+        model = _model(toy_dataset, "MODEL.SEGMENTOR.INFERENCE.MODE", "whole", "MODEL.C2S.ALPHA", "2.5",
+                       "MODEL.C2S.BETA", beta).for_inference()
+        model.load_state_dict(trained.state_dict(), strict=True)  # training-only tensors skipped, none missing
+        model.eval()
+        monkeypatch.setattr(VisionTransformer, "forward", lambda *a, **k: pytest.fail("CLIP image tower ran"))
+        image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        out = model([{"image": image, "height": 32, "width": 48}])[0]["sem_seg"]
+        assert out.shape == (5, 32, 48)
+        assert not model._teacher_slot and not _has_image_tower(model) and len(model._text_cache) == 1
+        scores[beta] = model([{"image": image}])[0]["sem_seg"]
+        # C13 by hand: softmax over classes of bilinear(2.5 * F^T A), F the student's, A the text embeddings
+        feats = model.student(model.preprocess(image))
+        text = model.text(list(model.test_class_names))
+        logits = torch.nn.functional.interpolate(2.5 * torch.einsum("bdhw,cd->bchw", feats, text), size=(64, 96),
+                                                 mode="bilinear", align_corners=False)
+        torch.testing.assert_close(scores[beta], logits[0].softmax(0), rtol=1e-4, atol=1e-5)
+        monkeypatch.undo()
+    torch.testing.assert_close(scores["3.0"], scores["7.0"])
     assert "no CLIP image tower" in C2S.describe_protocol(tiny_cfg(SHAPES))
 
 

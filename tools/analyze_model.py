@@ -25,7 +25,7 @@ text encoder alone. Every component of every --config-file (repeat the flag) is 
 run, e.g. LDVC vs the ZegCLIP head vs the backbone alone. By default the model makes one whole-image
 pass (the FLOPs-table convention); --slide keeps the config's sliding-window protocol for "model".
 CLIP weights do not change any figure, so CLIP is built with random weights (no download) unless
---load-weights is given; MODEL.WEIGHTS is not loaded.
+--load-weights is given (C2S students too: MODEL.C2S.STUDENT_WEIGHTS is ignored without it); MODEL.WEIGHTS is not loaded.
 """
 import argparse
 import logging
@@ -101,11 +101,14 @@ def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str,
     cfg = load_config(config_file, args.opts)
     if not args.load_weights:
         cfg.MODEL.CLIP.PRETRAINED = ""
+        if cfg.MODEL.META_ARCHITECTURE == "C2S":  # student weights change no figure either
+            cfg.MODEL.C2S.STUDENT_WEIGHTS = ""
     if not args.slide:
         cfg.MODEL.SEGMENTOR.INFERENCE.MODE = "whole"
     names = vocabulary(cfg, args.num_classes)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_model(cfg)
+    model = (model.for_inference() if hasattr(model, "for_inference") else model).eval()  # what is evaluated
     device = torch.device(cfg.MODEL.DEVICE)
     height, width = args.input_size if len(args.input_size) == 2 else args.input_size * 2
     image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)

@@ -64,7 +64,10 @@ def _config(method: str, args: argparse.Namespace, extra: List[str] = ()):
 
 def _model(cfg, train: bool):
     torch.manual_seed(0)
-    return build_model(cfg).train(train)
+    model = build_model(cfg)
+    if not train and hasattr(model, "for_inference"):  # the evaluated model (C2S: no latent decoder)
+        model = model.for_inference()
+    return model.train(train)
 
 
 def _image(h: int, w: int, seed: int) -> torch.Tensor:

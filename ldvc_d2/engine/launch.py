@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["create_ddp_model", "launch"]
+__all__ = ["create_ddp_model", "launch", "maybe_sync_batchnorm"]
 
 TIMEOUT = timedelta(minutes=30)
 
@@ -83,3 +83,24 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     if next(model.parameters()).device.type == "cuda":
         return defaults.create_ddp_model(model, **kwargs)
     return DistributedDataParallel(model, device_ids=None, **kwargs)
+
+
+def maybe_sync_batchnorm(model: nn.Module, world_size: int, device_type: Optional[str] = None) -> nn.Module:
+    """Convert the BatchNorm layers of the submodules a model lists in ``sync_bn_modules`` (C2S: its student;
+    MMSeg trains with SyncBN) to :class:`torch.nn.SyncBatchNorm`, when ``world_size`` > 1 and the model runs on
+    CUDA. On CPU processes (gloo) the layers stay BatchNorm, each process normalising its own images:
+    SyncBatchNorm refuses CPU input. Parameters and buffers are the same tensors, so checkpoints and the
+    evaluation model (plain BatchNorm) are unchanged. ``device_type``: default the model's parameters'."""
+    names = tuple(getattr(model, "sync_bn_modules", ()))
+    if not names or world_size <= 1:
+        return model
+    if device_type is None:
+        device_type = next(model.parameters()).device.type
+    if device_type != "cuda":
+        logging.getLogger(__name__).warning(
+            f"{type(model).__name__}: BatchNorm of {list(names)} kept per process on {device_type} "
+            f"(SyncBatchNorm needs CUDA); world size {world_size}.")
+        return model
+    for name in names:
+        setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(model, name)))
+    return model

@@ -169,6 +169,11 @@ class ZeroShotSegmentor(nn.Module):
         self.clear_text_cache()  # new prompts
         return super().load_state_dict(*args, **kwargs)
 
+    def for_inference(self) -> "ZeroShotSegmentor":
+        """The model as evaluated and exported: a method drops its training-only modules here (C2S: the
+        latent decoder); the default keeps everything."""
+        return self
+
     def clear_text_cache(self) -> None:
         """Forget the cached class embeddings (one entry per class list and device)."""
         self._text_cache.clear()

@@ -14,6 +14,7 @@ training step and never stored in the model's state dict, so ``--eval-only``, th
 (:func:`~ldvc_d2.modeling.clip.loading.build_clip_text_model`): no CLIP image tower is ever constructed
 outside training.
 """
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -35,6 +36,8 @@ from .teacher import CLIPTeacher
 
 __all__ = ["C2S"]
 
+logger = logging.getLogger(__name__)
+
 
 @META_ARCH_REGISTRY.register()
 class C2S(ZeroShotSegmentor):
@@ -46,7 +49,7 @@ class C2S(ZeroShotSegmentor):
                  mining: Optional[Dict[str, object]] = None, alpha: float = 1.0, beta: float = 10.0,
                  loss_weights: Sequence[float] = (1.0, 1.0, 1.0), ce_weight: float = 1.0,
                  loss_kwargs: Optional[Dict[str, float]] = None, global_distill: bool = True, local_distill: bool = True,
-                 **kwargs):
+                 head_lr_multiplier: float = 1.0, **kwargs):
         """
         Args:
             student: a :mod:`.students` network, B×3×H×W -> B×embed_dim×H/s×W/s.
@@ -54,6 +57,7 @@ class C2S(ZeroShotSegmentor):
             teacher_args: :class:`CLIPTeacher` arguments, used on the first training step.
             latent_decoder: :class:`LatentDecoder` (None: no latent embeddings, the ablation).
             mining: :func:`mine_latent_classes` keyword arguments.
+            head_lr_multiplier: lr × of the student's decode head and the latent decoder (:meth:`lr_multipliers`).
             others: MODEL.C2S.* (modeling/c2s/config.py); kwargs: :class:`ZeroShotSegmentor`'s.
         """
         super().__init__(pad_multiple=student.size_divisibility, **kwargs)
@@ -66,6 +70,8 @@ class C2S(ZeroShotSegmentor):
         self.loss_weights = list(loss_weights)
         self.loss_kwargs = dict(loss_kwargs or {})
         self.global_distill, self.local_distill = global_distill, local_distill
+        self.head_lr_multiplier = head_lr_multiplier
+        self._register_load_state_dict_pre_hook(self._skip_training_only_tensors)
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, object]:
@@ -76,6 +82,9 @@ class C2S(ZeroShotSegmentor):
         else:
             text = PromptedTextEncoder(model, tokenizer, num_prompts=0, init="template", template=t.TEXT_TEMPLATE)
         dim = int(model.output_dim)  # the teacher (image tower) is built on the first training step only (C13)
+        if not c.STUDENT_WEIGHTS:
+            logger.warning(f"C2S student {c.STUDENT} randomly initialised (MODEL.C2S.STUDENT_WEIGHTS ''; "
+                           f"MODEL.C2S.ALLOW_RANDOM_STUDENT {c.ALLOW_RANDOM_STUDENT}).")
         args = segmentor_config(cfg)
         args.update({
             "student": build_student(c.STUDENT, dim, weights=c.STUDENT_WEIGHTS, img_size=int(cfg.INPUT.CROP.SIZE[0]),
@@ -88,12 +97,14 @@ class C2S(ZeroShotSegmentor):
                                             ffn=c.DECODER_FFN, dropout=c.DECODER_DROPOUT) if c.LATENT_EMBEDDINGS else None,
             "tau": c.TAU, "bank_size": c.BANK_SIZE,
             "mining": {"window_sizes": list(c.WINDOW_SIZES), "iters": c.KMEANS_ITERS, "threshold": c.MERGE_THRESHOLD,
-                       "min_tokens": c.MIN_CLUSTER, "max_classes": c.MAX_LATENT},
+                       "min_tokens": c.MIN_CLUSTER, "max_classes": c.MAX_LATENT, "linkage": c.MERGE_LINKAGE,
+                       "center": c.CENTER_TOKENS},
             "alpha": c.ALPHA, "beta": c.BETA, "loss_weights": list(c.LOSS_WEIGHTS), "ce_weight": c.CE_WEIGHT,
             "loss_kwargs": {"focal_weight": loss.FOCAL_WEIGHT, "dice_weight": loss.DICE_WEIGHT,
                             "alpha": loss.FOCAL_ALPHA, "gamma": loss.FOCAL_GAMMA,
                             "ignore_as_negative": loss.IGNORE_AS_NEGATIVE},
             "global_distill": c.GLOBAL_DISTILL, "local_distill": c.LOCAL_DISTILL,
+            "head_lr_multiplier": c.HEAD_LR_MULTIPLIER,
         })
         return args
 
@@ -103,6 +114,34 @@ class C2S(ZeroShotSegmentor):
         return (f"{super().describe_protocol(cfg)}, student {c.STUDENT} only (no CLIP image tower), softmax of "
                 f"{c.ALPHA}*F^T A over frozen CLIP text embeddings, seen-score calibration "
                 f"{cfg.MODEL.SEGMENTOR.SEEN_SCORE_CALIBRATION if cfg.MODEL.SEGMENTOR.TRAINING_CLASSES == 'seen' else 0.0}")
+
+    # ---- optimisation and evaluation models ------------------------------------------------------------
+    sync_bn_modules = ("student",)  # BatchNorm converted to SyncBatchNorm under multi-GPU training (MMSeg: SyncBN)
+    training_only_prefixes = ("latent_decoder.", "bank.")  # not in the evaluation model (:meth:`for_inference`)
+
+    def lr_multipliers(self) -> Dict[str, tuple]:
+        """The student's decode head and the latent decoder at MODEL.C2S.HEAD_LR_MULTIPLIER (MMSeg's
+        ``custom_keys={'head': lr_mult 10}``: in an MMSeg model every module outside the backbone belongs to
+        the decode head — ours for the latent decoder); the student's backbone at ×1."""
+        own = {f"student.{p}": ("decode_head", self.head_lr_multiplier) for p in self.student.head_prefixes}
+        own["student"] = ("student_backbone", 1.0)
+        if self.latent_decoder is not None:
+            own["latent_decoder"] = ("decode_head", self.head_lr_multiplier)
+        return own
+
+    def for_inference(self) -> "C2S":
+        """The evaluation/export model: the latent decoder and the [CLS] bank are training-only (C13: the
+        student alone runs at test) and are removed; their tensors in a checkpoint are skipped on load."""
+        self.latent_decoder, self._inference_only = None, True
+        if hasattr(self, "bank"):
+            del self.bank
+        return self
+
+    def _skip_training_only_tensors(self, state_dict, prefix, *args) -> None:
+        """Load hook of the evaluation model: drop the checkpoint's ``latent_decoder.*`` / ``bank.*`` entries."""
+        if getattr(self, "_inference_only", False):
+            for key in [k for k in state_dict if k[len(prefix):].startswith(self.training_only_prefixes)]:
+                del state_dict[key]
 
     # ---- inference (C13) ----------------------------------------------------------------------
     def encode_text(self, class_names: List[str]) -> torch.Tensor:
@@ -187,7 +226,7 @@ class C2S(ZeroShotSegmentor):
         n_seen, ignore = len(self.train_class_names), self.ignore_label
         grid = dense.shape[-2:]
         token_labels, token_valid = resize_labels_nearest(targets, grid), resize_labels_nearest(valid, grid)
-        latent = torch.stack([mine_latent_classes(d, (lab == ignore) & ok, **self.mining)
+        latent = torch.stack([mine_latent_classes(d, (lab == ignore) & ok, valid=ok, **self.mining)
                               for d, lab, ok in zip(dense, token_labels, token_valid)])
         yp = pseudo_mask(targets, latent, valid, n_seen, ignore)
         feat = resize_labels_nearest(yp, feature_size)

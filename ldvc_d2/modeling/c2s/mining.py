@@ -6,20 +6,24 @@ teacher tokens are clustered per image:
 * (C2, eq. 1) seeds: every token whose (nearest-downsampled) label is a seen class is zeroed; for each
   window size o ∈ 𝒪 the o×o window means at stride round(o/2) are seeds. Windows without any
   unannotated token (all-zero seeds) are dropped (ours).
+* (ours, ``center``) the mean of the image's valid tokens is subtracted first: CLIP's patch tokens share one
+  direction (cosine ~0.8 between any two), which leaves no threshold between "same" and "different".
 * (C3) cosine K-Means over the unannotated tokens, initialised with the seeds (vectorised torch, a fixed
-  number of iterations, no randomness); clusters whose updated centroids have cosine > θ are merged
-  (connected components of that graph — the supplement's rule is unknown, ours); clusters with fewer than
-  ``min_tokens`` tokens are dropped and at most ``max_classes`` are kept, largest first.
+  number of iterations, no randomness); clusters are then merged while similar (the supplement's rule is
+  unknown, ours): ``linkage="average"`` merges greedily the pair with the highest mean pairwise token
+  cosine while it exceeds θ (UPGMA); ``"single"`` merges connected components of {centroid cosine > θ}.
+  Clusters with fewer than ``min_tokens`` tokens are dropped and at most ``max_classes`` are kept, largest
+  first. The numbers behind the defaults: docs/c2s.md "Latent mining", tools/c2s_mining_sweep.py.
 * Pseudo mask Y_p: seen labels ∪ latent regions, latent class k of an image labelled ``num_seen + k``.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..label_ops import resize_labels_nearest
 
-__all__ = ["cosine_kmeans", "merge_clusters", "mine_latent_classes", "pseudo_mask", "window_seeds"]
+__all__ = ["average_linkage", "cosine_kmeans", "merge_clusters", "mine_latent_classes", "pseudo_mask", "window_seeds"]
 
 
 def window_seeds(dense: torch.Tensor, unannotated: torch.Tensor, window_sizes: Sequence[int]) -> torch.Tensor:
@@ -68,16 +72,69 @@ def merge_clusters(centroids: torch.Tensor, counts: torch.Tensor, threshold: flo
         labels = new
 
 
+def average_linkage(sums: torch.Tensor, counts: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy average-linkage (UPGMA) merging. sums: K×d sums of each cluster's *unit* tokens; counts: K.
+    The similarity of clusters a, b is the mean cosine over their token pairs, S_a·S_b / (n_a n_b); the most
+    similar pair is merged while that exceeds ``threshold``. Returns K group ids (the surviving index of each
+    merged group; empty clusters keep their own index)."""
+    k = len(counts)
+    labels = torch.arange(k, device=counts.device)
+    alive = (counts > 0).nonzero().flatten()
+    if len(alive) < 2:
+        return labels
+    s, n = sums[alive].double(), counts[alive].double()
+    sim = (s @ s.T) / (n[:, None] * n[None, :])
+    sim.fill_diagonal_(float("-inf"))
+    best, partner = sim.max(dim=1)  # each row's most similar cluster, updated row-wise after a merge
+    owner = torch.arange(len(alive), device=counts.device)  # compact index -> surviving compact index
+    merged = torch.zeros(len(alive), dtype=torch.bool, device=counts.device)
+    while True:
+        a = int(best.argmax())
+        b = int(partner[a])
+        if not best[a] > threshold:
+            break
+        s[a] += s[b]
+        n[a] += n[b]
+        owner[owner == b] = a
+        merged[b] = True
+        row = ((s @ s[a]) / (n * n[a])).masked_fill(merged, float("-inf"))
+        sim[a], sim[:, a] = row, row
+        sim[b], sim[:, b] = float("-inf"), float("-inf")
+        sim[a, a] = float("-inf")
+        stale = (partner == a) | (partner == b)
+        stale[a] = True
+        best[b] = float("-inf")
+        if stale.any():
+            best[stale], partner[stale] = sim[stale].max(dim=1)
+        better = sim[:, a] > best
+        best[better], partner[better] = sim[better, a], a
+    labels[alive] = alive[owner]
+    return labels
+
+
 def mine_latent_classes(dense: torch.Tensor, unannotated: torch.Tensor, *, window_sizes: Sequence[int], iters: int,
-                        threshold: float, min_tokens: int, max_classes: int) -> torch.Tensor:
-    """dense: d×h×w teacher tokens; unannotated: h×w bool. Returns h×w long: latent class 0..K-1
-    (largest first) or -1 (seen, padding, or in a dropped cluster)."""
+                        threshold: float, min_tokens: int, max_classes: int, linkage: str = "single",
+                        center: bool = False, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dense: d×h×w teacher tokens; unannotated: h×w bool; valid: h×w bool (not padding; default all), the
+    tokens whose mean ``center`` subtracts. Returns h×w long: latent class 0..K-1 (largest first) or -1
+    (seen, padding, or in a dropped cluster)."""
     out = torch.full(unannotated.shape, -1, dtype=torch.long, device=dense.device)
+    if center:
+        inside = valid if valid is not None else torch.ones_like(unannotated)
+        if inside.any():
+            dense = dense - dense[:, inside].mean(dim=1)[:, None, None]
     seeds = window_seeds(dense, unannotated, window_sizes)
     if not len(seeds) or not unannotated.any():
         return out
-    assign, centroids, counts = cosine_kmeans(dense[:, unannotated].T, seeds, iters)
-    groups = merge_clusters(centroids, counts, threshold)[assign]
+    points = dense[:, unannotated].T
+    assign, centroids, counts = cosine_kmeans(points, seeds, iters)
+    if linkage == "average":
+        sums = torch.zeros_like(centroids).index_add_(0, assign, F.normalize(points, dim=1))
+        groups = average_linkage(sums, counts, threshold)[assign]
+    elif linkage == "single":
+        groups = merge_clusters(centroids, counts, threshold)[assign]
+    else:
+        raise ValueError(f"MODEL.C2S.MERGE_LINKAGE must be 'average' or 'single', got '{linkage}'")
     ids, sizes = torch.unique(groups, return_counts=True)
     order = sizes.argsort(descending=True, stable=True)
     kept = ids[order][sizes[order] >= min_tokens][:max_classes]

@@ -56,6 +56,7 @@ class SegformerStudent(nn.Module):
 
     output_stride = 4
     size_divisibility = 32
+    head_prefixes = ("model.decode_head",)  # MMSeg's decode_head: linear_c, linear_fuse, its BN, the classifier
 
     def __init__(self, embed_dim: int, widths: Sequence[int], depths: Sequence[int], heads: Sequence[int],
                  decoder_width: int, weights: str = "", drop_path: float = 0.1):
@@ -90,29 +91,35 @@ class SETRStudent(nn.Module):
     Args:
         out_dim: CLIP's embedding width D (the projection's output).
         vit_name / vit_kwargs: a timm ViT architecture and overrides (the tiny variant's sizes).
-        weights: "" (random), a local timm checkpoint file, or a timm pretrained name.
+        weights: "" (random), a local checkpoint file (.pth/.bin/.pkl through the safe loader, .safetensors) of
+            a timm ViT of ``vit_name``'s architecture, or a timm pretrained name; position embeddings are
+            resampled to ``img_size`` and a classifier in the file is dropped (timm's checkpoint filter).
         head_width: channels of the naive head (MMSeg: 256).
     """
 
     output_stride = 4
+    head_prefixes = ("norm", "head", "proj")  # MMSeg's SETRUPHead owns its LayerNorm, conv-BN-ReLU and classifier
 
     def __init__(self, out_dim: int, vit_name: str, weights: str = "", img_size: int = 512, drop_path: float = 0.1,
                  head_width: int = 256, **vit_kwargs):
         super().__init__()
         timm = _need("timm")
         args = dict(img_size=img_size, num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path, **vit_kwargs)
-        if weights and (os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".safetensors"))) \
-                and not os.path.isfile(weights):
+        local = bool(weights) and (os.sep in weights or weights.endswith(_FILE_SUFFIXES))
+        if local and not os.path.isfile(weights):
             raise FileNotFoundError(f"MODEL.C2S.STUDENT_WEIGHTS: checkpoint file '{weights}' does not exist (a local timm "
                                     "ViT-B/16 checkpoint, or a timm pretrained name, or '' for random weights).")
         try:
-            if weights and os.path.isfile(weights):
-                self.vit = timm.create_model(vit_name, pretrained=True, pretrained_cfg_overlay={"file": weights}, **args)
+            if local:  # read safely here; timm's own loader would unpickle the file
+                state = _vit_state(weights)
+                head = state.get("head.weight")
+                overlay = {"state_dict": state, "num_classes": int(head.shape[0]) if head is not None else 0}
+                self.vit = timm.create_model(vit_name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
             else:
                 self.vit = timm.create_model(weights or vit_name, pretrained=bool(weights), **args)
-        except (OSError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
             raise RuntimeError(f"MODEL.C2S.STUDENT_WEIGHTS: cannot build the SETR ViT from '{weights}': give a local "
-                               "timm checkpoint file of a ViT-B/16 or a timm pretrained name. "
+                               "checkpoint file of a timm ViT-B/16 or a timm pretrained name. "
                                f"({type(e).__name__}: {e})") from e
         width, self.patch = self.vit.embed_dim, self.vit.patch_embed.patch_size[0]
         self.size_divisibility = self.patch
@@ -127,6 +134,27 @@ class SETRStudent(nn.Module):
         x = F.interpolate(self.head(grid), scale_factor=self.patch // self.output_stride, mode="bilinear",
                           align_corners=False)
         return self.proj(x)
+
+
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".safetensors")
+
+
+def _vit_state(path: str) -> dict:
+    """A timm ViT state dict from a local file, read without running code (safetensors, or the safe
+    unpickler of :func:`ldvc_d2.checkpoint.load_checkpoint_file`); "state_dict"/"model" wrappers unwrapped."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    from ...checkpoint import load_checkpoint_file
+
+    state = load_checkpoint_file(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"'{path}' holds a {type(state).__name__}, not a state dict")
+    return {k: torch.as_tensor(v) for k, v in state.items()}
 
 
 def _register_segformer(name: str, widths, depths, heads, decoder_width) -> None:
@@ -144,8 +172,9 @@ _register_segformer("segformer_tiny", [8, 16, 32, 64], [1, 1, 1, 1], [1, 1, 2, 4
 
 @C2S_STUDENT_REGISTRY.register()
 def setr_b(embed_dim: int, weights: str = "", img_size: int = 512, drop_path: float = 0.1) -> nn.Module:
-    """SETR-B: ViT-B/16 (12 × 768) + naive head 256."""
-    return SETRStudent(embed_dim, "vit_base_patch16_224", weights, img_size, drop_path)
+    """SETR-B: ViT-B/16 (12 × 768; the 384-px architecture of SETR's ImageNet-21k weights, position
+    embeddings resampled to the crop) + naive head 256."""
+    return SETRStudent(embed_dim, "vit_base_patch16_384", weights, img_size, drop_path)
 
 
 @C2S_STUDENT_REGISTRY.register()
