@@ -1,4 +1,4 @@
-"""Mixed precision (issue 15): SOLVER.AMP training in the accumulating trainer and half-precision inference
+"""Mixed precision: SOLVER.AMP training in the accumulating trainer and half-precision inference
 (MODEL.SEGMENTOR.INFERENCE.PRECISION), on the CPU, against the same model in fp32.
 
 Bounds (measured on tiny random-weight models, CPU, torch 2.14, in brackets): bf16 training loss within

@@ -1,4 +1,4 @@
-"""Batched sliding windows (MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH, issue 15): the same scores as one window per
+"""Batched sliding windows (MODEL.SEGMENTOR.INFERENCE.WINDOW_BATCH): the same scores as one window per
 forward pass, with the windows grouped as documented (consecutive, equal size and vocabulary, at most N)."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Blind spots of older tests (issue 26, item 1): branches that were only exercised with inputs that cannot
+"""Blind spots of older tests: branches that were only exercised with inputs that cannot
 tell the right code from a plausible wrong one. Each reference is computed independently of the code path
 under test; each test was checked to fail with the matching bug planted in the source."""
 import os

@@ -1,4 +1,4 @@
-"""tools/export_model.py (issue 15): ONNX for a fixed vocabulary, checked with onnxruntime against the model's
+"""tools/export_model.py: ONNX for a fixed vocabulary, checked with onnxruntime against the model's
 own whole-image inference (a path through ZeroShotSegmentor.inference the export does not use)."""
 import os
 

@@ -1,4 +1,4 @@
-"""Issue 13: settings where the paper is silent follow ZegCLIP's code (pinned here to its values), the
+"""Settings where the paper is silent follow ZegCLIP's code (pinned here to its values), the
 shapes quick start keeps its own recipe, and the V_j-scale / template-ensemble keys do what they say."""
 import pytest
 import torch

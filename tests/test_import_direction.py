@@ -1,4 +1,4 @@
-"""Imports inside ldvc_d2 run one way (issue 23): data -> models -> evaluation -> engine -> tools, with
+"""Imports inside ldvc_d2 run one way: data -> models -> evaluation -> engine -> tools, with
 ``utils`` below them all; the shapes benchmark (``ldvc_d2.benchmarks``) is imported by none of them (only
 by the package root and the app, a tool on top that nothing of the package imports), no method imports
 another's folder, and no two ldvc_d2 modules import each other,

@@ -1,4 +1,4 @@
-"""The chunked LCSA (issue 15) against the batched-gather formula it replaced: same outputs and gradients
+"""The chunked LCSA against the batched-gather formula (all windows' K and V gathered at once): same outputs and gradients
 to 1e-5 for any chunk size, and a backward pass that sees the same attention-dropout masks as its forward
 (the chunks are recomputed there)."""
 import pytest
@@ -9,7 +9,7 @@ from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention
 
 
 def _gather_reference(module, x, h, w):
-    """Eqs. (8)-(12) as before issue 15: gather the m routed windows' K and V for every window at once."""
+    """Eqs. (8)-(12) in one batch: gather the m routed windows' K and V for every window at once."""
     n, m, heads = module.window_size, module.topk, module.num_heads
     b, l, d = x.shape
     q, k, v = module.qkv(x).chunk(3, dim=-1)
@@ -109,7 +109,7 @@ def _tensor_peak(fn):
 
 
 def test_routed_step_holds_one_head_not_all_of_them():
-    """Issue 15: inference and training of the routed step hold the output, one head's Q, K, V and a chunk,
+    """Inference and training of the routed step hold the output, one head's Q, K, V and a chunk,
     not Q, K and V of all heads (tensor bytes from the profiler's allocation timeline, deterministic)."""
     torch.manual_seed(5)
     grid, d = 32, 64
@@ -169,3 +169,38 @@ def test_frozen_weights_and_float64_under_autocast():
 def test_attention_dropout_must_be_below_one():
     with pytest.raises(ValueError, match="MODEL.LDVC.LCTD.ATTN_DROPOUT"):
         LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=2, attn_dropout=1.0)
+
+
+def test_small_grid_inference_takes_the_window_gather_and_tracing_the_per_head_passes(monkeypatch):
+    """Eager inference on a small grid runs the window-block gather (one pass over all heads), equal to the
+    per-window reference; ONNX tracing (fixed graph, any batch) and large grids keep the per-head passes."""
+    from ldvc_d2.modeling.ldvc import lcsa_routed
+
+    calls = []
+    for name in ("_window_passes", "_passes"):
+        original = getattr(lcsa_routed, name)
+        monkeypatch.setattr(lcsa_routed, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    torch.manual_seed(9)
+    h, w = 8, 12
+    x = torch.randn(3, h * w, 32)
+    small = LocalConsensusSelfAttention(32, num_heads=4, window_size=2, topk=5, chunk_elements=3000).eval()
+    with torch.no_grad():
+        out = small(x, h, w)
+        assert calls == ["_window_passes"]
+        torch.testing.assert_close(out, _gather_reference(small, x, h, w), atol=1e-5, rtol=1e-5)
+        calls.clear()
+        class Grid(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layer = small
+
+            def forward(self, t):
+                return self.layer(t, h, w)
+
+        traced = torch.jit.trace(Grid(), x, check_trace=False)
+        assert calls == ["_passes"]
+        torch.testing.assert_close(traced(x), out, atol=1e-5, rtol=1e-5)
+        calls.clear()
+        small.chunk_elements = 64  # h·w·d > 4 chunks: a large grid for this layer
+        torch.testing.assert_close(small(x, h, w), out, atol=1e-5, rtol=1e-5)
+        assert calls == ["_passes"]

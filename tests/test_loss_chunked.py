@@ -1,4 +1,4 @@
-"""focal_dice_loss in blocks of (image, class) rows with recomputation (issue 15) against the
+"""focal_dice_loss in blocks of (image, class) rows with recomputation against the
 full-tensor formula it replaced, written out here: same values and logit gradients to 1e-5."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Exact resume (issue 14 item 4): a run killed with SIGKILL after a checkpoint and resumed with --resume
+"""Exact resume: a run killed with SIGKILL after a checkpoint and resumed with --resume
 ends with the same weights, bit for bit, as a run that was never interrupted. Dropout (0.1) and
 photometric distortion are on, and the two runs use different numbers of data-loader workers: the data
 stream and the random draws depend on (seed, iteration, position) alone.

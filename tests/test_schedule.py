@@ -1,5 +1,5 @@
-"""The schedule is the same on any number of GPUs (issue 13 item 3), and the training data stream is a
-function of (seed, position) alone (issue 14 items 4-5)."""
+"""The schedule is the same on any number of GPUs, and the training data stream is a
+function of (seed, position) alone."""
 import glob
 import os
 

@@ -50,7 +50,7 @@ def test_warmup_then_poly_decay():
 
 
 def test_warmup_longer_than_the_run_is_clamped_with_a_warning(caplog):
-    """MAX_ITER <= WARMUP_ITERS would ramp towards the end-of-schedule lr (issue 14 item 6): the warm-up is
+    """MAX_ITER <= WARMUP_ITERS would ramp towards the end-of-schedule lr: the warm-up is
     clamped to SOLVER.WARMUP_MAX_FRACTION of the run and the lr then follows the poly schedule."""
     cfg = tiny_cfg("configs/demo.yaml", "DATASETS.TRAIN", "()", "SOLVER.MAX_ITER", "40", "SOLVER.WARMUP_ITERS", "50",
                    "SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_FACTOR", "0.0", "SOLVER.POLY_LR_MIN", "0.0")

@@ -1,4 +1,4 @@
-"""The tiny CLIP shipped with the package (issue 15, item 6): written and read back exactly, the token
+"""The tiny CLIP shipped with the package : written and read back exactly, the token
 embedding redrawn as pretraining drew it, first use without pretraining, and the shipped file itself
 (its weights give the zero-shot accuracy its metadata claims)."""
 import dataclasses

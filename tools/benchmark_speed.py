@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed benchmark (issue 15): one run prints a table and writes JSON (atomically) with
+"""Speed benchmark: one run prints a table and writes JSON (atomically) with
 
 * train: one training step (losses forward + backward) of LDVC and ZegCLIP at their COCO-Stuff configs,
   random CLIP weights: seconds, peak memory and, from torch.profiler record_function ranges, where the

@@ -1,5 +1,5 @@
 """The training data stream: a pure function of (seed, position), so it is the same on detectron2 v0.6
-and current detectron2 (issue 14 item 5) and ``--resume`` continues it exactly (item 4).
+and current detectron2 and ``--resume`` continues it exactly.
 
 Definition. With N training images, seed s and total batch B (SOLVER.IMS_PER_BATCH):
 

@@ -1,4 +1,4 @@
-"""Multi-process runs on GPUs *and* CPUs, on detectron2 v0.6 and current detectron2 (issue 14 item 3).
+"""Multi-process runs on GPUs *and* CPUs, on detectron2 v0.6 and current detectron2.
 
 With CUDA available, :func:`launch` is detectron2's own (NCCL, one process per GPU: unchanged). On a
 machine without CUDA, detectron2 v0.6's launch asserts CUDA, so this module starts the processes itself:

@@ -1,4 +1,4 @@
-"""The training schedule as written, on any number of processes (issue 13 item 3).
+"""The training schedule as written, on any number of processes.
 
 SOLVER.IMS_PER_BATCH is the total batch of one optimizer step (the paper: 16) and BASE_LR, MAX_ITER and
 WARMUP_ITERS are used as written whatever the number of processes. Each process takes

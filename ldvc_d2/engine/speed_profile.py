@@ -1,4 +1,4 @@
-"""Where a training step's time goes (issue 15 item 1), from torch.profiler ``record_function`` ranges.
+"""Where a training step's time goes, from torch.profiler ``record_function`` ranges.
 
 The step's components are wrapped for the duration of the profile (instance attributes, removed
 afterwards): ``text_encoder`` (the segmentor's ``encode_text``: prompted text encoder, or the fixed

@@ -28,8 +28,8 @@ __all__ = ["focal_dice_loss"]
 
 # Floats of per-pixel terms computed at once. The C×H×W terms are formed a block of (image, class) rows at
 # a time and, with autograd, recomputed in the backward pass (checkpointing) instead of being kept: a
-# step's loss holds its logits and per-row sums, not the ~10 full-resolution fp32 maps of the formula
-# (issue 15). Values do not depend on it.
+# step's loss holds its logits and per-row sums, not the ~10 full-resolution fp32 maps of the formula.
+# Values do not depend on it.
 _CHUNK_ELEMENTS = 2 ** 22
 # Up to this many per-pixel terms per step (B·C·H·W) they are kept for the backward instead of recomputed:
 # at most ~10 maps of 2^21 floats (~80 MiB), and half the loss's time (the shapes quick start, 4×12×128²:

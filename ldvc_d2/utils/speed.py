@@ -1,4 +1,4 @@
-"""Time and peak-memory measurement for tools/benchmark_speed.py (issue 15) and tools/analyze_model.py,
+"""Time and peak-memory measurement for tools/benchmark_speed.py and tools/analyze_model.py,
 the same on CPU and CUDA.
 
 Time: the median of several repeats after one warm-up, on CUDA with synchronisation. ``clock="cpu"``

@@ -1,4 +1,4 @@
-"""The tiny CLIP shipped with the package (issue 15, item 6): the ``"shapes"`` recipe's checkpoint as
+"""The tiny CLIP shipped with the package : the ``"shapes"`` recipe's checkpoint as
 safetensors in ``assets/`` next to this file (tensors only: nothing runs when it is read), so a fresh
 machine's quick start needs no pretraining; :func:`.cache.ensure_tiny_clip` writes it to the cache.
 

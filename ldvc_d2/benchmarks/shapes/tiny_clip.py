@@ -16,7 +16,7 @@ plain open_clip checkpoint (``{"state_dict": ...}``), loadable with ``open_clip.
 ``"shapes-quick"`` names a cheaper, opt-in recipe (``TINY_CLIP_RECIPES``), cached under its own name.
 
 The package ships the default recipe's checkpoint (``assets/``; :mod:`.shipped`): on first use it is
-written to the cache instead of pretraining, which keeps the quick start under 3 minutes (issue 15).
+written to the cache instead of pretraining, which keeps the quick start under 3 minutes.
 ``tools/pretrain_tiny_clip.py`` pretrains it afresh and compares.
 """
 import contextlib
@@ -240,7 +240,7 @@ def _pretrain(out_path: str, cfg: PretrainConfig, progress: bool) -> Dict:
 TINY_CLIP_RECIPES: Dict[str, PretrainConfig] = {
     # 600 steps × 64 pairs in fp32 (~400 s of one core): the checkpoint of docs/shapes_benchmark.md's tables.
     TINY_CLIP_TAG: PretrainConfig(),
-    # FLIP patch dropout 0.5 and bfloat16 autocast (issue 15), ~150 s of one core. Opt-in: LDVC on its
+    # FLIP patch dropout 0.5 and bfloat16 autocast, ~150 s of one core. Opt-in: LDVC on its
     # seed-0 checkpoint beats the fp32 one's, but over pretraining seeds 0/1/2 hIoU goes 40.1 / 31.7 / 24.9
     # (fp32: 34.5 / 34.1), so the quick start keeps "shapes" (docs/shapes_benchmark.md).
     TINY_CLIP_TAG + "-quick": PretrainConfig(patch_dropout=0.5, precision="bf16"),

@@ -1,4 +1,4 @@
-"""Prompt-template sets for template-ensemble class embeddings (CLIPtrase T4; issue 13 item 4).
+"""Prompt-template sets for template-ensemble class embeddings (CLIPtrase T4).
 
 A class embedding is t_c = normalize(mean_k normalize(E_txt(template_k(c)))) (CLIP's prompt
 ensembling; CLIPtrase ``clip_self_correlation.py:90-101``). Sets:

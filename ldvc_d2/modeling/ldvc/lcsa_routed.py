@@ -1,5 +1,5 @@
 """LCSA's routed step (LDVC eqs. (9), (11), (12) and the output projection), head by head and chunk
-by chunk, with a backward pass that recomputes instead of storing (issue 15).
+by chunk, with a backward pass that recomputes instead of storing.
 
 ``routed_attention`` gets the B·L×d tokens, the qkv and output projections and the routing (the rows of
 each query window and of its m routed windows, from eqs. (8) and (10) in ``lcsa.py``). For one head at
@@ -45,15 +45,51 @@ class RoutedSpec:
 
 
 def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_o: torch.Tensor,
-                     b_o: torch.Tensor, rows: torch.Tensor, routed: torch.Tensor, spec: RoutedSpec) -> torch.Tensor:
-    """x: B·L×d tokens; rows: B×W×n² query rows per window; routed: B×W×m×n² key rows (eq. 11).
+                     b_o: torch.Tensor, rows: torch.Tensor, routed: torch.Tensor, spec: RoutedSpec,
+                     ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x: B·L×d tokens; rows: B×W×n² query rows per window; routed: B×W×m×n² key rows (eq. 11); ids:
+    B×W×m routed window indices (eq. 10), for the eager inference of small grids (:func:`_window_passes`).
     Returns the projected B·L×d output. Differentiable (recomputing backward) when autograd is on, except
     while tracing for ONNX export, which records the inference passes. Attention dropout (``spec``'s,
     training only) always goes through the written-out eq. (12), with or without autograd."""
     tensors = (x, w_qkv, b_qkv, w_o, b_o)
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not torch.jit.is_tracing():
         return _RoutedAttention.apply(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec)
+    if ids is not None and spec.keep_outputs and not spec.attn_dropout and not tracing:
+        return _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec)
     return _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, written_out=bool(spec.attn_dropout))
+
+
+def _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec: RoutedSpec) -> torch.Tensor:
+    """Eager inference of the routed step on small grids (``spec.keep_outputs``), where one pass over all
+    heads costs what global attention holds anyway: Q, K, V of all heads come from one product and are
+    put in window order (the n² tokens of each window together); per head, K|V become one row of n²·2hd
+    floats per window, so a chunk's m routed windows (eq. 11) are copied with one block gather per window
+    instead of one row gather per token, and a chunk's queries are a contiguous slice. The heads' outputs
+    are projected together and put back in token order once. Same products as :func:`_passes` (equal up
+    to float rounding); at 32×32 tokens (d 512, 8 heads, top-16) it runs as fast as global attention on
+    one CPU thread, where the per-head passes took ~6% longer (docs/speed.md)."""
+    b, num_windows, m = ids.shape
+    r, hd = rows.shape[-1], spec.head_dim
+    order = rows.reshape(-1)  # token row of each window-ordered row
+    flat_ids = (ids + torch.arange(b, device=ids.device).view(b, 1, 1) * num_windows).view(b * num_windows, m)
+    step = max(1, spec.step * b)  # query windows per chunk, all images together
+    qkv = F.linear(x, w_qkv, b_qkv).index_select(0, order)  # eq. (9), window order: B·L×3d
+    attn = torch.empty_like(x)  # the heads' outputs, window order
+    for head in range(spec.num_heads):
+        parts = _head_weights(w_qkv, b_qkv, spec, head)[2]
+        kv = torch.cat([qkv[:, parts[1]], qkv[:, parts[2]]], 1).view(b * num_windows, r * 2 * hd)
+        q = attn[:, head * hd:(head + 1) * hd]
+        q.copy_(qkv[:, parts[0]])  # a chunk's result replaces its own queries
+        for s in range(0, b * num_windows, step):
+            e = min(s + step, b * num_windows)
+            kv_c = kv.index_select(0, flat_ids[s:e].reshape(-1)).view(e - s, 1, m * r, 2, hd)
+            q_c = q[s * r:e * r]
+            q_c.copy_(scaled_sdpa(q_c.reshape(e - s, 1, r, hd), kv_c[..., 0, :], kv_c[..., 1, :],
+                                  spec.scale).view(-1, hd))
+    out = torch.addmm(b_o, attn, w_o.t())
+    return torch.empty_like(out).index_copy_(0, order, out)
 
 
 def _head_weights(w_qkv: torch.Tensor, b_qkv: torch.Tensor, spec: RoutedSpec, head: int):

@@ -7,7 +7,7 @@ Its criterion is the released recipe's (D1): Hungarian matching with ``scipy.opt
 on cost 1·class + 20·focal + 1·dice, losses CE (no-object weight 0.1) + 20·sigmoid focal + 1·dice, on the
 last and (deep supervision) every earlier decoder layer.
 
-Why ``transformers`` rather than our own MaskFormer (issue 11 prefers a well-kept implementation where it
+Why ``transformers`` rather than our own MaskFormer (a well-kept implementation is preferred where it
 fits): its MaskFormer *is* D1's architecture and criterion (the same pixel decoder, decoder, mask head,
 matcher costs, loss weights and no-object weight), it builds with random weights without network access
 when given an explicit timm backbone config, and a tiny instance runs in the CPU tests. Only the per-layer
