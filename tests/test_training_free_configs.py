@@ -38,3 +38,11 @@ def test_benchmark_configs_follow_the_papers_protocol(method):
             assert inf.PAMR_STEPS == (10 if suffix else 0)
             assert tf.AREA_THRESHOLD == (0.1 if (method, bench) == ("sclip", "voc21") else 0.0)
             assert list(cfg.MODEL.CLIP.TEXT_TEMPLATES) == ["imagenet80"] and cfg.MODEL.CLIP.POS_INTERPOLATION == "bicubic"
+
+
+def test_protocol_line_names_the_harness_settings():
+    from ldvc_d2.modeling import NACLIP
+
+    line = NACLIP.describe_protocol(tiny_cfg("configs/naclip/voc21_pamr.yaml"))
+    assert "sliding window 224x224 stride 112" in line and "PAMR 10 steps dilations [8, 16]" in line
+    assert "probability threshold 0.1" in line and "logit scale 40.0" in line and "naclip attention (sigma 5.0)" in line

@@ -22,6 +22,9 @@ class names (:meth:`ZeroShotSegmentor.encode_text`) and, if it trains, its losse
   (:meth:`ZeroShotSegmentor.batch_window_scores`); windows, their order and the order of the sums are
   those of one-by-one scoring. ``precision`` (MODEL.SEGMENTOR.INFERENCE.PRECISION) runs these passes under
   ``torch.autocast``; scores are averaged, calibrated and returned in fp32.
+* **Refinement and post-processing**: optionally PAMR (MODEL.SEGMENTOR.INFERENCE.PAMR_STEPS, :mod:`.pamr`) on the
+  scores at the output size, guided by the input image resized to it; then :meth:`ZeroShotSegmentor.postprocess`
+  (the identity, except for the training-free harness methods of :mod:`.training_free`).
 * **Text cache**: class embeddings do not depend on the image; in eval mode they are cached per class
   list and device.
 * **Protocol line**: :meth:`ZeroShotSegmentor.describe_protocol` says, from a config, how a method
@@ -154,7 +157,8 @@ class ZeroShotSegmentor(nn.Module):
         how = (f"sliding window {inf.CROP_SIZE}x{inf.CROP_SIZE} stride {inf.STRIDE}" if inf.MODE == "slide"
                else "whole image")
         precision = f", {inf.PRECISION} autocast" if inf.PRECISION != "fp32" else ""
-        return f"{cfg.MODEL.META_ARCHITECTURE}: {how}, short side {cfg.INPUT.MIN_SIZE_TEST}{precision}"
+        pamr = f", PAMR {inf.PAMR_STEPS} steps dilations {list(inf.PAMR_DILATIONS)}" if inf.PAMR_STEPS else ""
+        return f"{cfg.MODEL.META_ARCHITECTURE}: {how}, short side {cfg.INPUT.MIN_SIZE_TEST}{precision}{pamr}"
 
     # ---- shared machinery --------------------------------------------------------------------
     @property

@@ -150,8 +150,7 @@ class TrainingFreeCLIPSegmentor(ZeroShotSegmentor):
 
     @classmethod
     def describe_protocol(cls, cfg) -> str:
-        t, inf = cfg.MODEL.TRAINING_FREE, cfg.MODEL.SEGMENTOR.INFERENCE
-        pamr = f", PAMR {inf.PAMR_STEPS} steps dilations {list(inf.PAMR_DILATIONS)}" if inf.PAMR_STEPS else ""
+        t = cfg.MODEL.TRAINING_FREE
         return (f"{super().describe_protocol(cfg)}, training-free ({cfg.MODEL.CLIP.MODEL} '{cfg.MODEL.CLIP.PRETRAINED}'), "
                 f"logit scale {t.LOGIT_SCALE}, probability threshold {t.PROB_THRESHOLD}, area threshold "
-                f"{t.AREA_THRESHOLD}, positional resize {cfg.MODEL.CLIP.POS_INTERPOLATION}{pamr}")
+                f"{t.AREA_THRESHOLD}, positional resize {cfg.MODEL.CLIP.POS_INTERPOLATION}")
