@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import tiny_cfg
 
-DATASETS = {"voc21": "voc21_val", "context60": "context60_val", "coco_object": "coco_object_val", "voc20": "voc20_val",
+DATASETS = {"voc21": "voc21_val", "context60": "context60_val", "coco_object": "coco_object_val_harness", "voc20": "voc20_val",
             "context59": "context59_val", "coco_stuff": "coco_stuff_zs_val", "cityscapes": "cityscapes_val",
             "ade150": "ade150_val"}
 _SCLIP_SIDES = {"voc21": 336, "context60": 336, "coco_object": 336, "voc20": 336, "context59": 336, "coco_stuff": 448,
