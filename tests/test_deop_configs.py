@@ -30,6 +30,7 @@ def test_stage3_configs_hold_the_released_recipe(name):
     assert d.CAL_HEATMAP_HEADS == (1 if name == "paper_variant.yaml" else 0)
     # COCO-Stuff: released 640 crops trimmed to 512 by SIZE_DIVISIBILITY 512; VOC: 512 (Base-Segmentor)
     assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512)
+    assert cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA == 1.0  # released: no one-class crop retry
     assert (d.PROPOSAL_NET.CLASS_AGNOSTIC, d.PROPOSAL_NET.MASK_LOSS_ONLY) == (("class_agnostic" in name),) * 2
 
 

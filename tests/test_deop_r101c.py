@@ -140,6 +140,7 @@ def test_stage2_paper_configs_are_the_released_recipe_and_need_imagenet_weights(
     p, clip = cfg.MODEL.DEOP.PROPOSAL_NET, cfg.SOLVER.CLIP_GRADIENTS
     assert (p.BACKBONE, list(p.RES5_MULTI_GRID), p.BACKBONE_LR_MULTIPLIER) == ("resnet101s", [1, 2, 4], 0.1)
     assert (clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE) == (True, "full_model", 0.01, 2.0)
+    assert cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA == 1.0  # released: no one-class crop retry
     assert (p.CLASS_AGNOSTIC, p.MASK_LOSS_ONLY) == (("class_agnostic" in name),) * 2
     with pytest.raises(ValueError, match=r"MODEL.DEOP.PROPOSAL_NET.BACKBONE_WEIGHTS is empty.*R-103.pkl"):
         validate_config(cfg, training=True)
