@@ -75,7 +75,7 @@ def _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec: RoutedSpec) -> to
     order = rows.reshape(-1)  # token row of each window-ordered row
     flat_ids = (ids + torch.arange(b, device=ids.device).view(b, 1, 1) * num_windows).view(b * num_windows, m)
     step = max(1, spec.step * b)  # query windows per chunk, all images together
-    qkv = F.linear(x, w_qkv, b_qkv).index_select(0, order)  # eq. (9), window order: B·L×3d
+    qkv = F.linear(x.index_select(0, order), w_qkv, b_qkv)  # eq. (9), window order: B·L×3d
     attn = torch.empty_like(x)  # the heads' outputs, window order
     for head in range(spec.num_heads):
         parts = _head_weights(w_qkv, b_qkv, spec, head)[2]
@@ -88,8 +88,8 @@ def _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec: RoutedSpec) -> to
             q_c = q[s * r:e * r]
             q_c.copy_(scaled_sdpa(q_c.reshape(e - s, 1, r, hd), kv_c[..., 0, :], kv_c[..., 1, :],
                                   spec.scale).view(-1, hd))
-    out = torch.addmm(b_o, attn, w_o.t())
-    return torch.empty_like(out).index_copy_(0, order, out)
+    del qkv, kv
+    return attn.index_copy_(0, order, torch.addmm(b_o, attn, w_o.t()))  # token order again
 
 
 def _head_weights(w_qkv: torch.Tensor, b_qkv: torch.Tensor, spec: RoutedSpec, head: int):
