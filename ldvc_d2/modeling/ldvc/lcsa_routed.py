@@ -12,7 +12,10 @@ V for every window; results equal the all-heads formula up to float rounding. On
 the fastest and smallest of 1, 2 or 4 heads per pass on the CPU (one LCSA layer, d 512, 8 heads;
 docs/speed.md).
 
-Without autograd a chunk uses ``scaled_dot_product_attention`` and its result overwrites its own
+On small grids (``keep_outputs``) eager inference runs :func:`_window_passes` instead: all heads'
+Q, K, V from one product in window order, whole-window block gathers, one output projection (as fast
+as global attention at 32×32 tokens on one CPU thread, at its memory). Without autograd a chunk of
+the per-head passes uses ``scaled_dot_product_attention`` and its result overwrites its own
 queries (used by no other chunk). With autograd (training) ``_RoutedAttention`` saves only the tokens,
 weights and routing, plus the heads' attention outputs (B·L×d, projected together at the end) while
 one image's are at most four chunks' worth (``keep_outputs``; d 512: grids up to 32×32, where this made
@@ -41,7 +44,9 @@ class RoutedSpec:
     scale: float
     attn_dropout: float
     step: int  # query windows of each image per chunk
-    keep_outputs: bool  # training: keep the heads' attention outputs (B·L×d) for backward, or recompute them
+    # a small grid: training keeps the heads' attention outputs (B·L×d) for backward instead of recomputing
+    # them, eager inference runs _window_passes
+    keep_outputs: bool
 
 
 def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_o: torch.Tensor,
