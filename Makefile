@@ -2,7 +2,7 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test app
+.PHONY: setup demo test app gpu-check gpu-check-dry
 
 # Installs what a fresh machine lacks, keeping what is there: PyTorch (only if missing), detectron2
 # (an existing installation is kept; otherwise v0.6's Python code, tools/install_detectron2.py),
@@ -28,3 +28,12 @@ test: setup
 APP_ARGS ?=
 app: setup
 	$(PYTHON) -m ldvc_d2.app $(APP_ARGS)
+
+# The prepared GPU check (docs/speed.md): every method trains and evaluates in fp32 / fp16 / bf16, CLIPtrase
+# at 336 px, the ONNX export on onnxruntime, and tools/benchmark_speed.py --device cuda; under 8 minutes on
+# one GPU. Writes output/gpu_check/gpu_check.json and gpu_check.md. gpu-check-dry: the same code on the CPU.
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --output output/gpu_check
+
+gpu-check-dry:
+	$(PYTHON) tools/gpu_check.py --dry-run --output output/gpu_check_dry

@@ -141,7 +141,8 @@ class LocalConsensusSelfAttention(nn.Module):
         # bounded per image there; eagerly it is bounded for the whole batch.
         images = 1 if torch.jit.is_tracing() or torch.compiler.is_compiling() else int(b)
         step = max(1, self.chunk_elements // (images * m * n * n * 2 * self.head_dim))
-        # training keeps the heads' attention outputs for backward while one image's are at most 4 chunks
+        # small grids (one image's attention outputs at most 4 chunks): training keeps them for backward,
+        # eager inference takes the all-heads window pass (lcsa_routed._window_passes)
         keep = h * w * d <= 4 * self.chunk_elements
         spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, self.attn_dropout if self.training else 0.0,
                           step, keep)

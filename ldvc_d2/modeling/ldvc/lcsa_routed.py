@@ -12,7 +12,10 @@ V for every window; results equal the all-heads formula up to float rounding. On
 the fastest and smallest of 1, 2 or 4 heads per pass on the CPU (one LCSA layer, d 512, 8 heads;
 docs/speed.md).
 
-Without autograd a chunk uses ``scaled_dot_product_attention`` and its result overwrites its own
+On small grids (``keep_outputs``) eager inference runs :func:`_window_passes` instead: all heads'
+Q, K, V from one product in window order, whole-window block gathers, one output projection (as fast
+as global attention at 32×32 tokens on one CPU thread, at its memory). Without autograd a chunk of
+the per-head passes uses ``scaled_dot_product_attention`` and its result overwrites its own
 queries (used by no other chunk). With autograd (training) ``_RoutedAttention`` saves only the tokens,
 weights and routing, plus the heads' attention outputs (B·L×d, projected together at the end) while
 one image's are at most four chunks' worth (``keep_outputs``; d 512: grids up to 32×32, where this made
@@ -41,7 +44,9 @@ class RoutedSpec:
     scale: float
     attn_dropout: float
     step: int  # query windows of each image per chunk
-    keep_outputs: bool  # training: keep the heads' attention outputs (B·L×d) for backward, or recompute them
+    # a small grid: training keeps the heads' attention outputs (B·L×d) for backward instead of recomputing
+    # them, eager inference runs _window_passes
+    keep_outputs: bool
 
 
 def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_o: torch.Tensor,
@@ -75,7 +80,7 @@ def _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec: RoutedSpec) -> to
     order = rows.reshape(-1)  # token row of each window-ordered row
     flat_ids = (ids + torch.arange(b, device=ids.device).view(b, 1, 1) * num_windows).view(b * num_windows, m)
     step = max(1, spec.step * b)  # query windows per chunk, all images together
-    qkv = F.linear(x, w_qkv, b_qkv).index_select(0, order)  # eq. (9), window order: B·L×3d
+    qkv = F.linear(x.index_select(0, order), w_qkv, b_qkv)  # eq. (9), window order: B·L×3d
     attn = torch.empty_like(x)  # the heads' outputs, window order
     for head in range(spec.num_heads):
         parts = _head_weights(w_qkv, b_qkv, spec, head)[2]
@@ -88,8 +93,8 @@ def _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec: RoutedSpec) -> to
             q_c = q[s * r:e * r]
             q_c.copy_(scaled_sdpa(q_c.reshape(e - s, 1, r, hd), kv_c[..., 0, :], kv_c[..., 1, :],
                                   spec.scale).view(-1, hd))
-    out = torch.addmm(b_o, attn, w_o.t())
-    return torch.empty_like(out).index_copy_(0, order, out)
+    del qkv, kv
+    return attn.index_copy_(0, order, torch.addmm(b_o, attn, w_o.t()))  # token order again
 
 
 def _head_weights(w_qkv: torch.Tensor, b_qkv: torch.Tensor, spec: RoutedSpec, head: int):
