@@ -33,6 +33,7 @@ from ldvc_d2.engine.launch import create_ddp_model, launch, maybe_sync_batchnorm
 from ldvc_d2.engine.schedule import resolve_schedule
 from ldvc_d2.engine.train_loop import AccumulatingTrainer
 from ldvc_d2.evaluation import ZeroShotSemSegEvaluator
+from ldvc_d2.modeling import inference_model
 from ldvc_d2.solver import build_lr_scheduler, build_optimizer
 from ldvc_d2.utils.precision import AMP_DTYPES
 
@@ -142,9 +143,7 @@ def main(args):
     cfg = setup(args)
     start = time.perf_counter()
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        if hasattr(model, "for_inference"):  # the evaluated model: training-only modules (C2S) are dropped
-            model = model.for_inference()
+        model = inference_model(Trainer.build_model(cfg))  # training-only modules (C2S) are dropped
         checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, partial_load=cfg.MODEL.WEIGHTS_PARTIAL_LOAD)
         if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()) and not training_free(cfg):
             raise ValueError(f"--eval-only without MODEL.WEIGHTS would evaluate an untrained (random) "

@@ -32,6 +32,7 @@ from .checkpoint import Checkpointer, training_free
 from .config import add_ldvc_config, load_config_file, merge_overrides, validate_config
 from .data import load_user_modules
 from .data.mapper import LDVCTestMapper
+from .modeling import inference_model
 
 __all__ = [
     "OpenVocabPredictor", "UNLABELED", "add_vocabulary_arguments", "check_class_names", "dataset_vocabulary",
@@ -165,10 +166,7 @@ class OpenVocabPredictor:
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got '{input_format}'.")
         self.cfg = cfg.clone()
         self.input_format = input_format
-        self.model = build_model(self.cfg)
-        if hasattr(self.model, "for_inference"):  # training-only modules (C2S's latent decoder) are not built in
-            self.model = self.model.for_inference()
-        self.model.eval()
+        self.model = inference_model(build_model(self.cfg)).eval()  # no training-only modules (C2S's latent decoder)
         self.weights_status = {"weights": "", "sha256": None, "status": "not loaded (no file given)"}
         weights = self.cfg.MODEL.WEIGHTS
         if weights:

@@ -10,6 +10,7 @@ import ldvc_d2  # noqa: F401  (compat shims before any detectron2.data import)
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from ldvc_d2 import add_ldvc_config
+from ldvc_d2.config import load_config_file
 from ldvc_d2.modeling.clip import build_clip_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,15 +40,20 @@ def tiny_clip():
     return build_clip_model("LDVC-Tiny", "")
 
 
+def file_cfg(config_file: str, *opts):
+    """A config from the repository as written (read as train_net reads it), with ``opts`` merged."""
+    cfg = get_cfg()
+    add_ldvc_config(cfg)
+    load_config_file(cfg, os.path.join(REPO, config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
 def tiny_cfg(config_file: str = "configs/demo.yaml", *opts):
     """A config from the repository with the tiny random CLIP swapped in (and random C2S students: the paper
     configs' hub ids are never downloaded in tests)."""
-    cfg = get_cfg()
-    add_ldvc_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(["MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "", "MODEL.C2S.STUDENT_WEIGHTS", "",
-                         "MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return file_cfg(config_file, "MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "",
+                    "MODEL.C2S.STUDENT_WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts)
 
 
 @pytest.fixture(scope="module")

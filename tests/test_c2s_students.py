@@ -10,7 +10,7 @@ import torch
 from ldvc_d2.checkpoint import CheckpointLoadError
 from ldvc_d2.config import validate_config
 from ldvc_d2.modeling.c2s.students import build_student
-from tests.conftest import REPO, tiny_cfg
+from tests.conftest import REPO, file_cfg, tiny_cfg
 
 PAPER = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs/c2s/*_*.yaml"))
                if "shapes" not in p)
@@ -18,14 +18,7 @@ PAPER = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "c
 
 @pytest.mark.parametrize("config", PAPER)
 def test_paper_configs_name_imagenet_weights_and_training_refuses_without(config):
-    from detectron2.config import get_cfg
-
-    from ldvc_d2 import add_ldvc_config
-    from ldvc_d2.config import load_config_file
-
-    cfg = get_cfg()
-    add_ldvc_config(cfg)
-    load_config_file(cfg, os.path.join(REPO, config))
+    cfg = file_cfg(config)
     expected = {"segformer_b4": "nvidia/mit-b4", "setr_b": "vit_base_patch16_384.orig_in21k_ft_in1k"}
     assert cfg.MODEL.C2S.STUDENT_WEIGHTS == expected[cfg.MODEL.C2S.STUDENT]
     assert not cfg.MODEL.C2S.ALLOW_RANDOM_STUDENT

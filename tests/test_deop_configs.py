@@ -1,23 +1,17 @@
 """DeOP stage 3's paper configs hold the released recipe, and refuse to start without the earlier stages' files."""
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from ldvc_d2 import add_ldvc_config
-from ldvc_d2.config import load_config_file, validate_config
+from ldvc_d2.config import validate_config
 from ldvc_d2.solver import build_optimizer
-from tests.conftest import REPO, toy_cfg
+from tests.conftest import file_cfg, toy_cfg
 
 STAGE3 = ["voc.yaml", "coco_stuff.yaml", "paper_variant.yaml", "voc_class_agnostic.yaml", "coco_stuff_class_agnostic.yaml"]
 
 
 def _cfg(name, *opts):
-    cfg = get_cfg()
-    add_ldvc_config(cfg)
-    load_config_file(cfg, f"{REPO}/configs/deop/{name}")
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return file_cfg(f"configs/deop/{name}", *opts)
 
 
 @pytest.mark.parametrize("name", STAGE3)

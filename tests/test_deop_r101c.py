@@ -16,14 +16,12 @@ from torch import nn
 
 pytest.importorskip("transformers")
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import Conv2d, get_norm  # noqa: E402
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet  # noqa: E402
 
-from ldvc_d2 import add_ldvc_config  # noqa: E402
-from ldvc_d2.config import load_config_file, validate_config  # noqa: E402
+from ldvc_d2.config import validate_config  # noqa: E402
 from ldvc_d2.modeling.deop.proposals import build_proposal_network  # noqa: E402
-from tests.conftest import REPO, registered_toy_dataset, tiny_cfg  # noqa: E402
+from tests.conftest import file_cfg, registered_toy_dataset, tiny_cfg  # noqa: E402
 
 CONFIG = "configs/deop/proposals_shapes.yaml"
 SMALL_HEAD = ["MODEL.DEOP.PROPOSAL_NET.NUM_QUERIES", "4", "MODEL.DEOP.PROPOSAL_NET.HIDDEN_DIM", "32",
@@ -126,11 +124,7 @@ def test_wrong_backbones_are_refused_naming_the_keys(reference_pkl):
 
 
 def _paper_cfg(name, *opts):
-    cfg = get_cfg()
-    add_ldvc_config(cfg)
-    load_config_file(cfg, f"{REPO}/configs/deop/{name}")
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return file_cfg(f"configs/deop/{name}", *opts)
 
 
 @pytest.mark.parametrize("name", ["proposals_voc.yaml", "proposals_coco_stuff.yaml",

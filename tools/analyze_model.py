@@ -41,6 +41,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from ldvc_d2.data import add_register_argument, load_user_modules
+from ldvc_d2.modeling import inference_model
 from ldvc_d2.predictor import load_config
 from ldvc_d2.utils import write_json_atomic
 from ldvc_d2.utils.model_stats import count_flops, parameter_table
@@ -108,7 +109,7 @@ def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str,
     names = vocabulary(cfg, args.num_classes)
     torch.manual_seed(0)
     model = build_model(cfg)
-    model = (model.for_inference() if hasattr(model, "for_inference") else model).eval()  # what is evaluated
+    model = inference_model(model).eval()  # what is evaluated
     device = torch.device(cfg.MODEL.DEVICE)
     height, width = args.input_size if len(args.input_size) == 2 else args.input_size * 2
     image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ldvc_d2  # noqa: F401,E402
 from detectron2.modeling import build_model  # noqa: E402
 from ldvc_d2.engine.speed_profile import mapper_seconds, train_breakdown  # noqa: E402
+from ldvc_d2.modeling import inference_model  # noqa: E402
 from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention  # noqa: E402
 from ldvc_d2.predictor import load_config  # noqa: E402
 from ldvc_d2.utils.io import write_json_atomic  # noqa: E402
@@ -65,8 +66,8 @@ def _config(method: str, args: argparse.Namespace, extra: List[str] = ()):
 def _model(cfg, train: bool):
     torch.manual_seed(0)
     model = build_model(cfg)
-    if not train and hasattr(model, "for_inference"):  # the evaluated model (C2S: no latent decoder)
-        model = model.for_inference()
+    if not train:  # the evaluated model (C2S: no latent decoder)
+        model = inference_model(model)
     return model.train(train)
 
 

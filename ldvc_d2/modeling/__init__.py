@@ -18,11 +18,11 @@ from .maskclip import MaskCLIP
 from .naclip import NACLIP
 from .proxyclip import ProxyCLIP
 from .sclip import SCLIP
-from .segmentor import ZeroShotSegmentor
+from .segmentor import ZeroShotSegmentor, inference_model
 from .text_adapter import TextAdapter
 from .zegclip import ZegCLIP, ZegCLIPHead
 
 __all__ = [
     "C2S", "CLIPDecoderSegmentor", "CLIPtrase", "ClearCLIP", "MaskCLIP", "NACLIP", "ProxyCLIP", "SCLIP", "DeOP", "LDVC", "LCTDBlock", "LCTDHead", "LocalConsensusSelfAttention", "PromptedCLIPBackbone",
-    "TextAdapter", "ZegCLIP", "ZegCLIPHead", "ZeroShotSegmentor", "focal_dice_loss",
+    "TextAdapter", "ZegCLIP", "ZegCLIPHead", "ZeroShotSegmentor", "focal_dice_loss", "inference_model",
 ]

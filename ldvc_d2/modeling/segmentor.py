@@ -44,7 +44,7 @@ from ..utils.precision import PRECISION_DTYPES, autocast
 from .pamr import PAMR
 from .windows import Box, consecutive_chunks, slide_boxes
 
-__all__ = ["ZeroShotSegmentor"]
+__all__ = ["ZeroShotSegmentor", "inference_model"]
 
 
 class ZeroShotSegmentor(nn.Module):
@@ -303,3 +303,9 @@ class ZeroShotSegmentor(nn.Module):
                 totals[i][:, y1:y2, x1:x2] += s[:, :y2 - y1, :x2 - x1]
                 counts[i][:, y1:y2, x1:x2] += 1
         return [total / count for total, count in zip(totals, counts)]
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """The model as evaluated, exported and served: :meth:`ZeroShotSegmentor.for_inference` (C2S drops its
+    training-only latent decoder and bank); a model without that method is returned as it is."""
+    return model.for_inference() if hasattr(model, "for_inference") else model
