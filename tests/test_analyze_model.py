@@ -74,7 +74,7 @@ def test_run_on_the_tiny_model_writes_valid_json(tool, tmp_path, capsys):
                     "--iters", "2", "--warmup", "1", "--output", out])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "GFLOPs cold" in printed and "peak memory:" in printed
+    assert "GFLOPs cold" in printed and "peak MiB:" in printed and "warm ÷ row 1" in printed
     with open(out) as f:
         data = json.load(f)
     assert os.listdir(os.path.dirname(out)) == ["result.json"]
@@ -94,6 +94,38 @@ def test_run_on_the_tiny_model_writes_valid_json(tool, tmp_path, capsys):
         assert "backbone.text" not in warm["by_module"]
         for state in ("cold", "warm"):
             speed = row["speed"][state]
-            assert speed["images_per_s"] > 0 and speed["peak_memory_mb"] > 0 and speed["memory_kind"]
+            assert speed["images_per_s"] > 0 and speed["memory_kind"] and len(speed["seconds"]) == 2
+            assert speed["images_per_s"] == pytest.approx(2 / sum(speed["seconds"]))  # median of two = their mean
+            if speed["added_memory_mb"] is not None:
+                assert speed["peak_memory_mb"] == pytest.approx(row["speed"]["weights_mb"] + speed["added_memory_mb"])
+    module_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    assert model_row["speed"]["weights_mb"] == pytest.approx(module_bytes / 2 ** 20)
     assert model_row["flops"]["warm"]["total"] > backbone_row["flops"]["warm"]["total"]
     assert model_row["flops"]["warm"]["by_module"]["sem_seg_head"] > 0
+
+
+def test_models_are_timed_in_turn_and_the_cpu_clock_skips_waiting():
+    """interleaved_speed: warm-ups first, then rounds of one image per model in turn; --clock cpu counts CPU
+    time only (a model that sleeps costs ~0 CPU seconds but its sleep on the wall clock)."""
+    import time
+
+    from ldvc_d2.utils.speed import interleaved_speed
+
+    calls = []
+
+    def model(name, sleep=0.0):
+        def run(image):
+            calls.append(name)
+            time.sleep(sleep)
+        return run
+
+    cpu = torch.device("cpu")
+    image = torch.zeros(1)
+    runs = [(model("a", 0.1), image, cpu), (model("b"), image, cpu)]
+    wall = interleaved_speed(runs, iters=3, warmup=1, clock="wall")
+    assert calls[:2] == ["a", "b"] and calls[2:8] == ["a", "b"] * 3  # warm-ups, then 3 rounds in turn
+    assert [len(r["seconds"]) for r in wall] == [3, 3] and min(wall[0]["seconds"]) >= 0.1
+    cpu_time = interleaved_speed(runs, iters=3, warmup=0, clock="cpu")
+    assert cpu_time[0]["clock"] == "cpu" and max(cpu_time[0]["seconds"]) < 0.05
+    with pytest.raises(ValueError, match="--clock"):
+        interleaved_speed(runs, iters=1, warmup=0, clock="gpu")

@@ -31,7 +31,7 @@ def _gather_reference(module, x, h, w):
     return module.proj(out)
 
 
-@pytest.mark.parametrize("chunk_elements", [1, 3000, 2 ** 20])  # 1: attention outputs recomputed in backward
+@pytest.mark.parametrize("chunk_elements", [1, 3000, 2 ** 20])  # 1: per-head passes; others: window path
 @pytest.mark.parametrize("scale", ["full_width", "head_dim"])
 def test_outputs_and_gradients_match_the_gather_formula(chunk_elements, scale):
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def test_outputs_and_gradients_match_the_gather_formula(chunk_elements, scale):
         torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_elements", [1, 64])  # attention outputs recomputed / kept for backward
+@pytest.mark.parametrize("chunk_elements", [1, 64])  # per-head passes / window path
 def test_backward_uses_the_forward_dropout_masks(chunk_elements):
     """With attention dropout the chunks are recomputed in the backward pass; their gradient must be the
     derivative of the function the forward pass computed (same masks), checked by central differences."""
@@ -171,24 +171,35 @@ def test_attention_dropout_must_be_below_one():
         LocalConsensusSelfAttention(16, num_heads=2, window_size=2, topk=2, attn_dropout=1.0)
 
 
-def test_small_grid_inference_takes_the_window_gather_and_tracing_the_per_head_passes(monkeypatch):
-    """Eager inference on a small grid runs the window-block gather (one pass over all heads), equal to the
-    per-window reference; ONNX tracing (fixed graph, any batch) and large grids keep the per-head passes."""
+def test_small_grids_take_the_window_path_and_tracing_the_per_head_passes(monkeypatch):
+    """Eager inference and training on a small grid run the all-heads window path (lcsa_windows.py), equal
+    to the per-window reference; ONNX tracing (fixed graph, any batch) and large grids keep the per-head
+    passes (lcsa_routed.py)."""
+    from ldvc_d2.modeling.ldvc import lcsa as lcsa_module
     from ldvc_d2.modeling.ldvc import lcsa_routed
 
     calls = []
-    for name in ("_window_passes", "_passes"):
-        original = getattr(lcsa_routed, name)
-        monkeypatch.setattr(lcsa_routed, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    for module, name in ((lcsa_module, "window_attention"), (lcsa_routed, "_passes"),
+                         (lcsa_routed, "_RoutedAttention")):
+        original = getattr(module, name)
+        spy = (lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        if name == "_RoutedAttention":
+            spy = type("Spy", (), {"apply": staticmethod(lambda *a, _f=original, _n=name: calls.append(_n) or _f.apply(*a))})
+        monkeypatch.setattr(module, name, spy)
     torch.manual_seed(9)
     h, w = 8, 12
     x = torch.randn(3, h * w, 32)
     small = LocalConsensusSelfAttention(32, num_heads=4, window_size=2, topk=5, chunk_elements=3000).eval()
+    xg = x.clone().requires_grad_()
+    small(xg, h, w).sum().backward()
+    assert calls == ["window_attention"]
+    calls.clear()
     with torch.no_grad():
         out = small(x, h, w)
-        assert calls == ["_window_passes"]
+        assert calls == ["window_attention"]
         torch.testing.assert_close(out, _gather_reference(small, x, h, w), atol=1e-5, rtol=1e-5)
         calls.clear()
+
         class Grid(torch.nn.Module):
             def __init__(self):
                 super().__init__()
@@ -204,3 +215,6 @@ def test_small_grid_inference_takes_the_window_gather_and_tracing_the_per_head_p
         small.chunk_elements = 64  # h·w·d > 4 chunks: a large grid for this layer
         torch.testing.assert_close(small(x, h, w), out, atol=1e-5, rtol=1e-5)
         assert calls == ["_passes"]
+    calls.clear()
+    small(xg, h, w).sum().backward()
+    assert calls == ["_RoutedAttention", "_passes"]

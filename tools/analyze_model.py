@@ -11,9 +11,13 @@ Tasks (--tasks, default: all three):
              multiply-add counts as one flop, as in the FLOPs tables of ZegCLIP and Mask2Former);
              attention ops fvcore does not know are counted by handles here, element-wise ops are
              not counted (listed under "uncounted_ops" in the JSON).
-  speed      images/s over --iters images after --warmup images, and peak memory: on a GPU
-             torch.cuda.max_memory_allocated, on the CPU the peak resident set size of the process
-             (Linux VmHWM, reset before each measurement; it includes the weights).
+  speed      images/s (median seconds per image) over --iters images after --warmup images, and peak
+             memory: the module's weights plus the most one more image adds (on a GPU
+             torch.cuda.max_memory_allocated, on the CPU the process's peak resident set, Linux VmHWM,
+             each above what was in use before the image). All measured models are timed in turn,
+             image by image, so on a shared machine they share its load; --clock cpu counts the
+             process's CPU time instead of the wall clock (with OMP_NUM_THREADS=1, what an idle core
+             would take). The last column gives each row's warm images/s relative to the first row's.
 FLOPs and speed are measured with the text-feature cache cold (class embeddings recomputed for
 every image, the cost of a new vocabulary) and warm (embeddings cached, the cost of every further
 image with the same vocabulary). The vocabulary is the first test dataset's classes, or
@@ -31,7 +35,7 @@ import argparse
 import logging
 import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -45,7 +49,7 @@ from ldvc_d2.modeling import inference_model
 from ldvc_d2.predictor import load_config
 from ldvc_d2.utils import write_json_atomic
 from ldvc_d2.utils.model_stats import count_flops, parameter_table
-from ldvc_d2.utils.speed import measure_speed
+from ldvc_d2.utils.speed import interleaved_speed
 from tabulate import tabulate
 
 logger = logging.getLogger("ldvc_d2.analyze_model")
@@ -97,8 +101,9 @@ def vocabulary(cfg, num_classes: Optional[int]) -> List[str]:
                      "pass --num-classes N.")
 
 
-def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str, object]]:
-    """Every requested component of one config -> one result dict each."""
+def analyze_config(config_file: str, args: argparse.Namespace, timed: List[Tuple]) -> List[Dict[str, object]]:
+    """Every requested component of one config -> one result dict each. What the speed task times is
+    appended to ``timed`` as (result, state, runner, image, device), timed by :func:`time_models`."""
     cfg = load_config(config_file, args.opts)
     if not args.load_weights:
         cfg.MODEL.CLIP.PRETRAINED = ""
@@ -141,12 +146,25 @@ def analyze_config(config_file: str, args: argparse.Namespace) -> List[Dict[str,
                 flops[state] = count_flops(runner, image, args.depth)
             result["flops"] = flops
         if "speed" in args.tasks and args.iters > 0:
-            result["speed"] = {state: measure_speed(wrapper(model, names, cold=state == "cold"), image, device,
-                                                    iters=args.iters, warmup=args.warmup)
-                               for state in ("cold", "warm")}
-            result["speed"]["iters"], result["speed"]["warmup"] = args.iters, args.warmup
+            weights = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+            result["speed"] = {"iters": args.iters, "warmup": args.warmup, "clock": args.clock,
+                               "weights_mb": weights / 2 ** 20}
+            timed.extend((result, state, wrapper(model, names, cold=state == "cold"), image, device)
+                         for state in ("cold", "warm"))
         results.append(result)
     return results
+
+
+def time_models(timed: Sequence[Tuple], args: argparse.Namespace) -> None:
+    """The speed task of every model and state at once, image by image in turn (:func:`interleaved_speed`)."""
+    if not timed:
+        return
+    runs = [(runner, image, device) for _, _, runner, image, device in timed]
+    for (result, state, *_), speed in zip(timed, interleaved_speed(runs, iters=args.iters, warmup=args.warmup,
+                                                                     clock=args.clock)):
+        added = speed["added_memory_mb"]
+        speed["peak_memory_mb"] = None if added is None else result["speed"]["weights_mb"] + added
+        result["speed"][state] = speed
 
 
 def _m(n: int) -> str:
@@ -169,6 +187,7 @@ def print_report(results: Sequence[Dict[str, object]]) -> None:
             print(f"GFLOPs by module (cache cold): {parts}")
         print()
     rows = []
+    first = next((r["speed"]["warm"]["images_per_s"] for r in results if "speed" in r), None)
     for r in results:
         p, f, s = r.get("parameters"), r.get("flops"), r.get("speed")
         rows.append([
@@ -176,14 +195,20 @@ def print_report(results: Sequence[Dict[str, object]]) -> None:
             _m(p["trainable"]) if p else "-", _m(p["total"]) if p else "-",
             f"{f['cold']['total'] / 1e9:.3f}" if f else "-", f"{f['warm']['total'] / 1e9:.3f}" if f else "-",
             f"{s['cold']['images_per_s']:.2f}" if s else "-", f"{s['warm']['images_per_s']:.2f}" if s else "-",
-            f"{s['cold']['peak_memory_mb']:.0f}" if s else "-", f"{s['warm']['peak_memory_mb']:.0f}" if s else "-",
+            *(f"{s[state]['peak_memory_mb']:.0f}" if s and s[state]["peak_memory_mb"] is not None else "-"
+              for state in ("cold", "warm")),
+            f"{s['warm']['images_per_s'] / first:.2f}" if s else "-",
         ])
     print(tabulate(rows, tablefmt="pipe", headers=[
         "config", "component", "trainable", "total", "GFLOPs cold", "GFLOPs warm", "img/s cold", "img/s warm",
-        "peak MiB cold", "peak MiB warm"]))
+        "peak MiB cold", "peak MiB warm", "warm ÷ row 1"]))
+    clocks = {s["warm"]["clock"] for s in (r.get("speed") for r in results) if s}
+    for clock in clocks:
+        print("img/s: median seconds per image, models timed in turn; clock: "
+              + ("process CPU time" if clock == "cpu" else "wall"))
     kinds = {s["cold"]["memory_kind"] for s in (r.get("speed") for r in results) if s}
     for kind in kinds:
-        print(f"peak memory: {kind}")
+        print(f"peak MiB: the measured module's weights + the most one image adds ({kind})")
     if any("flops" in r for r in results):
         print("GFLOPs: fvcore, one multiply-add = one flop; cold = class embeddings recomputed, warm = cached")
 
@@ -201,6 +226,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, help="vocabulary size (default: the test dataset's classes)")
     parser.add_argument("--iters", type=int, default=10, help="timed images per measurement (0: no timing)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed images before each measurement")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="speed: wall clock, or the process's CPU time (shared machines; use OMP_NUM_THREADS=1)")
     parser.add_argument("--slide", action="store_true", help="model: the config's sliding-window inference "
                                                              "instead of one whole-image pass")
     parser.add_argument("--depth", type=int, default=2, help="module-name depth of the per-module rows (default 2)")
@@ -217,7 +244,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--input-size takes S or H W (positive), got {args.input_size}.")
     setup_logger(name="ldvc_d2")
     load_user_modules(args.register)
-    results = [r for config_file in args.config_file for r in analyze_config(config_file, args)]
+    timed: List[Tuple] = []
+    results = [r for config_file in args.config_file for r in analyze_config(config_file, args, timed)]
+    time_models(timed, args)
     print_report(results)
     if args.output:
         write_json_atomic(args.output, {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),

@@ -16,22 +16,20 @@ peak of live tensor bytes in the allocation/free timeline torch.profiler records
 ``profile_memory=True`` (its memory-timeline analysis, also behind ``export_memory_timeline``),
 deterministic for a given program.
 
-tools/analyze_model.py reports throughput and the peak itself, weights included (:class:`PeakMemory`,
-:func:`measure_speed`): on CUDA ``torch.cuda.max_memory_allocated``, on the CPU the process's VmHWM (reset
-before the measurement; without /proc/self/clear_refs, ``ru_maxrss`` since the process started).
+tools/analyze_model.py times several models image by image in turn, so they share a shared machine's
+load (:func:`interleaved_speed`), and reports each model's weights plus the most one image adds
+(:func:`peak_mib`).
 """
 import ctypes
 import gc
-import os
-import resource
 import statistics
-import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["PeakMemory", "measure_speed", "median_seconds", "peak_mib", "synchronize", "tensor_peak_mib"]
+__all__ = ["interleaved_speed", "median_seconds", "memory_kind", "peak_mib", "synchronize",
+           "tensor_peak_mib"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
 
@@ -116,50 +114,40 @@ def tensor_peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[
     return peak / 2 ** 20
 
 
-class PeakMemory:
-    """Peak memory of the code in the ``with`` block, in MiB (``kind`` says what is measured)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.peak_mb = 0.0
-        if self.cuda:
-            self.kind = "torch.cuda.max_memory_allocated (GPU tensors)"
-        elif os.path.exists("/proc/self/clear_refs"):
-            self.kind = "CPU peak resident set size of the process (VmHWM, reset before the measurement)"
-        else:
-            self.kind = "CPU peak resident set size of the process since it started (ru_maxrss; cannot reset)"
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        elif "VmHWM" in self.kind:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak RSS (Linux >= 4.0)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        elif "VmHWM" in self.kind:
-            self.peak_mb = _status_mib("VmHWM")
-        else:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self.peak_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+def memory_kind(device: torch.device) -> str:
+    """What :func:`peak_mib` measures on ``device``."""
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated above the memory allocated before the call (GPU tensors)"
+    return "CPU peak resident set size (VmHWM, reset before the call) above the resident set before it"
 
 
-def measure_speed(fn: Callable[[torch.Tensor], object], image: torch.Tensor, device: torch.device, *, iters: int,
-                  warmup: int) -> Dict[str, float]:
-    """images/s and seconds/image over ``iters`` calls after ``warmup`` calls; peak memory of those calls."""
+def interleaved_speed(runs: Sequence[Tuple[Callable[[torch.Tensor], object], torch.Tensor, torch.device]], *,
+                      iters: int, warmup: int, clock: str = "wall") -> List[Dict[str, object]]:
+    """Time several inference functions against each other: after ``warmup`` calls of each, ``iters`` rounds
+    in which every function handles the image once, in turn, so a load that comes and goes on a shared
+    machine falls on all of them alike. Per function: the median seconds per image over its rounds
+    (``clock``: "wall" or "cpu", the process's CPU time, see the module text), images/s, and the most memory
+    one further call adds above what was in use before it (:func:`peak_mib`; None where unknown)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"--clock must be 'wall' or 'cpu', got '{clock}'.")
+    times: List[List[float]] = [[] for _ in runs]
     with torch.no_grad():
-        for _ in range(warmup):
-            fn(image)
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            for _ in range(iters):
+        for fn, image, _ in runs:
+            for _ in range(warmup):
                 fn(image)
-            synchronize(device)
-            seconds = time.perf_counter() - start
-    return {"images_per_s": iters / seconds, "seconds_per_image": seconds / iters, "peak_memory_mb": memory.peak_mb,
-            "memory_kind": memory.kind}
+        for _ in range(max(1, iters)):
+            for i, (fn, image, device) in enumerate(runs):
+                now = time.perf_counter if clock == "wall" or device.type == "cuda" else time.process_time
+                synchronize(device)
+                start = now()
+                fn(image)
+                synchronize(device)
+                times[i].append(now() - start)
+        results = []
+        for (fn, image, device), seconds in zip(runs, times):
+            median = statistics.median(seconds)
+            results.append({"images_per_s": 1.0 / median, "seconds_per_image": median, "seconds": seconds,
+                            "clock": "wall" if clock == "wall" or device.type == "cuda" else "cpu",
+                            "added_memory_mb": peak_mib(lambda: fn(image), device),
+                            "memory_kind": memory_kind(device)})
+    return results

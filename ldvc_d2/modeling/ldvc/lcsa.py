@@ -14,10 +14,12 @@ on the output (DROPOUT), as ZegCLIP's decoder. With m = number of windows LCSA i
 self-attention (softmax attention does not depend on the order of the keys), which is also how
 ``SELF_ATTENTION="global"`` (Table 4's "w/o LCSA") runs.
 
-Cost: the routed step (``lcsa_routed.py``) runs head by head and chunk by chunk, so it
-holds the output plus one head's Q, K, V and one chunk (never Q, K, V of all heads nor
-gathered copies of K and V for every window), and its training backward pass recomputes instead of
-storing; the work is m/W of global attention's score and weighting products.
+Cost: the work is m/W of global attention's score and weighting products. On large grids the routed
+step (``lcsa_routed.py``) runs head by head and chunk by chunk, so it holds the output plus one head's
+Q, K, V and one chunk (never Q, K, V of all heads nor gathered copies of K and V for every window), and
+its training backward pass recomputes instead of storing. On small grids (one image's attention outputs
+at most four chunks: d 512 up to 32×32 tokens) ``lcsa_windows.py`` runs all heads at once in window
+order and keeps Q, K, V for backward, as global attention does; there that is the faster path.
 """
 import logging
 from typing import Optional
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from .lcsa_routed import RoutedSpec, routed_attention, scaled_sdpa
+from .lcsa_windows import window_attention
 
 __all__ = ["LCSA_SCALES", "LocalConsensusSelfAttention"]
 
@@ -132,19 +135,25 @@ class LocalConsensusSelfAttention(nn.Module):
         # rows of the flattened B·L token table that make up each window (row-major inside a window): B×W×n²
         grid = torch.arange(l, device=x.device).view(gh, n, gw, n).permute(0, 2, 1, 3).reshape(gh * gw, n * n)
         rows = grid + torch.arange(b, device=x.device).view(b, 1, 1) * l
-        routed = rows[torch.arange(b, device=x.device).view(b, 1, 1), ids]  # eq. (11): B×W×m×n² key rows
         weights = (self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias)
         if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:  # as autocast's linear
             dtype = torch.get_autocast_dtype(x.device.type)  # the passes run in this dtype, autocast off
             x, weights = x.to(dtype), tuple(t.to(dtype) for t in weights)
         # Plain ints: while exporting (ONNX tracing, torch.export) sizes stay symbolic, so the chunk is
         # bounded per image there; eagerly it is bounded for the whole batch.
-        images = 1 if torch.jit.is_tracing() or torch.compiler.is_compiling() else int(b)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        images = 1 if tracing else int(b)
         step = max(1, self.chunk_elements // (images * m * n * n * 2 * self.head_dim))
-        # small grids (one image's attention outputs at most 4 chunks): training keeps them for backward,
-        # eager inference takes the all-heads window pass (lcsa_routed._window_passes)
-        keep = h * w * d <= 4 * self.chunk_elements
-        spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, self.attn_dropout if self.training else 0.0,
-                          step, keep)
+        dropout = self.attn_dropout if self.training else 0.0
+        if h * w * d <= 4 * self.chunk_elements and not tracing:
+            # a small grid (one image's attention outputs at most 4 chunks): all heads at once in window
+            # order (lcsa_windows.py), a chunk's gathered K|V of all heads at most 4 chunks too
+            window_step = max(1, 4 * self.chunk_elements // (m * n * n * 2 * d))
+            spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, dropout, window_step)
+            flat_ids = (ids + torch.arange(b, device=x.device).view(b, 1, 1) * (gh * gw)).view(b * gh * gw, m)
+            with torch.autocast(x.device.type, enabled=False):
+                return window_attention(x.reshape(b * l, d), *weights, rows.reshape(-1), flat_ids, spec).view(b, l, d)
+        routed = rows[torch.arange(b, device=x.device).view(b, 1, 1), ids]  # eq. (11): B×W×m×n² key rows
+        spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, dropout, step)
         with torch.autocast(x.device.type, enabled=False):
-            return routed_attention(x.reshape(b * l, d), *weights, rows, routed, spec, ids).view(b, l, d)
+            return routed_attention(x.reshape(b * l, d), *weights, rows, routed, spec).view(b, l, d)

@@ -12,19 +12,13 @@ V for every window; results equal the all-heads formula up to float rounding. On
 the fastest and smallest of 1, 2 or 4 heads per pass on the CPU (one LCSA layer, d 512, 8 heads;
 docs/speed.md).
 
-On small grids (``keep_outputs``) eager inference runs :func:`_window_passes` instead: all heads'
-Q, K, V from one product in window order, whole-window block gathers, one output projection (as fast
-as global attention at 32×32 tokens on one CPU thread, at its memory). Without autograd a chunk of
-the per-head passes uses ``scaled_dot_product_attention`` and its result overwrites its own
+Without autograd a chunk uses ``scaled_dot_product_attention`` and its result overwrites its own
 queries (used by no other chunk). With autograd (training) ``_RoutedAttention`` saves only the tokens,
-weights and routing, plus the heads' attention outputs (B·L×d, projected together at the end) while
-one image's are at most four chunks' worth (``keep_outputs``; d 512: grids up to 32×32, where this made
-a training step ~10% faster on the CPU; at 64×64 it would add 0.11 of global attention's training
-memory to LCSA's 0.49); its backward pass recomputes
-each head's projections and each chunk's softmax with the same dropout masks (the forward's random
-state is replayed, and both passes draw the masks in the same order) and applies the softmax-attention
-derivative by hand (``_chunk_backward``), adding a chunk's gradients into the head's dQ and dK|V; the
-weight gradients are one product per head.
+weights and routing; its backward pass recomputes each head's projections and each chunk's softmax with
+the same dropout masks (the forward's random state is replayed, and both passes draw the masks in the same
+order) and applies the softmax-attention derivative by hand (``_chunk_backward``), adding a chunk's
+gradients into the head's dQ and dK|V; the weight gradients are one product per head. This is the path
+for large grids and for export (tracing); small grids take ``lcsa_windows.py``.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -43,58 +37,19 @@ class RoutedSpec:
     head_dim: int
     scale: float
     attn_dropout: float
-    step: int  # query windows of each image per chunk
-    # a small grid: training keeps the heads' attention outputs (B·L×d) for backward instead of recomputing
-    # them, eager inference runs _window_passes
-    keep_outputs: bool
+    step: int  # query windows per chunk: of each image (per-head passes), of all images (lcsa_windows.py)
 
 
 def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_o: torch.Tensor,
-                     b_o: torch.Tensor, rows: torch.Tensor, routed: torch.Tensor, spec: RoutedSpec,
-                     ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x: B·L×d tokens; rows: B×W×n² query rows per window; routed: B×W×m×n² key rows (eq. 11); ids:
-    B×W×m routed window indices (eq. 10), for the eager inference of small grids (:func:`_window_passes`).
+                     b_o: torch.Tensor, rows: torch.Tensor, routed: torch.Tensor, spec: RoutedSpec) -> torch.Tensor:
+    """x: B·L×d tokens; rows: B×W×n² query rows per window; routed: B×W×m×n² key rows (eq. 11).
     Returns the projected B·L×d output. Differentiable (recomputing backward) when autograd is on, except
     while tracing for ONNX export, which records the inference passes. Attention dropout (``spec``'s,
     training only) always goes through the written-out eq. (12), with or without autograd."""
     tensors = (x, w_qkv, b_qkv, w_o, b_o)
-    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not torch.jit.is_tracing():
         return _RoutedAttention.apply(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec)
-    if ids is not None and spec.keep_outputs and not spec.attn_dropout and not tracing:
-        return _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec)
     return _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, written_out=bool(spec.attn_dropout))
-
-
-def _window_passes(x, w_qkv, b_qkv, w_o, b_o, rows, ids, spec: RoutedSpec) -> torch.Tensor:
-    """Eager inference of the routed step on small grids (``spec.keep_outputs``), where one pass over all
-    heads costs what global attention holds anyway: Q, K, V of all heads come from one product and are
-    put in window order (the n² tokens of each window together); per head, K|V become one row of n²·2hd
-    floats per window, so a chunk's m routed windows (eq. 11) are copied with one block gather per window
-    instead of one row gather per token, and a chunk's queries are a contiguous slice. The heads' outputs
-    are projected together and put back in token order once. Same products as :func:`_passes` (equal up
-    to float rounding); at 32×32 tokens (d 512, 8 heads, top-16) it runs as fast as global attention on
-    one CPU thread, where the per-head passes took ~6% longer (docs/speed.md)."""
-    b, num_windows, m = ids.shape
-    r, hd = rows.shape[-1], spec.head_dim
-    order = rows.reshape(-1)  # token row of each window-ordered row
-    flat_ids = (ids + torch.arange(b, device=ids.device).view(b, 1, 1) * num_windows).view(b * num_windows, m)
-    step = max(1, spec.step * b)  # query windows per chunk, all images together
-    qkv = F.linear(x.index_select(0, order), w_qkv, b_qkv)  # eq. (9), window order: B·L×3d
-    attn = torch.empty_like(x)  # the heads' outputs, window order
-    for head in range(spec.num_heads):
-        parts = _head_weights(w_qkv, b_qkv, spec, head)[2]
-        kv = torch.cat([qkv[:, parts[1]], qkv[:, parts[2]]], 1).view(b * num_windows, r * 2 * hd)
-        q = attn[:, head * hd:(head + 1) * hd]
-        q.copy_(qkv[:, parts[0]])  # a chunk's result replaces its own queries
-        for s in range(0, b * num_windows, step):
-            e = min(s + step, b * num_windows)
-            kv_c = kv.index_select(0, flat_ids[s:e].reshape(-1)).view(e - s, 1, m * r, 2, hd)
-            q_c = q[s * r:e * r]
-            q_c.copy_(scaled_sdpa(q_c.reshape(e - s, 1, r, hd), kv_c[..., 0, :], kv_c[..., 1, :],
-                                  spec.scale).view(-1, hd))
-    del qkv, kv
-    return attn.index_copy_(0, order, torch.addmm(b_o, attn, w_o.t()))  # token order again
 
 
 def _head_weights(w_qkv: torch.Tensor, b_qkv: torch.Tensor, spec: RoutedSpec, head: int):
@@ -160,25 +115,21 @@ def _chunk_backward(d_out: torch.Tensor, p: torch.Tensor, keep: Optional[torch.T
     return dq, torch.cat([dk, dv], -1).view(-1, 2 * qh.shape[-1])
 
 
-def _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec: RoutedSpec, written_out: bool,
-            attn: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec: RoutedSpec, written_out: bool) -> torch.Tensor:
     """The routed attention of B·L×d tokens, projected: head by head, chunk by chunk (``written_out``: the
-    written-out eq. (12) with dropout masks; otherwise SDPA). With ``attn`` (B·L×d) the heads' attention
-    outputs are kept there and projected together at the end."""
+    written-out eq. (12) with dropout masks; otherwise SDPA)."""
     out = None
     for head in range(spec.num_heads):
         cols = slice(head * spec.head_dim, (head + 1) * spec.head_dim)
         qkv = F.linear(x, *_head_weights(w_qkv, b_qkv, spec, head)[:2])  # B·L×3hd: Q | K|V of this head
         q, kv = qkv[:, :spec.head_dim], qkv[:, spec.head_dim:]
-        dest = q if attn is None else attn[:, cols]  # a chunk's result replaces its own queries
-        for q_rows, k_rows, windows in _chunks(rows, routed, spec.step):
+        for q_rows, k_rows, windows in _chunks(rows, routed, spec.step):  # a chunk's result replaces its queries
             q_c, kv_c = q.index_select(0, q_rows), kv.index_select(0, k_rows)
             result = _chunk_forward(q_c, kv_c, windows, spec)[0] if written_out else _chunk_inference(
                 q_c, kv_c, windows, spec)
-            dest.index_copy_(0, q_rows, result)
-        if attn is None:
-            out = torch.addmm(b_o, q, w_o[:, cols].t()) if out is None else out.addmm_(q, w_o[:, cols].t())
-    return out if attn is None else torch.addmm(b_o, attn, w_o.t())
+            q.index_copy_(0, q_rows, result)
+        out = torch.addmm(b_o, q, w_o[:, cols].t()) if out is None else out.addmm_(q, w_o[:, cols].t())
+    return out
 
 
 class _RoutedAttention(torch.autograd.Function):
@@ -188,14 +139,13 @@ class _RoutedAttention(torch.autograd.Function):
     def forward(ctx, x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec):
         ctx.spec = spec
         ctx.rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
-        attn = x.new_empty(x.shape[0], w_o.shape[1]) if spec.keep_outputs else None
-        out = _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, True, attn)
-        ctx.save_for_backward(x, w_qkv, b_qkv, w_o, rows, routed, attn)
+        out = _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, True)
+        ctx.save_for_backward(x, w_qkv, b_qkv, w_o, rows, routed)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, w_qkv, b_qkv, w_o, rows, routed, attn = ctx.saved_tensors
+        x, w_qkv, b_qkv, w_o, rows, routed = ctx.saved_tensors
         spec = ctx.spec
         need_x, need_w, need_b, need_wo, need_bo = ctx.needs_input_grad[:5]
         # dx and the dK|V rows collect several terms: fp32 sums under low-precision autocast
@@ -203,9 +153,8 @@ class _RoutedAttention(torch.autograd.Function):
         dx = torch.zeros(x.shape, dtype=acc, device=x.device) if need_x else None
         dw_qkv = torch.empty_like(w_qkv) if need_w else None
         db_qkv = torch.empty_like(b_qkv) if need_b else None
-        dw_o = (torch.empty_like(w_o) if attn is None else grad.t() @ attn) if need_wo else None
-        recompute_outputs = need_wo and attn is None
-        if need_x or need_w or need_b or recompute_outputs:
+        dw_o = torch.empty_like(w_o) if need_wo else None
+        if need_x or need_w or need_b or need_wo:
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
                     torch.autocast(x.device.type, enabled=False):  # as the forward's passes
                 if x.is_cuda:
@@ -214,7 +163,7 @@ class _RoutedAttention(torch.autograd.Function):
                     torch.set_rng_state(ctx.rng)
                 for head in range(spec.num_heads):
                     _head_backward(x, w_qkv, b_qkv, w_o, rows, routed, grad, spec, head, acc,
-                                   dx, dw_qkv, db_qkv, dw_o if recompute_outputs else None)
+                                   dx, dw_qkv, db_qkv, dw_o)
         return (None if dx is None else dx.to(x.dtype), dw_qkv, db_qkv, dw_o, grad.sum(0) if need_bo else None,
                 None, None, None)
 
@@ -223,7 +172,7 @@ def _head_backward(x, w_qkv, b_qkv, w_o, rows, routed, grad, spec: RoutedSpec, h
                    dx: Optional[torch.Tensor], dw_qkv: Optional[torch.Tensor], db_qkv: Optional[torch.Tensor],
                    dw_o: Optional[torch.Tensor]) -> None:
     """One head of ``_RoutedAttention.backward``: recompute its Q|K|V and chunks, write its gradients
-    into the given buffers (None: not needed; ``dw_o`` only when the attention outputs were not kept)."""
+    into the given buffers (None: not needed)."""
     hd = spec.head_dim
     cols = slice(head * hd, (head + 1) * hd)
     w_h, b_h, parts = _head_weights(w_qkv, b_qkv, spec, head)
