@@ -62,18 +62,27 @@ def _layout(x: torch.Tensor, order: torch.Tensor, w_qkv: torch.Tensor, b_qkv: to
 
 class _Gather:
     """Eq. (11) for a chunk of query windows: the m routed windows' K|V rows of every head, gathered into
-    a buffer that every full-size chunk reuses (fresh large tensors cost page faults each time)."""
+    a buffer that every full-size chunk reuses (fresh large tensors cost page faults each time). Rows are
+    addressed in the flattened H·BW table (head h's window w is row h·BW + w), so the gather and the
+    gradient's scatter-add run along the first dimension (ATen's contiguous row-copy paths)."""
 
     def __init__(self, kv: torch.Tensor, flat_ids: torch.Tensor, step: int, head_dim: int):
-        self.kv, self.ids, self.hd = kv, flat_ids, head_dim
-        self.buffer = kv.new_empty(kv.shape[0], min(step, flat_ids.shape[0]) * flat_ids.shape[1], kv.shape[2])
+        heads, windows, width = kv.shape
+        self.table, self.hd = kv.view(heads * windows, width), head_dim
+        offsets = torch.arange(heads, device=kv.device).view(heads, 1, 1) * windows
+        self.rows = flat_ids.unsqueeze(0) + offsets  # H×BW×m rows of the flattened table
+        self.buffer = kv.new_empty(heads * min(step, windows) * flat_ids.shape[1], width)
+
+    def rows_of(self, s: int, e: int) -> torch.Tensor:
+        """Rows (H·(e-s)·m) of query windows s..e-1's routed windows, head-major."""
+        return self.rows[:, s:e].reshape(-1)
 
     def __call__(self, s: int, e: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """K and V of query windows s..e-1: H×(e-s)×m·n²×hd each (strided views of one gather)."""
-        idx = self.ids[s:e].reshape(-1)
-        full = idx.numel() == self.buffer.shape[1]
-        g = torch.index_select(self.kv, 1, idx, out=self.buffer) if full else self.kv.index_select(1, idx)
-        k, v = g.view(g.shape[0], e - s, -1, 2, self.hd).unbind(3)
+        rows = self.rows_of(s, e)
+        full = rows.numel() == self.buffer.shape[0]
+        g = torch.index_select(self.table, 0, rows, out=self.buffer) if full else self.table.index_select(0, rows)
+        k, v = g.view(self.rows.shape[0], e - s, -1, 2, self.hd).unbind(3)
         return k, v
 
 
@@ -166,7 +175,7 @@ def _qkv_grad(d_attn: torch.Tensor, attn: torch.Tensor, q: torch.Tensor, kv: tor
     d_o = d_o.permute(2, 0, 1, 3).contiguous()  # H×BW×n²×hd
     del d_attn
     dq = torch.empty(q.shape, dtype=acc, device=q.device)
-    dk, dv = (torch.zeros(heads, windows, r * hd, dtype=acc, device=q.device) for _ in range(2))
+    dk, dv = (torch.zeros(heads * windows, r * hd, dtype=acc, device=q.device) for _ in range(2))
     gather = _Gather(kv, flat_ids, spec.step, hd)
     for s, e in _chunks(windows, spec.step):
         k_c, v_c = gather(s, e)
@@ -179,7 +188,7 @@ def _qkv_grad(d_attn: torch.Tensor, attn: torch.Tensor, q: torch.Tensor, kv: tor
             dp.mul_(mask)
         ds = p.mul_(dp.sub_(dd[:, s:e]))  # dS, written over P (no longer needed)
         dq[:, s:e] = ds @ k_c
-        idx = flat_ids[s:e].reshape(-1)
-        dk.index_add_(1, idx, (ds.transpose(-1, -2) @ q_c).reshape(heads, -1, r * hd).to(acc))
-        dv.index_add_(1, idx, dv_c.reshape(heads, -1, r * hd).to(acc))
-    return dq.mul_(spec.scale).view(heads, windows, -1), dk, dv
+        rows = gather.rows_of(s, e)
+        dk.index_add_(0, rows, (ds.transpose(-1, -2) @ q_c).reshape(-1, r * hd).to(acc))
+        dv.index_add_(0, rows, dv_c.reshape(-1, r * hd).to(acc))
+    return dq.mul_(spec.scale).view(heads, windows, -1), dk.view(heads, windows, -1), dv.view(heads, windows, -1)
