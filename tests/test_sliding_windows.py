@@ -130,6 +130,23 @@ def test_a_batch_of_images_gives_each_its_own_windows(stub, window_batch):
     assert len(model.windows) == 15
 
 
+@pytest.mark.parametrize("stub,window_batch", STUBS)
+def test_an_image_inside_one_window_gets_that_windows_scores(stub, window_batch):
+    """A 40x57 image is one 64-px window (its scores are the average, taken without summing): cropped back to
+    40x57, equal to the same image run alone, and calibrating it leaves the images beside it alone, also
+    when its window shares a forward pass with theirs."""
+    kw = dict(crop_size=64, stride=48, pad_multiple=16, calibration=0.5, test_seen_classes=[1])
+    sizes = [(100, 150), (40, 57), (100, 150)]
+    outs = _stub(stub, window_batch, **kw)([{"image": coordinate_image(h, w)} for h, w in sizes])
+    alone = [_run(_stub(stub, window_batch, **kw), h, w) for h, w in sizes]
+    for out, ref in zip(outs, alone):
+        torch.testing.assert_close(out["sem_seg"], ref, rtol=0, atol=0)
+    small = outs[1]["sem_seg"]
+    assert small.shape == (3, 40, 57) and (small[2] == 0).all()
+    torch.testing.assert_close(small[0], coordinate_image(40, 57)[0])
+    torch.testing.assert_close(small[1], torch.full((40, 57), -0.5))  # window origin 0, calibrated once
+
+
 def test_slide_when_the_stride_fits_exactly_adds_no_extra_window():
     """128 wide, crop 64, stride 32: ceil(64 / 32) + 1 = 3 windows at x 0, 32, 64 (no fourth clamped one)."""
     model = CoordinateStub(crop_size=64, stride=32, pad_multiple=8)

@@ -292,17 +292,21 @@ class ZeroShotSegmentor(nn.Module):
             i, (y1, y2, x1, x2) = job
             return vocabularies[i], y2 - y1, x2 - x1
 
+        windows = [sum(1 for i, _ in jobs if i == j) for j in range(len(images))]
         for chunk in consecutive_chunks(jobs, key, self.window_batch):
             crops = torch.stack([self._pad(images[i][:, y1:y2, x1:x2], 0.0) for i, (y1, y2, x1, x2) in chunk])
             with autocast(self.device, PRECISION_DTYPES[self.precision]):
                 scores = self.batch_window_scores(crops, texts[chunk[0][0]])
             for (i, (y1, y2, x1, x2)), s in zip(chunk, scores.float()):
+                if windows[i] == 1:  # one window covers the image: its scores are the average
+                    totals[i] = s[:, :y2 - y1, :x2 - x1]
+                    continue
                 if totals[i] is None:
                     totals[i] = s.new_zeros(s.shape[0], *images[i].shape[-2:])
                     counts[i] = s.new_zeros(1, *images[i].shape[-2:])
                 totals[i][:, y1:y2, x1:x2] += s[:, :y2 - y1, :x2 - x1]
                 counts[i][:, y1:y2, x1:x2] += 1
-        return [total / count for total, count in zip(totals, counts)]
+        return [total if count is None else total / count for total, count in zip(totals, counts)]
 
 
 def inference_model(model: nn.Module) -> nn.Module:
