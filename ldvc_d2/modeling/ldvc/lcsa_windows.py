@@ -106,8 +106,8 @@ def _forward(x, w_qkv, b_qkv, w_o, b_o, order, flat_ids, spec: RoutedSpec, keep:
         if spec.attn_dropout:  # eq. (12) written out: the mask is drawn here and replayed in backward
             p = torch.softmax(q[:, s:e] @ k_c.transpose(-1, -2), dim=-1)
             attn[:, s:e] = (p * _dropout_mask(p, spec.attn_dropout)) @ v_c
-        else:  # SDPA divides by sqrt(hd) itself: q carries the scale already
-            attn[:, s:e] = F.scaled_dot_product_attention(q[:, s:e] * spec.head_dim ** 0.5, k_c, v_c)
+        else:  # q carries the softmax scale already
+            attn[:, s:e] = F.scaled_dot_product_attention(q[:, s:e], k_c, v_c, scale=1.0)
     attn = attn.permute(1, 2, 0, 3).reshape(x.shape)  # window order, heads side by side
     out = torch.empty_like(x).index_copy_(0, order, torch.addmm(b_o, attn, w_o.t()))
     return out, ((q, kv, attn) if keep else None)
