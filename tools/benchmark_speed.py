@@ -8,8 +8,9 @@
 * eval: images/s of LDVC (whole image; sliding window one window per forward; windows batched) and of
   CLIPtrase at its COCO-Stuff config (inference only);
 * lcsa: one LCSA layer against global self-attention (SDPA) on 32×32, 64×64, 96×96 token grids
-  (d 512, 8 heads, window 4, top-16, batch 1), inference and training (forward + backward): seconds,
-  peak memory, peak tensor memory, ratios;
+  (d 512, 8 heads, window 4, top-16, batch 1), inference and training (forward + backward): seconds
+  (the two timed in alternating rounds, so their ratio holds on a shared machine), peak memory, peak
+  tensor memory, ratios;
 * text: class-embedding time cold (cache cleared) and warm (cached) for 20 and 171 classes.
 
 Times are medians of --repeats calls after a warm-up (ldvc_d2/utils/speed.py); memory is
@@ -22,6 +23,7 @@ CUDA max-allocated on CUDA and the resident-set peak on CPU, and for LCSA also t
 """
 import argparse
 import os
+import statistics
 import sys
 from typing import Dict, List, Optional
 
@@ -35,7 +37,7 @@ from ldvc_d2.modeling import inference_model  # noqa: E402
 from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention  # noqa: E402
 from ldvc_d2.predictor import load_config  # noqa: E402
 from ldvc_d2.utils.io import write_json_atomic  # noqa: E402
-from ldvc_d2.utils.speed import median_seconds, peak_mib, tensor_peak_mib  # noqa: E402
+from ldvc_d2.utils.speed import interleaved_seconds, median_seconds, peak_mib, tensor_peak_mib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"ldvc": "configs/coco_stuff.yaml", "zegclip": "configs/zegclip/coco_stuff.yaml",
@@ -142,20 +144,26 @@ def lcsa_section(args, device, notes: List[str]) -> Dict:
 
 
 def _lcsa_row(grid: int, train: bool, device: torch.device, args) -> Dict:
+    """Global attention and LCSA timed in alternating rounds (``interleaved_seconds``), so the ratio holds
+    on a shared machine; then each one's peak memory and peak tensor memory."""
     torch.manual_seed(0)
     x = torch.randn(1, grid * grid, 512, device=device, requires_grad=train)
-    row = {}
+    runs = {}
     for name, topk in (("global", None), ("lcsa", 16)):
         layer = LocalConsensusSelfAttention(512, num_heads=8, window_size=4, topk=topk).to(device).eval()
 
-        def run():
+        def run(layer=layer):
             if train:
                 layer(x, grid, grid).sum().backward()
             else:
                 with torch.no_grad():
                     layer(x, grid, grid)
 
-        row[f"{name}_s"] = median_seconds(run, device, args.repeats, args.clock)
+        runs[name] = run
+    times = interleaved_seconds(list(runs.values()), [device] * len(runs), args.repeats, args.clock)
+    row = {}
+    for (name, run), seconds in zip(runs.items(), times):
+        row[f"{name}_s"] = statistics.median(seconds)
         row[f"{name}_mib"] = peak_mib(run, device)
         row[f"{name}_tensor_mib"] = tensor_peak_mib(run, device)
     row["time_ratio"] = row["lcsa_s"] / row["global_s"]

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["interleaved_speed", "median_seconds", "memory_kind", "peak_mib", "synchronize",
+__all__ = ["interleaved_seconds", "interleaved_speed", "median_seconds", "memory_kind", "peak_mib", "synchronize",
            "tensor_peak_mib"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
@@ -39,20 +39,35 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, clock: str = "wall") -> float:
-    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+def _clock(clock: str, device: torch.device) -> Callable[[], float]:
     if clock not in ("wall", "cpu"):
         raise ValueError(f"--clock must be 'wall' or 'cpu', got '{clock}'.")
-    now = time.perf_counter if clock == "wall" or device.type == "cuda" else time.process_time
-    fn()
-    synchronize(device)
-    times = []
+    return time.perf_counter if clock == "wall" or device.type == "cuda" else time.process_time
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, clock: str = "wall") -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    return statistics.median(interleaved_seconds([fn], [device], repeats, clock)[0])
+
+
+def interleaved_seconds(fns: Sequence[Callable[[], object]], devices: Sequence[torch.device], repeats: int = 3,
+                        clock: str = "wall", warmup: int = 1) -> List[List[float]]:
+    """Seconds of each of ``fns`` (running on ``devices``, one each) in ``repeats`` rounds that call every
+    function once, in turn, after ``warmup`` calls of each: a load that comes and goes on a shared machine
+    falls on all of them alike, so their ratios hold within one run."""
+    clocks = [_clock(clock, device) for device in devices]
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: List[List[float]] = [[] for _ in fns]
     for _ in range(max(1, repeats)):
-        start = now()
-        fn()
-        synchronize(device)
-        times.append(now() - start)
-    return statistics.median(times)
+        for i, (fn, device, now) in enumerate(zip(fns, devices, clocks)):
+            synchronize(device)
+            start = now()
+            fn()
+            synchronize(device)
+            times[i].append(now() - start)
+    return times
 
 
 def _status_mib(field: str) -> float:
@@ -128,21 +143,9 @@ def interleaved_speed(runs: Sequence[Tuple[Callable[[torch.Tensor], object], tor
     machine falls on all of them alike. Per function: the median seconds per image over its rounds
     (``clock``: "wall" or "cpu", the process's CPU time, see the module text), images/s, and the most memory
     one further call adds above what was in use before it (:func:`peak_mib`; None where unknown)."""
-    if clock not in ("wall", "cpu"):
-        raise ValueError(f"--clock must be 'wall' or 'cpu', got '{clock}'.")
-    times: List[List[float]] = [[] for _ in runs]
     with torch.no_grad():
-        for fn, image, _ in runs:
-            for _ in range(warmup):
-                fn(image)
-        for _ in range(max(1, iters)):
-            for i, (fn, image, device) in enumerate(runs):
-                now = time.perf_counter if clock == "wall" or device.type == "cuda" else time.process_time
-                synchronize(device)
-                start = now()
-                fn(image)
-                synchronize(device)
-                times[i].append(now() - start)
+        times = interleaved_seconds([lambda fn=fn, image=image: fn(image) for fn, image, _ in runs],
+                                    [device for *_, device in runs], iters, clock, warmup)
         results = []
         for (fn, image, device), seconds in zip(runs, times):
             median = statistics.median(seconds)
