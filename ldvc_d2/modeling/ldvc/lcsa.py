@@ -147,9 +147,8 @@ class LocalConsensusSelfAttention(nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
         if h * w * d <= 4 * self.chunk_elements and not tracing:
             # a small grid (one image's attention outputs at most 4 chunks): all heads at once in window
-            # order (lcsa_windows.py), a chunk's gathered K|V of all heads at most 4 chunks too
-            window_step = max(1, 4 * self.chunk_elements // (m * n * n * 2 * d))
-            spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, dropout, window_step)
+            # order (lcsa_windows.py), as many query windows per chunk as the per-head passes take
+            spec = RoutedSpec(self.num_heads, self.head_dim, self.scale, dropout, step * images)
             flat_ids = (ids + torch.arange(b, device=x.device).view(b, 1, 1) * (gh * gw)).view(b * gh * gw, m)
             with torch.autocast(x.device.type, enabled=False):
                 return window_attention(x.reshape(b * l, d), *weights, rows.reshape(-1), flat_ids, spec).view(b, l, d)

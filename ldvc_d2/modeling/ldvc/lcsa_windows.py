@@ -4,10 +4,11 @@ once, in window order, for inference and training.
 Where one image's attention outputs are at most four chunks' worth (``RoutedSpec.keep_outputs``; d 512:
 grids up to 32×32 tokens, the grid of a 512-px window at ViT-B/16), the tokens are put in window order
 (the n² tokens of each window together) and Q, K, V of all heads come from one product (eq. 9), laid out
-heads first: H × (B·W) × n²·hd. A chunk of query windows then gathers its m routed windows' keys and
-values (eq. 11) for every head with one block gather along the window axis, into buffers reused from
-chunk to chunk, and attends with one batched call over heads and windows (eq. 12); the heads' outputs are
-projected together and put back in token order once.
+heads first: H × (B·W) × n²·hd. A chunk of query windows (as many as the per-head passes take, so its
+buffer holds the K|V of all heads that theirs holds of one) then gathers its m routed windows' keys and
+values (eq. 11) for every head with one row gather, into a buffer reused from chunk to chunk, and
+attends with one batched call over heads and windows (eq. 12); the heads' outputs are projected together
+and put back in token order once.
 
 Training (:class:`_WindowAttention`) saves Q, K, V of all heads and the attention outputs (4·B·L·d
 floats, what global attention's backward keeps too) instead of recomputing the projections, and its
