@@ -113,16 +113,16 @@ def test_background_words_expand_the_background_entry():
 def test_scaled_dbscan_settings_reach_dbscan(monkeypatch, scale, size, want):
     """What DBSCAN is called with: the grid-scaled eps / min_samples for the window's patch count (slide
     windows of 64 px included), or the config's values as given."""
-    import ldvc_d2.modeling.clip.clustering as clustering
+    import sklearn.cluster  # clustering.cluster_patches imports DBSCAN from here when it runs
 
     calls = []
-    real = clustering.DBSCAN
+    real = sklearn.cluster.DBSCAN
 
     def spy(eps, min_samples, **kwargs):
         calls.append((eps, min_samples))
         return real(eps=eps, min_samples=min_samples, **kwargs)
 
-    monkeypatch.setattr(clustering, "DBSCAN", spy)
+    monkeypatch.setattr(sklearn.cluster, "DBSCAN", spy)
     model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", scale, "MODEL.SEGMENTOR.INFERENCE.MODE",
                    "whole" if size == 128 else "slide", "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64",
                    "MODEL.SEGMENTOR.INFERENCE.STRIDE", "48")
