@@ -16,3 +16,12 @@ def load_script(relative_path: str) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def run_train_net(*argv: str):
+    """``python train_net.py *argv`` with one process, run in this process: the same parser and ``main``
+    (train_net's launch calls ``main`` directly for one process). Returns ``main``'s results."""
+    train_net = load_script("train_net.py")
+    args = train_net.argument_parser().parse_args(list(argv))
+    assert args.num_gpus == 1 and args.num_machines == 1, "several processes: run train_net.py itself"
+    return train_net.main(args)

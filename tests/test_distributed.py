@@ -8,18 +8,15 @@
   e.g. attention key biases, becomes steps of +-lr: not a test of the gradients.) With dropout on,
   1 process × 2 accumulation steps and 2 processes × 1 step draw the same masks for the same
   micro-batch (seeded by its index in the iteration), so they make the same update.
-* Evaluation with 2 processes writes the same sem_seg_metrics.json, byte for byte, as with 1.
-* Two "machines" of one process each (--num-machines 2, --machine-rank, --dist-url on 127.0.0.1).
 * Every trainable parameter's gradient has the parameter's own strides (DDP's bucket-view contract).
+
+The 1-process reference runs train in this process (one process is what ``launch`` runs in place);
+train_net.py's own several-process runs (evaluation, two "machines") are in test_distributed_cli.py.
 """
-import filecmp
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import ldvc_d2  # noqa: F401  (first, also in spawned processes: the detectron2 v0.6 shims)
 from detectron2.modeling import build_model
@@ -28,7 +25,7 @@ from detectron2.utils import comm
 from ldvc_d2.checkpoint import load_checkpoint_file
 from ldvc_d2.engine.launch import launch
 from tests import tiny_shapes
-from tests.conftest import REPO, tiny_cfg
+from tests.conftest import tiny_cfg
 
 COMMON = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
@@ -65,10 +62,6 @@ def _train_runs(out: str, data: str, runs) -> None:
         torch.save(model.state_dict(), os.path.join(out, f"{tag}_rank{comm.get_rank()}.pth"))
 
 
-def _single(_local_rank: int, *args) -> None:
-    _train_runs(*args)
-
-
 def _load(out, name):
     return load_checkpoint_file(os.path.join(out, name + ".pth"))
 
@@ -84,7 +77,7 @@ def test_two_processes_make_the_one_process_update(tiny_data, tmp_path):
            ("ldvc_dropout_accum", LDVC, [*DROPOUT, "SOLVER.MAX_IMS_PER_GPU", "1"])]
     two = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, []),
            ("ldvc_dropout_ddp", LDVC, DROPOUT)]
-    mp.start_processes(_single, nprocs=1, start_method="spawn", args=(out, data, one))
+    _train_runs(out, data, one)  # in this process: world size 1
     launch(_train_runs, 2, dist_url="auto", args=(out, data, two))
 
     for reference, other in (("ldvc_full", "ldvc_ddp_accum"), ("zegclip_full", "zegclip_ddp"),
@@ -95,60 +88,6 @@ def test_two_processes_make_the_one_process_update(tiny_data, tmp_path):
         moved = _max_diff(ref, _load(out, reference + "_init"))
         diff = _max_diff(ref, r0)
         assert moved > 0 and diff < RTOL * moved, f"{other} differs from {reference} by {diff} (steps moved {moved})"
-
-
-def _train_net(tmp_path, *args, env=None, check=True):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args], cwd=tmp_path,
-                          env=env or os.environ.copy(), capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def test_evaluation_with_two_processes_writes_the_same_metrics(tiny_data, tmp_path):
-    root, _ = tiny_data
-    torch.manual_seed(3)
-    weights = str(tmp_path / "weights.pth")
-    torch.save({"model": build_model(tiny_cfg(LDVC, "DATASETS.TRAIN", "()")).state_dict()}, weights)
-    files = []
-    for procs in ("1", "2"):
-        out = str(tmp_path / f"eval{procs}")
-        _train_net(tmp_path, "--config-file", os.path.join(REPO, LDVC), "--num-gpus", procs, "--dist-url", "auto",
-                   "--eval-only", "--register", os.path.join(root, "register_tiny_shapes.py"),
-                   "MODEL.CLIP.PRETRAINED", "", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)",
-                   "OUTPUT_DIR", out)
-        files.append(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json"))
-    assert filecmp.cmp(*files, shallow=False)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_machines_of_one_process_each(tiny_data, tmp_path):
-    """--num-machines 2 on localhost: both "machines" train together, and the result is the 1-process
-    run with accumulation over the same total batch (the dropout-free COMMON settings)."""
-    root, _ = tiny_data
-    args = ["--config-file", os.path.join(REPO, LDVC), "--register", os.path.join(root, "register_tiny_shapes.py"),
-            "MODEL.CLIP.PRETRAINED", "", *COMMON, "SOLVER.IMS_PER_BATCH", "2", "SEED", "5"]
-    url = f"tcp://127.0.0.1:{_free_port()}"
-    machines = [subprocess.Popen([sys.executable, os.path.join(REPO, "train_net.py"), "--num-machines", "2",
-                                  "--machine-rank", str(rank), "--dist-url", url, *args, "OUTPUT_DIR", f"m{rank}"],
-                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for rank in (0, 1)]
-    logs = [m.communicate(timeout=600)[0] for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    assert "World size: 2" in logs[0]
-    _train_net(tmp_path, *args, "SOLVER.MAX_IMS_PER_GPU", "1", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", "single")
-    two = load_checkpoint_file(str(tmp_path / "m0" / "model_final.pth"))["model"]
-    one = load_checkpoint_file(str(tmp_path / "single" / "model_final.pth"))["model"]
-    moved = _max_diff(one, load_checkpoint_file(str(tmp_path / "single" / "model_0000000.pth"))["model"])  # step 2
-    assert _max_diff(one, two) < RTOL * moved
-    assert not (tmp_path / "m1" / "model_final.pth").exists()  # only the main process saves
 
 
 def test_gradients_keep_the_parameter_layout(tiny_data):
