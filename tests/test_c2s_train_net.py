@@ -10,27 +10,18 @@ import torch
 
 import ldvc_d2  # noqa: F401  (first, also in spawned processes: the detectron2 v0.6 shims)
 from detectron2.utils import comm
+from open_clip import transformer
 
 from ldvc_d2.engine.launch import launch
+from ldvc_d2.modeling.clip import vision
 from tests import tiny_shapes
 from tests.conftest import REPO
+from tests.scripts import run_train_net
 
 CONFIG = os.path.join(REPO, "configs/c2s/shapes.yaml")
 FAST = ["MODEL.CLIP.PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000", "INPUT.CROP.SIZE", "(64, 64)",
         "MODEL.C2S.MERGE_THRESHOLD", "0.5", "MODEL.C2S.MIN_CLUSTER", "2"]
-NO_IMAGE_TOWER = """
-from open_clip import transformer
-from ldvc_d2.modeling.clip import vision
-
-def _refuse(*args, **kwargs):
-    raise RuntimeError("the eval-only run built CLIP's image tower")
-
-transformer.VisionTransformer.__init__ = _refuse  # open_clip's own: not even constructed and dropped
-vision.PromptedVisionEncoder.__init__ = _refuse
-"""
-
-
 def _train_net(tmp_path, *args):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -38,20 +29,26 @@ def _train_net(tmp_path, *args):
     return proc.stdout + proc.stderr
 
 
-def test_train_then_eval_only_without_the_image_tower(tmp_path):
+def test_train_then_eval_only_without_the_image_tower(tmp_path, monkeypatch):
+    """Training is a train_net.py process; --eval-only runs train_net's parser and main in this process
+    (tests/scripts.py run_train_net) with CLIP's image tower classes refusing to be constructed."""
     data = tiny_shapes.make(str(tmp_path / "data"))
     register = str(tmp_path / "data" / "register_tiny_shapes.py")
-    refuse = str(tmp_path / "refuse_image_tower.py")
-    with open(refuse, "w") as f:
-        f.write(NO_IMAGE_TOWER)
     out = str(tmp_path / "out")
     sets = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", f"('{tiny_shapes.VAL}',)"]
     log = _train_net(tmp_path, "--register", register, *FAST, *sets, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
                      "OUTPUT_DIR", out)
     assert "Starting training from iteration 0" in log and "loss_global" in log
     weights = os.path.join(out, "model_final.pth")
-    log = _train_net(tmp_path, "--eval-only", "--register", register, "--register", refuse, *FAST, *sets,
-                     "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the eval-only run built CLIP's image tower")
+
+    # open_clip's own tower: not even constructed and dropped
+    monkeypatch.setattr(transformer.VisionTransformer, "__init__", refuse)
+    monkeypatch.setattr(vision.PromptedVisionEncoder, "__init__", refuse)
+    _, log = run_train_net("--config-file", CONFIG, "--eval-only", "--register", register, *FAST, *sets,
+                           "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out)
     assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
     with open(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json")) as f:
         metrics = json.load(f)
