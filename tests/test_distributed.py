@@ -9,6 +9,7 @@
   1 process × 2 accumulation steps and 2 processes × 1 step draw the same masks for the same
   micro-batch (seeded by its index in the iteration), so they make the same update.
 * Every trainable parameter's gradient has the parameter's own strides (DDP's bucket-view contract).
+* C2S's [CLS] bank gathered over the 2 processes: rank-major, identical on both (in the same launch).
 
 The 1-process reference runs train in this process (one process is what ``launch`` runs in place);
 train_net.py's own several-process runs (evaluation, two "machines") are in test_distributed_cli.py.
@@ -70,24 +71,65 @@ def _max_diff(a, b) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def test_two_processes_make_the_one_process_update(tiny_data, tmp_path):
+ONE = [("ldvc_full", LDVC, []), ("zegclip_full", ZEGCLIP, []),
+       ("ldvc_dropout_accum", LDVC, [*DROPOUT, "SOLVER.MAX_IMS_PER_GPU", "1"])]
+TWO = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, []),
+       ("ldvc_dropout_ddp", LDVC, DROPOUT)]
+
+
+def _gather_bank(out: str) -> None:
+    """In every process: push two steps of rank-stamped [CLS] tokens through C2S's gather and bank."""
+    from ldvc_d2.modeling.c2s import CLSBank, gather_tokens
+
+    rank = comm.get_rank()
+    bank = CLSBank(5, 3)
+    results = []
+    for step in range(2):
+        tokens = torch.full((2, 3), float(10 * step + rank)) + torch.arange(2.0)[:, None] / 10
+        gathered, offset = gather_tokens(tokens)
+        results.append((gathered, offset, bank.push(gathered)))
+    torch.save({"results": results, "bank": bank.tokens.clone()}, os.path.join(out, f"bank_rank{rank}.pt"))
+
+
+def _two_process_work(out: str, data: str) -> None:
+    _train_runs(out, data, TWO)
+    _gather_bank(out)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_data, tmp_path_factory) -> str:
+    """One launch of 2 gloo processes for the module (each start of a process costs seconds): the TWO
+    training runs, then C2S's bank gather; returns the folder of their files."""
+    out = str(tmp_path_factory.mktemp("two_processes"))
+    launch(_two_process_work, 2, dist_url="auto", args=(out, tiny_data[1]))
+    return out
+
+
+def test_two_processes_make_the_one_process_update(tiny_data, two_processes, tmp_path):
     _, data = tiny_data
-    out = str(tmp_path)
-    one = [("ldvc_full", LDVC, []), ("zegclip_full", ZEGCLIP, []),
-           ("ldvc_dropout_accum", LDVC, [*DROPOUT, "SOLVER.MAX_IMS_PER_GPU", "1"])]
-    two = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, []),
-           ("ldvc_dropout_ddp", LDVC, DROPOUT)]
-    _train_runs(out, data, one)  # in this process: world size 1
-    launch(_train_runs, 2, dist_url="auto", args=(out, data, two))
+    one = str(tmp_path)
+    _train_runs(one, data, ONE)  # in this process: world size 1
 
     for reference, other in (("ldvc_full", "ldvc_ddp_accum"), ("zegclip_full", "zegclip_ddp"),
                              ("ldvc_dropout_accum", "ldvc_dropout_ddp")):
-        r0, r1 = _load(out, other + "_rank0"), _load(out, other + "_rank1")
+        r0, r1 = _load(two_processes, other + "_rank0"), _load(two_processes, other + "_rank1")
         assert all(torch.equal(r0[k], r1[k]) for k in r0), other  # DDP keeps the ranks in step, exactly
-        ref = _load(out, reference + "_rank0")
-        moved = _max_diff(ref, _load(out, reference + "_init"))
+        ref = _load(one, reference + "_rank0")
+        moved = _max_diff(ref, _load(one, reference + "_init"))
         diff = _max_diff(ref, r0)
         assert moved > 0 and diff < RTOL * moved, f"{other} differs from {reference} by {diff} (steps moved {moved})"
+
+
+def test_c2s_bank_is_gathered_rank_major_and_identical_on_both_processes(two_processes):
+    """C2S's [CLS] bank over 2 processes: all_gather puts rank 0's tokens first, each process knows its
+    offset, and both hold the same bank (the newest previous token kept after 4 current ones)."""
+    r0, r1 = (torch.load(os.path.join(two_processes, f"bank_rank{r}.pt")) for r in (0, 1))
+    for step, ((g0, o0, c0), (g1, o1, c1)) in enumerate(zip(r0["results"], r1["results"])):
+        expected = torch.tensor([10 * step + r + i / 10 for r in (0, 1) for i in (0, 1)])[:, None].expand(4, 3)
+        torch.testing.assert_close(g0, expected)
+        assert torch.equal(g0, g1) and (o0, o1) == (0, 2) and torch.equal(c0, c1)
+    assert r0["results"][1][2].shape == (5, 3)  # 4 current + the newest previous token
+    assert torch.equal(r0["bank"], r1["bank"])
 
 
 def test_gradients_keep_the_parameter_layout(tiny_data):
