@@ -2,8 +2,9 @@
 ``train_net.py`` (train) -> ``train_net.py --eval-only``, with the benchmark configs and the tiny
 random CLIP on the CPU. The evaluation and the missing-dataset error run train_net's parser and main in
 the test process (tests/scripts.py run_train_net), with the sets registered under the test's root as a
-train_net.py process started with that $DETECTRON2_DATASETS registers them. Expectations (class counts, splits, labels) come from the dataset
-specifications in ``datasets/README.md``, not from the package's tables."""
+train_net.py process started with that $DETECTRON2_DATASETS registers them. Expectations (class counts,
+splits, labels) come from the dataset specifications in ``datasets/README.md``, not from the package's
+tables."""
 import contextlib
 import json
 import os
