@@ -8,6 +8,7 @@ SOLVER.IMS_PER_BATCH is the *total* batch of one step (the paper: 16), trained a
 of GPUs (gradient accumulation where SOLVER.MAX_IMS_PER_GPU asks for it). Without CUDA, --num-gpus N
 runs N CPU processes (gloo); several machines: --num-machines, --machine-rank, --dist-url (README).
 """
+import argparse
 import logging
 import os
 import time
@@ -161,10 +162,15 @@ def main(args):
     return res
 
 
-if __name__ == "__main__":
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's default options (--config-file, --eval-only, --resume, --num-gpus, ...) and --register."""
     parser = default_argument_parser()
     add_register_argument(parser)
-    args = parser.parse_args()
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

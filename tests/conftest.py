@@ -16,6 +16,24 @@ from ldvc_d2.modeling.clip import build_clip_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The files that take longest (train_net.py processes, several-process runs, exports), longest first.
+# `make test` runs the files on pytest-xdist workers (--dist loadfile), handed out in collection order:
+# starting these first keeps a long file from running alone at the end while the other worker idles.
+LONGEST_FIRST = (
+    "test_distributed_cli.py", "test_configs.py", "test_export.py", "test_app_browser.py", "test_resume.py",
+    "test_train_net.py", "test_deop_meta_arch.py", "test_distributed.py", "test_tiny_clip.py",
+    "test_deop_proposals_e2e.py", "test_benchmarks_e2e.py", "test_lcsa_fast.py", "test_tiny_clip_shipped.py",
+    "test_gpu_check.py", "test_cliptrase.py", "test_benchmark_speed.py", "test_c2s_train_net.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """The LONGEST_FIRST files first, in that order; the other files after them, as collected (the sort is
+    stable, and keeps the order of the tests within a file)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _ldvc_logs_reach_caplog():
     """Tools run in-process call setup_logger(name="ldvc_d2"), which stops propagation to the root

@@ -1,8 +1,10 @@
-"""Import the repository's command-line scripts (tools/, demo/) as modules, to call their functions."""
+"""Import the repository's scripts (tools/, demo/, train_net.py) as modules, to call their functions."""
 import importlib.util
+import logging
 import os
 import sys
 from types import ModuleType
+from typing import Tuple
 
 from tests.conftest import REPO
 
@@ -16,3 +18,37 @@ def load_script(relative_path: str) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+class _Records(logging.Handler):
+    """Every log record, once (a record may reach several of the loggers the handler is attached to)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("[%(name)s]: %(message)s"))
+        self.lines, self._last = [], None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record is not self._last:
+            self._last = record
+            self.lines.append(self.format(record))
+
+
+def run_train_net(*argv: str) -> Tuple[object, str]:
+    """``python train_net.py *argv`` with one process, run in this process: the same parser and ``main``
+    (train_net's launch calls ``main`` directly for one process). Returns ``main``'s results and the log
+    lines of the run (detectron2's, ldvc_d2's, ...), one record a line as ``[logger]: message``."""
+    train_net = load_script("train_net.py")
+    args = train_net.argument_parser().parse_args(list(argv))
+    assert args.num_gpus == 1 and args.num_machines == 1, "several processes: run train_net.py itself"
+    handler = _Records()
+    # detectron2's setup_logger stops propagation of these; the root logger gets everything else
+    loggers = [logging.getLogger(name) for name in ("", "detectron2", "d2", "fvcore", "ldvc_d2")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        results = train_net.main(args)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    return results, "\n".join(handler.lines)

@@ -1,7 +1,11 @@
 """VOC and COCO-Stuff end to end, as a user runs them: fake download -> ``datasets/prepare_*.py`` ->
 ``train_net.py`` (train) -> ``train_net.py --eval-only``, with the benchmark configs and the tiny
-random CLIP on the CPU. Expectations (class counts, splits, labels) come from the dataset
-specifications in ``datasets/README.md``, not from the package's tables."""
+random CLIP on the CPU. The evaluation and the missing-dataset error run train_net's parser and main in
+the test process (tests/scripts.py run_train_net), with the sets registered under the test's root as a
+train_net.py process started with that $DETECTRON2_DATASETS registers them. Expectations (class counts,
+splits, labels) come from the dataset specifications in ``datasets/README.md``, not from the package's
+tables."""
+import contextlib
 import json
 import os
 import re
@@ -12,10 +16,15 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from ldvc_d2.data.datasets.register_coco_stuff import COCO_STUFF_SPLITS
+from ldvc_d2.data.datasets.register_voc import VOC_SPLITS
+from ldvc_d2.data.datasets.zero_shot_sem_seg import register_zero_shot_splits
 from ldvc_d2.evaluation import load_confusion_matrix
 from tests.conftest import REPO
+from tests.scripts import run_train_net
 from tests.fake_datasets import (coco_contiguous, coco_used_ids, make_coco_stuff_tree,
                                  make_voc_tree, voc_expected)
 
@@ -91,6 +100,26 @@ def _train_net(bench: Benchmark, root: str, cwd: str, *opts: str) -> subprocess.
                  os.path.join(REPO, bench.config), *opts], cwd, root)
 
 
+@contextlib.contextmanager
+def _sets_under(root: str, *names: str):
+    """The built-in sets ``names`` registered under ``root`` (as ldvc_d2 registers them on import in a
+    process whose $DETECTRON2_DATASETS is ``root``); the registrations of this process are restored after."""
+    splits = {split.name: split for split in (*VOC_SPLITS, *COCO_STUFF_SPLITS)}
+    saved = {name: (DatasetCatalog[name], MetadataCatalog.get(name)) for name in names}
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_zero_shot_splits([splits[name] for name in names], root)
+    try:
+        yield
+    finally:
+        for name, (load, metadata) in saved.items():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+            DatasetCatalog.register(name, load)
+            MetadataCatalog[name] = metadata
+
+
 def _ok(proc: subprocess.CompletedProcess) -> str:
     """The process's output, after asserting that it succeeded."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -152,9 +181,10 @@ def test_train_then_eval_only(prepared, tmp_path):
     assert f"dataset '{bench.train_set}': 6 images" in log  # the small-split warning
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
-    log = _ok(_train_net(bench, root, str(tmp_path), "--eval-only", "MODEL.WEIGHTS",
-                         os.path.join(out, "model_final.pth"), *FAST,
-                         "DATASETS.TEST", f"('{bench.val_set}',)", "OUTPUT_DIR", out))
+    with _sets_under(root, bench.val_set):
+        _, log = run_train_net("--config-file", os.path.join(REPO, bench.config), "--eval-only", "MODEL.WEIGHTS",
+                               os.path.join(out, "model_final.pth"), *FAST,
+                               "DATASETS.TEST", f"('{bench.val_set}',)", "OUTPUT_DIR", out)
     protocol = PROTOCOL.format(train=bench.train_set)
     n, n_unseen = bench.num_classes, len(bench.unseen_names)
     assert (f"Zero-shot evaluation of '{bench.val_set}': 3 images, {n} classes ({n - n_unseen} "
@@ -191,10 +221,9 @@ def test_missing_dataset_names_folder_and_prepare_command(tmp_path):
     """Training before downloading / preparing: the error names the folder and the command."""
     bench, empty = VOC, tmp_path / "datasets"
     empty.mkdir()
-    proc = _train_net(bench, str(empty), str(tmp_path), *FAST, "DATASETS.TEST", "()",
+    with _sets_under(str(empty), bench.train_set), pytest.raises(Exception) as error:
+        run_train_net("--config-file", os.path.join(REPO, bench.config), *FAST, "DATASETS.TEST", "()",
                       "OUTPUT_DIR", str(tmp_path / "out"))
-    log = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert f"'{os.path.join(str(empty), bench.train_split)}' does not exist" in log, log[-3000:]
-    assert "python datasets/prepare_voc.py" in log
+    assert f"'{os.path.join(str(empty), bench.train_split)}' does not exist" in str(error.value), str(error.value)
+    assert "python datasets/prepare_voc.py" in str(error.value)
     assert not os.path.exists(tmp_path / "out" / "model_final.pth")

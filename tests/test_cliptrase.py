@@ -3,8 +3,6 @@ computations (open_clip's own forward for the plain-CLIP row, the vote functions
 background words, the protocol line, training refused, and --eval-only through train_net.py."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from detectron2.modeling import build_model
 from ldvc_d2.modeling.cliptrase import CLIPtrase, ClassEmbeddings, refine_with_regions, vote_hard
 from ldvc_d2.modeling.cliptrase.correlation import denoise_correlation
 from tests.conftest import REPO, TOY_CLASSES, tiny_cfg
+from tests.scripts import run_train_net
 
 BASE = "configs/cliptrase/shapes.yaml"
 
@@ -113,16 +112,16 @@ def test_background_words_expand_the_background_entry():
 def test_scaled_dbscan_settings_reach_dbscan(monkeypatch, scale, size, want):
     """What DBSCAN is called with: the grid-scaled eps / min_samples for the window's patch count (slide
     windows of 64 px included), or the config's values as given."""
-    import ldvc_d2.modeling.clip.clustering as clustering
+    import sklearn.cluster  # clustering.cluster_patches imports DBSCAN from here when it runs
 
     calls = []
-    real = clustering.DBSCAN
+    real = sklearn.cluster.DBSCAN
 
     def spy(eps, min_samples, **kwargs):
         calls.append((eps, min_samples))
         return real(eps=eps, min_samples=min_samples, **kwargs)
 
-    monkeypatch.setattr(clustering, "DBSCAN", spy)
+    monkeypatch.setattr(sklearn.cluster, "DBSCAN", spy)
     model = _model("MODEL.CLIPTRASE.DBSCAN_SCALE", scale, "MODEL.SEGMENTOR.INFERENCE.MODE",
                    "whole" if size == 128 else "slide", "MODEL.SEGMENTOR.INFERENCE.CROP_SIZE", "64",
                    "MODEL.SEGMENTOR.INFERENCE.STRIDE", "48")
@@ -158,16 +157,13 @@ def test_unknown_settings_are_errors_naming_the_key():
         _model("MODEL.CLIPTRASE.DBSCAN_SCALE", "auto")
 
 
-def test_eval_only_through_train_net_on_shapes_without_weights(tmp_path):
-    """The shapes world, a random tiny CLIP, no MODEL.WEIGHTS: metrics and the protocol line are written."""
+def test_eval_only_through_train_net_on_shapes_without_weights(tmp_path, monkeypatch):
+    """The shapes world, a random tiny CLIP, no MODEL.WEIGHTS: metrics and the protocol line are written
+    (train_net's parser and main, run in this process: tests/scripts.py run_train_net)."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, BASE), "--eval-only",
-         "MODEL.CLIP.PRETRAINED", "", "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", "0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "DETECTRON2_DATASETS": os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    monkeypatch.setenv("DETECTRON2_DATASETS", os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")))
+    run_train_net("--config-file", os.path.join(REPO, BASE), "--eval-only", "MODEL.CLIP.PRETRAINED", "",
+                  "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", "0")
     metrics_file = next(out.rglob("sem_seg_metrics.json"))
     metrics = json.loads(metrics_file.read_text())
     text = json.dumps(metrics)

@@ -1,5 +1,6 @@
 """DeOP stages 1 and 2 end to end through train_net.py, as a user runs them: train, then --eval-only, on a
-tiny generated copy of the shapes benchmark (tests/tiny_shapes.py); and their checkpoints hold what
+tiny generated copy of the shapes benchmark (tests/tiny_shapes.py; training is a train_net.py process, the
+evaluation runs train_net's parser and main in the test process); and their checkpoints hold what
 stage 3 reads (``proposal_net.*`` for the proposal network, one ``*ctx`` tensor for the prompts)."""
 import json
 import os
@@ -12,6 +13,7 @@ import torch
 from ldvc_d2.checkpoint import load_checkpoint_file
 from tests import tiny_shapes
 from tests.conftest import REPO, tiny_cfg
+from tests.scripts import run_train_net
 
 FAST = ["MODEL.CLIP.PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1000",
@@ -41,8 +43,10 @@ def _train_then_evaluate(tmp_path, root, config, *opts):
     log = _train_net(tmp_path, root, config, *FAST, *opts, "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Starting training from iteration 0" in log
     weights = os.path.join(out, "model_final.pth")
-    log = _train_net(tmp_path, root, config, "--eval-only", *FAST, *opts, "MODEL.WEIGHTS", weights,
-                     "DATASETS.TEST", f"('{tiny_shapes.VAL}',)", "OUTPUT_DIR", out)
+    # --eval-only: train_net's parser and main in this process (tests/scripts.py run_train_net)
+    _, log = run_train_net("--config-file", os.path.join(REPO, config), "--register",
+                           os.path.join(root, "register_tiny_shapes.py"), "--eval-only", *FAST, *opts,
+                           "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)", "OUTPUT_DIR", out)
     assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
     with open(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json")) as f:
         metrics = json.load(f)

@@ -8,18 +8,16 @@
   e.g. attention key biases, becomes steps of +-lr: not a test of the gradients.) With dropout on,
   1 process × 2 accumulation steps and 2 processes × 1 step draw the same masks for the same
   micro-batch (seeded by its index in the iteration), so they make the same update.
-* Evaluation with 2 processes writes the same sem_seg_metrics.json, byte for byte, as with 1.
-* Two "machines" of one process each (--num-machines 2, --machine-rank, --dist-url on 127.0.0.1).
 * Every trainable parameter's gradient has the parameter's own strides (DDP's bucket-view contract).
+* C2S's [CLS] bank gathered over the 2 processes: rank-major, identical on both (in the same launch).
+
+The 1-process reference runs train in this process (one process is what ``launch`` runs in place);
+train_net.py's own several-process runs (evaluation, two "machines") are in test_distributed_cli.py.
 """
-import filecmp
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import ldvc_d2  # noqa: F401  (first, also in spawned processes: the detectron2 v0.6 shims)
 from detectron2.modeling import build_model
@@ -28,7 +26,7 @@ from detectron2.utils import comm
 from ldvc_d2.checkpoint import load_checkpoint_file
 from ldvc_d2.engine.launch import launch
 from tests import tiny_shapes
-from tests.conftest import REPO, tiny_cfg
+from tests.conftest import tiny_cfg
 
 COMMON = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
@@ -65,10 +63,6 @@ def _train_runs(out: str, data: str, runs) -> None:
         torch.save(model.state_dict(), os.path.join(out, f"{tag}_rank{comm.get_rank()}.pth"))
 
 
-def _single(_local_rank: int, *args) -> None:
-    _train_runs(*args)
-
-
 def _load(out, name):
     return load_checkpoint_file(os.path.join(out, name + ".pth"))
 
@@ -77,78 +71,65 @@ def _max_diff(a, b) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def test_two_processes_make_the_one_process_update(tiny_data, tmp_path):
+ONE = [("ldvc_full", LDVC, []), ("zegclip_full", ZEGCLIP, []),
+       ("ldvc_dropout_accum", LDVC, [*DROPOUT, "SOLVER.MAX_IMS_PER_GPU", "1"])]
+TWO = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, []),
+       ("ldvc_dropout_ddp", LDVC, DROPOUT)]
+
+
+def _gather_bank(out: str) -> None:
+    """In every process: push two steps of rank-stamped [CLS] tokens through C2S's gather and bank."""
+    from ldvc_d2.modeling.c2s import CLSBank, gather_tokens
+
+    rank = comm.get_rank()
+    bank = CLSBank(5, 3)
+    results = []
+    for step in range(2):
+        tokens = torch.full((2, 3), float(10 * step + rank)) + torch.arange(2.0)[:, None] / 10
+        gathered, offset = gather_tokens(tokens)
+        results.append((gathered, offset, bank.push(gathered)))
+    torch.save({"results": results, "bank": bank.tokens.clone()}, os.path.join(out, f"bank_rank{rank}.pt"))
+
+
+def _two_process_work(out: str, data: str) -> None:
+    _train_runs(out, data, TWO)
+    _gather_bank(out)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_data, tmp_path_factory) -> str:
+    """One launch of 2 gloo processes for the module (each start of a process costs seconds): the TWO
+    training runs, then C2S's bank gather; returns the folder of their files."""
+    out = str(tmp_path_factory.mktemp("two_processes"))
+    launch(_two_process_work, 2, dist_url="auto", args=(out, tiny_data[1]))
+    return out
+
+
+def test_two_processes_make_the_one_process_update(tiny_data, two_processes, tmp_path):
     _, data = tiny_data
-    out = str(tmp_path)
-    one = [("ldvc_full", LDVC, []), ("zegclip_full", ZEGCLIP, []),
-           ("ldvc_dropout_accum", LDVC, [*DROPOUT, "SOLVER.MAX_IMS_PER_GPU", "1"])]
-    two = [("ldvc_ddp_accum", LDVC, ["SOLVER.MAX_IMS_PER_GPU", "1"]), ("zegclip_ddp", ZEGCLIP, []),
-           ("ldvc_dropout_ddp", LDVC, DROPOUT)]
-    mp.start_processes(_single, nprocs=1, start_method="spawn", args=(out, data, one))
-    launch(_train_runs, 2, dist_url="auto", args=(out, data, two))
+    one = str(tmp_path)
+    _train_runs(one, data, ONE)  # in this process: world size 1
 
     for reference, other in (("ldvc_full", "ldvc_ddp_accum"), ("zegclip_full", "zegclip_ddp"),
                              ("ldvc_dropout_accum", "ldvc_dropout_ddp")):
-        r0, r1 = _load(out, other + "_rank0"), _load(out, other + "_rank1")
+        r0, r1 = _load(two_processes, other + "_rank0"), _load(two_processes, other + "_rank1")
         assert all(torch.equal(r0[k], r1[k]) for k in r0), other  # DDP keeps the ranks in step, exactly
-        ref = _load(out, reference + "_rank0")
-        moved = _max_diff(ref, _load(out, reference + "_init"))
+        ref = _load(one, reference + "_rank0")
+        moved = _max_diff(ref, _load(one, reference + "_init"))
         diff = _max_diff(ref, r0)
         assert moved > 0 and diff < RTOL * moved, f"{other} differs from {reference} by {diff} (steps moved {moved})"
 
 
-def _train_net(tmp_path, *args, env=None, check=True):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args], cwd=tmp_path,
-                          env=env or os.environ.copy(), capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def test_evaluation_with_two_processes_writes_the_same_metrics(tiny_data, tmp_path):
-    root, _ = tiny_data
-    torch.manual_seed(3)
-    weights = str(tmp_path / "weights.pth")
-    torch.save({"model": build_model(tiny_cfg(LDVC, "DATASETS.TRAIN", "()")).state_dict()}, weights)
-    files = []
-    for procs in ("1", "2"):
-        out = str(tmp_path / f"eval{procs}")
-        _train_net(tmp_path, "--config-file", os.path.join(REPO, LDVC), "--num-gpus", procs, "--dist-url", "auto",
-                   "--eval-only", "--register", os.path.join(root, "register_tiny_shapes.py"),
-                   "MODEL.CLIP.PRETRAINED", "", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)",
-                   "OUTPUT_DIR", out)
-        files.append(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json"))
-    assert filecmp.cmp(*files, shallow=False)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_machines_of_one_process_each(tiny_data, tmp_path):
-    """--num-machines 2 on localhost: both "machines" train together, and the result is the 1-process
-    run with accumulation over the same total batch (the dropout-free COMMON settings)."""
-    root, _ = tiny_data
-    args = ["--config-file", os.path.join(REPO, LDVC), "--register", os.path.join(root, "register_tiny_shapes.py"),
-            "MODEL.CLIP.PRETRAINED", "", *COMMON, "SOLVER.IMS_PER_BATCH", "2", "SEED", "5"]
-    url = f"tcp://127.0.0.1:{_free_port()}"
-    machines = [subprocess.Popen([sys.executable, os.path.join(REPO, "train_net.py"), "--num-machines", "2",
-                                  "--machine-rank", str(rank), "--dist-url", url, *args, "OUTPUT_DIR", f"m{rank}"],
-                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for rank in (0, 1)]
-    logs = [m.communicate(timeout=600)[0] for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    assert "World size: 2" in logs[0]
-    _train_net(tmp_path, *args, "SOLVER.MAX_IMS_PER_GPU", "1", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", "single")
-    two = load_checkpoint_file(str(tmp_path / "m0" / "model_final.pth"))["model"]
-    one = load_checkpoint_file(str(tmp_path / "single" / "model_final.pth"))["model"]
-    moved = _max_diff(one, load_checkpoint_file(str(tmp_path / "single" / "model_0000000.pth"))["model"])  # step 2
-    assert _max_diff(one, two) < RTOL * moved
-    assert not (tmp_path / "m1" / "model_final.pth").exists()  # only the main process saves
+def test_c2s_bank_is_gathered_rank_major_and_identical_on_both_processes(two_processes):
+    """C2S's [CLS] bank over 2 processes: all_gather puts rank 0's tokens first, each process knows its
+    offset, and both hold the same bank (the newest previous token kept after 4 current ones)."""
+    r0, r1 = (torch.load(os.path.join(two_processes, f"bank_rank{r}.pt")) for r in (0, 1))
+    for step, ((g0, o0, c0), (g1, o1, c1)) in enumerate(zip(r0["results"], r1["results"])):
+        expected = torch.tensor([10 * step + r + i / 10 for r in (0, 1) for i in (0, 1)])[:, None].expand(4, 3)
+        torch.testing.assert_close(g0, expected)
+        assert torch.equal(g0, g1) and (o0, o1) == (0, 2) and torch.equal(c0, c1)
+    assert r0["results"][1][2].shape == (5, 3)  # 4 current + the newest previous token
+    assert torch.equal(r0["bank"], r1["bank"])
 
 
 def test_gradients_keep_the_parameter_layout(tiny_data):

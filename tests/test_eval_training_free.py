@@ -1,15 +1,18 @@
 """tools/eval_training_free.py: CLIPtrase's shapes configs stand in for the benchmarks, on a two-image
 dataset of our own; a benchmark whose dataset is missing is skipped by name. The table's numbers are
-recomputed here from each run's confusion matrix (mmseg's rule, written out)."""
+recomputed here from each run's confusion matrix (mmseg's rule, written out). The tool's train_net.py
+processes run in the test process (train_net's parser and main, same arguments)."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from ldvc_d2.evaluation import load_confusion_matrix
 from tests.conftest import REPO
-from tests.scripts import load_script
+from tests.scripts import load_script, run_train_net
 
 REGISTER = '''import os
 import numpy as np
@@ -43,8 +46,17 @@ def _miou_mmseg(conf):
         return 100 * np.nanmean(tp / union)
 
 
+def _train_net_here(cmd, stdout, stderr):
+    """Stands in for the tool's ``subprocess.run`` of ``python train_net.py ...``: the same arguments, run by
+    train_net's parser and main in this process (tests/scripts.py run_train_net)."""
+    assert cmd[:2] == [sys.executable, os.path.join(REPO, "train_net.py")], cmd
+    run_train_net(*cmd[2:])
+    return subprocess.CompletedProcess(cmd, 0)
+
+
 def test_table_of_two_stand_ins_and_a_missing_dataset(tmp_path, monkeypatch, capsys):
     tool = load_script("tools/eval_training_free.py")
+    monkeypatch.setattr(tool.subprocess, "run", _train_net_here)
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "register.py").write_text(REGISTER)
     monkeypatch.chdir(tmp_path)  # relative "datasets" root: no Cityscapes here

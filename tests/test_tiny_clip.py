@@ -147,8 +147,9 @@ def test_bf16_pretraining_runs_products_in_bfloat16_and_is_named_in_the_cache_ke
 
 
 def test_short_pretraining_aligns_images_and_text(tmp_path):
-    """A short schedule already classifies held-out images well above chance (1/16)."""
-    cfg = PretrainConfig(steps=120, batch_size=32, warmup_steps=10)
+    """A short schedule already classifies held-out images well above chance (1/16): 60 steps of 16
+    images reach 28 % here, untrained weights about 6 %."""
+    cfg = PretrainConfig(steps=60, batch_size=16, warmup_steps=10)
     metrics = pretrain_tiny_clip(str(tmp_path / "short.pt"), cfg, progress=False)
     assert metrics["accuracy"] > 3 * metrics["chance"], metrics
 

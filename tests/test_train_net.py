@@ -1,10 +1,12 @@
-"""End to end through train_net.py, as a user runs it: train, save, resume, --eval-only."""
+"""End to end through train_net.py, as a user runs it: train, save, resume (train_net.py processes), then
+--eval-only (train_net's parser and main in this process: tests/scripts.py run_train_net)."""
 import json
 import os
 import subprocess
 import sys
 
 from tests.conftest import REPO
+from tests.scripts import run_train_net
 
 FAST = ["MODEL.CLIP.PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
         "SOLVER.IMS_PER_BATCH", "2"]
@@ -19,7 +21,7 @@ def _run(tmp_path, *args):
     return proc.stdout + proc.stderr
 
 
-def test_train_resume_and_eval_only(tmp_path):
+def test_train_resume_and_eval_only(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     log = _run(tmp_path, *FAST, "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Trainable parameters:" in log and "Starting training from iteration 0" in log
@@ -29,7 +31,9 @@ def test_train_resume_and_eval_only(tmp_path):
     log = _run(tmp_path, "--resume", *FAST, "SOLVER.MAX_ITER", "5", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Starting training from iteration 3" in log, log[-2000:]
 
-    log = _run(tmp_path, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), *FAST[:2], "OUTPUT_DIR", out)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))  # the shapes set the runs generated
+    _, log = run_train_net("--config-file", os.path.join(REPO, "configs/demo.yaml"), "--eval-only", "MODEL.WEIGHTS",
+                           os.path.join(out, "model_final.pth"), *FAST[:2], "OUTPUT_DIR", out)
     assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
     with open(os.path.join(out, "inference", "shapes_zs_val", "sem_seg_metrics.json")) as f:
         metrics = json.load(f)

@@ -16,6 +16,7 @@ from PIL import Image
 from ldvc_d2.checkpoint import Checkpointer, IncompleteWeightsError, file_sha256, training_free
 from ldvc_d2.predictor import OpenVocabPredictor
 from tests.conftest import REPO, tiny_cfg
+from tests.scripts import run_train_net
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +119,14 @@ def _train_net(tmp_path, *args):
 
 
 def test_eval_only_records_the_weights_and_refuses_no_weights(ldvc_weights, tmp_path):
+    """The evaluation that writes sem_seg_metrics.json is a train_net.py process; the two refusals run
+    train_net's parser and main in this process (tests/scripts.py run_train_net)."""
     script = _mini_dataset(tmp_path)
     common = ["--register", script, "MODEL.CLIP.PRETRAINED", "", "DATASETS.TEST", "('mini_weights_val',)",
               "DATALOADER.NUM_WORKERS", "0"]
-    proc = _train_net(tmp_path, "--eval-only", *common, "OUTPUT_DIR", str(tmp_path / "none"))
-    assert proc.returncode != 0 and "--eval-only without MODEL.WEIGHTS would evaluate an untrained" in proc.stderr
+    config = ["--config-file", os.path.join(REPO, "configs/demo.yaml")]
+    with pytest.raises(ValueError, match="--eval-only without MODEL.WEIGHTS would evaluate an untrained"):
+        run_train_net(*config, "--eval-only", *common, "OUTPUT_DIR", str(tmp_path / "none"))
     assert not os.path.exists(tmp_path / "none" / "inference")
     proc = _train_net(tmp_path, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "OUTPUT_DIR", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -133,9 +137,10 @@ def test_eval_only_records_the_weights_and_refuses_no_weights(ldvc_weights, tmp_
     assert report["num_images"] == 2
     mode = stat.S_IMODE(os.stat(path).st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "out" / "config.yaml").st_mode) == 0o666 & ~_umask()
-    proc = _train_net(tmp_path, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "MODEL.CLIP.VISUAL_PROMPTS",
+    with pytest.raises(IncompleteWeightsError, match="backbone.visual.prompts"):
+        run_train_net(*config, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "MODEL.CLIP.VISUAL_PROMPTS",
                       "3", "OUTPUT_DIR", str(tmp_path / "wrong"))
-    assert proc.returncode != 0 and "IncompleteWeightsError" in proc.stderr and "backbone.visual.prompts" in proc.stderr
+    assert not os.path.exists(tmp_path / "wrong" / "inference")
 
 
 def _umask() -> int:

@@ -21,10 +21,14 @@ def make(root: str) -> str:
 
 
 def register(data: str) -> None:
-    """Register (or re-register: tests in one process use different temporary roots) the two splits."""
+    """Register (or re-register: tests in one process use different temporary roots) the two splits.
+    Registering the same root again is a no-op of register_zero_shot_folder; another root replaces it."""
     for name, split in ((TRAIN, "train"), (VAL, "val")):
-        if name in DatasetCatalog.list():
+        args = (name, os.path.join(data, "images", split), os.path.join(data, "labels", split), CLASS_NAMES,
+                UNSEEN_CLASSES)
+        try:
+            register_zero_shot_folder(*args, image_ext=".png")
+        except ValueError:  # registered with another root
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        register_zero_shot_folder(name, os.path.join(data, "images", split), os.path.join(data, "labels", split),
-                                  CLASS_NAMES, UNSEEN_CLASSES, image_ext=".png")
+            register_zero_shot_folder(*args, image_ext=".png")

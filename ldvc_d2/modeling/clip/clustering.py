@@ -12,8 +12,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import median_filter
-from sklearn.cluster import DBSCAN
+
+# scikit-learn and SciPy (install requirements) are imported where they are used, not with the package:
+# together with pandas they add over a second to every process that imports ldvc_d2 (train_net.py and
+# each of its spawned workers), most of which never cluster.
 
 __all__ = [
     "BRANCHES", "REFERENCE_POINTS", "check_branches", "cluster_maps", "cluster_patches", "dbscan_parameters",
@@ -83,6 +85,8 @@ def cluster_patches(weights: torch.Tensor, eps: float, min_samples: int) -> torc
     """
     if weights.dim() != 2:
         raise ValueError(f"cluster_patches expects one hw×hw matrix W, got shape {tuple(weights.shape)}.")
+    from sklearn.cluster import DBSCAN
+
     data = weights.detach().to("cpu", torch.float32).numpy()
     labels = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(data)
     return torch.from_numpy(labels.astype(np.int64)).to(weights.device)
@@ -107,6 +111,8 @@ def region_map(weights: torch.Tensor, labels: torch.Tensor, grid: Tuple[int, int
     (scipy's default 'reflect' border) -> bilinear to ``size`` -> argmax over k (first k on ties), as
     ``clip_self_correlation.py:181-201``. Every pixel gets a region, including those of noise patches.
     """
+    from scipy.ndimage import median_filter
+
     maps = cluster_maps(weights, labels, grid)
     if maps.shape[0] == 0:
         raise ValueError("region_map needs at least one cluster; handle K = 0 by the pixel argmax (T8).")
