@@ -19,7 +19,8 @@ step (``lcsa_routed.py``) runs head by head and chunk by chunk, so it holds the 
 Q, K, V and one chunk (never Q, K, V of all heads nor gathered copies of K and V for every window), and
 its training backward pass recomputes instead of storing. On small grids (one image's attention outputs
 at most four chunks: d 512 up to 32×32 tokens) ``lcsa_windows.py`` runs all heads at once in window
-order and keeps Q, K, V for backward, as global attention does; there that is the faster path.
+order and keeps Q, K, V for backward, as global attention does (faster there than the per-head passes,
+at global attention's speed on the CPU).
 """
 import logging
 from typing import Optional

@@ -1,25 +1,26 @@
 """LCSA's routed step on small grids (LDVC eqs. (9), (11), (12) and the output projection), all heads at
 once, in window order, for inference and training.
 
-Where one image's attention outputs are at most four chunks' worth (``RoutedSpec.keep_outputs``; d 512:
-grids up to 32×32 tokens, the grid of a 512-px window at ViT-B/16), the tokens are put in window order
-(the n² tokens of each window together) and Q, K, V of all heads come from one product (eq. 9), laid out
-heads first: H × (B·W) × n²·hd. A chunk of query windows (as many as the per-head passes take, so its
-buffer holds the K|V of all heads that theirs holds of one) then gathers its m routed windows' keys and
-values (eq. 11) for every head with one row gather, into a buffer reused from chunk to chunk, and
-attends with one batched call over heads and windows (eq. 12); the heads' outputs are projected together
-and put back in token order once.
+Where one image's attention outputs are at most four MODEL.LDVC.LCTD.CHUNK_ELEMENTS (d 512 with the
+default: grids up to 32×32 tokens, the grid of a 512-px window at ViT-B/16; ``lcsa.py`` dispatches), the
+tokens are put in window order (the n² tokens of each window together) and Q and K|V of all heads come
+from the qkv projection (eq. 9), laid out heads first: H × (B·W) × n²·hd. A chunk of query windows (as
+many as the per-head passes take, so its buffer holds the K|V of all heads that theirs holds of one)
+gathers its m routed windows' keys and values (eq. 11) for every head with one row gather into a buffer
+reused from chunk to chunk, and attends with one batched call over heads and windows (eq. 12); the heads'
+outputs are projected together and put back in token order once.
 
-Training (:class:`_WindowAttention`) saves Q, K, V of all heads and the attention outputs (4·B·L·d
-floats, what global attention's backward keeps too) instead of recomputing the projections, and its
-backward pass recomputes each chunk's softmax (never stored) with the same dropout masks (the forward's
-random state is replayed; both passes draw one mask per chunk in the same order), applies the
-softmax-attention derivative by hand and adds the chunk's dK, dV into the routed windows' rows.
+Training (:class:`_WindowAttention`) saves Q, K|V of all heads and the attention outputs (4·B·L·d
+floats, what global attention's backward keeps too) instead of recomputing the projections; its backward
+pass recomputes each chunk's softmax (never stored) with the same dropout masks (the forward's random
+state is replayed; both passes draw one mask per chunk in the same order), applies the softmax-attention
+derivative by hand and adds the chunk's dK, dV into the routed windows' rows.
 
-Results equal the per-head passes of ``lcsa_routed.py`` up to float rounding. On the CPU this is the
-faster path at 32×32 tokens (d 512, 8 heads, top-16): fewer, larger operations and block copies instead of
-row copies; ``tools/benchmark_speed.py --sections lcsa`` prints its time and memory against global
-attention (docs/speed.md).
+Results equal the per-head passes of ``lcsa_routed.py`` up to float rounding. On the CPU at 32×32
+tokens (d 512, 8 heads, top-16) this path runs at global attention's speed, where the per-head passes
+take up to 1.2× (training); it holds about twice global attention's tensors there.
+``tools/benchmark_speed.py --sections lcsa`` prints time and memory against global attention
+(docs/speed.md).
 """
 from typing import Optional, Tuple
 
