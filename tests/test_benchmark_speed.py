@@ -16,7 +16,7 @@ def test_tiny_run_json_and_table_agree(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["lcsa"].keys() == {"24"} and saved["text"].keys() == {"20", "171"}
     assert set(saved["train"]) == {"ldvc"}
-    assert saved["lcsa"]["24"].keys() == {"inference", "training"}
+    assert saved["lcsa"]["24"].keys() == {"inference", "training", "training_dropout"}
     for mode, row in saved["lcsa"]["24"].items():
         assert row["time_ratio"] == pytest.approx(row["lcsa_s"] / row["global_s"])
         for key, ratio in (("mib", "memory_ratio"), ("tensor_mib", "tensor_memory_ratio")):

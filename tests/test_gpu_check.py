@@ -24,5 +24,5 @@ def test_dry_run_passes_every_check_and_writes_json_and_table(tmp_path):
     assert all(len(saved["checks"][f"train_{m}_fp32"]["losses"]) == 1 for m in ("ldvc", "c2s"))
     assert saved["checks"]["onnx_export"]["max_abs_difference"] <= 1e-3
     lcsa = saved["checks"]["benchmark_speed"]["lcsa"]["8"]
-    assert set(lcsa) == {"inference", "training"} and "lcsa 8x8 training" in table
+    assert set(lcsa) == {"inference", "training", "training_dropout"} and "lcsa 8x8 training_dropout" in table
     assert not (tmp_path / "ldvc.onnx").exists()  # the exported file is removed after the check

@@ -8,7 +8,8 @@
 * eval: images/s of LDVC (whole image; sliding window one window per forward; windows batched) and of
   CLIPtrase at its COCO-Stuff config (inference only);
 * lcsa: one LCSA layer against global self-attention (SDPA) on 32×32, 64×64, 96×96 token grids
-  (d 512, 8 heads, window 4, top-16, batch 1), inference and training (forward + backward): seconds
+  (d 512, 8 heads, window 4, top-16, batch 1), inference, training (forward + backward) without dropout
+  and training with the configs' dropout 0.1 on the attention weights and outputs: seconds
   (the two timed in alternating rounds, so their ratio holds on a shared machine), peak memory, peak
   tensor memory, ratios;
 * text: class-embedding time cold (cache cleared) and warm (cached) for 20 and 171 classes.
@@ -134,23 +135,31 @@ def eval_section(args, device, notes: List[str]) -> Dict:
     return out
 
 
+# inference: no_grad, eval mode; training: forward + backward of the output's sum, eval mode (no dropout);
+# training_dropout: the same in train mode with the configs' dropout 0.1 on the attention weights and the
+# output (MODEL.LDVC.LCTD.ATTN_DROPOUT / DROPOUT, ZegCLIP's decoder values), as LDVC trains
+LCSA_MODES = ("inference", "training", "training_dropout")
+
+
 def lcsa_section(args, device, notes: List[str]) -> Dict:
-    """One LCSA layer (top-16) against global self-attention, inference (no_grad) and training (forward and
-    backward of the output's sum): time, peak memory (resident set / CUDA) and peak tensor memory."""
+    """One LCSA layer (top-16) against global self-attention in each of LCSA_MODES: time, peak memory
+    (resident set / CUDA) and peak tensor memory."""
     out = {}
     for grid in (int(g) for g in args.grids.split(",")):
-        out[str(grid)] = {mode: _lcsa_row(grid, mode == "training", device, args) for mode in ("inference", "training")}
+        out[str(grid)] = {mode: _lcsa_row(grid, mode, device, args) for mode in LCSA_MODES}
     return out
 
 
-def _lcsa_row(grid: int, train: bool, device: torch.device, args) -> Dict:
+def _lcsa_row(grid: int, mode: str, device: torch.device, args) -> Dict:
     """Global attention and LCSA timed in alternating rounds (``interleaved_seconds``), so the ratio holds
     on a shared machine; then each one's peak memory and peak tensor memory."""
     torch.manual_seed(0)
+    train, dropout = mode != "inference", 0.1 if mode == "training_dropout" else 0.0
     x = torch.randn(1, grid * grid, 512, device=device, requires_grad=train)
     runs = {}
     for name, topk in (("global", None), ("lcsa", 16)):
-        layer = LocalConsensusSelfAttention(512, num_heads=8, window_size=4, topk=topk).to(device).eval()
+        layer = LocalConsensusSelfAttention(512, num_heads=8, window_size=4, topk=topk, attn_dropout=dropout,
+                                            dropout=dropout).to(device).train(bool(dropout))
 
         def run(layer=layer):
             if train:
