@@ -34,6 +34,7 @@ The keys every method shares are ``MODEL.SEGMENTOR.*`` (:mod:`.segmentor_config`
 ``MODEL.CLIP.*`` (:mod:`.clip.config`).
 """
 import math
+from collections import Counter
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -292,7 +293,7 @@ class ZeroShotSegmentor(nn.Module):
             i, (y1, y2, x1, x2) = job
             return vocabularies[i], y2 - y1, x2 - x1
 
-        windows = [sum(1 for i, _ in jobs if i == j) for j in range(len(images))]
+        windows = Counter(i for i, _ in jobs)  # windows per image
         for chunk in consecutive_chunks(jobs, key, self.window_batch):
             crops = torch.stack([self._pad(images[i][:, y1:y2, x1:x2], 0.0) for i, (y1, y2, x1, x2) in chunk])
             with autocast(self.device, PRECISION_DTYPES[self.precision]):

@@ -150,7 +150,7 @@ def interleaved_speed(runs: Sequence[Tuple[Callable[[torch.Tensor], object], tor
         for (fn, image, device), seconds in zip(runs, times):
             median = statistics.median(seconds)
             results.append({"images_per_s": 1.0 / median, "seconds_per_image": median, "seconds": seconds,
-                            "clock": "wall" if clock == "wall" or device.type == "cuda" else "cpu",
+                            "clock": "cpu" if _clock(clock, device) is time.process_time else "wall",
                             "added_memory_mb": peak_mib(lambda: fn(image), device),
                             "memory_kind": memory_kind(device)})
     return results

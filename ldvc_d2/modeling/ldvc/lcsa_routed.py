@@ -20,13 +20,14 @@ order) and applies the softmax-attention derivative by hand (``_chunk_backward``
 gradients into the head's dQ and dK|V; the weight gradients are one product per head. This is the path
 for large grids and for export (tracing); small grids take ``lcsa_windows.py``.
 """
+import contextlib
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RoutedSpec", "routed_attention"]
+__all__ = ["RoutedSpec", "dropout_mask", "replayed_rng", "rng_state", "routed_attention"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,30 @@ class RoutedSpec:
     scale: float
     attn_dropout: float
     step: int  # query windows per chunk: of each image (per-head passes), of all images (lcsa_windows.py)
+
+
+def dropout_mask(p: torch.Tensor, rate: float) -> torch.Tensor:
+    """Inverted dropout's keep-mask for attention weights ``p`` (kept weights scaled by 1 / (1 - rate)),
+    drawn from the current random state: the forward pass and the recomputing backward pass draw it the
+    same way (:func:`replayed_rng`)."""
+    return (torch.rand_like(p) >= rate).to(p.dtype) / (1 - rate)
+
+
+def rng_state(device: torch.device) -> torch.Tensor:
+    """The random state the dropout masks of ``device`` are drawn from, saved by a forward pass."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def replayed_rng(state: torch.Tensor, device: torch.device) -> Iterator[None]:
+    """Inside: the random state the forward pass saved (:func:`rng_state`), so a recomputing backward pass
+    draws the same dropout masks; outside, the random state is what it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield
 
 
 def routed_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_o: torch.Tensor,
@@ -94,9 +119,7 @@ def _chunk_forward(q: torch.Tensor, kv: torch.Tensor, windows: int, spec: Routed
     qh, k, v = _split(q, kv, windows)
     qh = qh * spec.scale
     p = torch.softmax(qh @ k.transpose(-1, -2), dim=-1)
-    keep = None
-    if spec.attn_dropout:
-        keep = (torch.rand_like(p) >= spec.attn_dropout).to(p.dtype) / (1 - spec.attn_dropout)
+    keep = dropout_mask(p, spec.attn_dropout) if spec.attn_dropout else None
     out = ((p if keep is None else p * keep) @ v).view(-1, q.shape[1]) if output else None
     return out, p, keep, qh, k, v
 
@@ -138,7 +161,7 @@ class _RoutedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec):
         ctx.spec = spec
-        ctx.rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
+        ctx.rng = rng_state(x.device)
         out = _passes(x, w_qkv, b_qkv, w_o, b_o, rows, routed, spec, True)
         ctx.save_for_backward(x, w_qkv, b_qkv, w_o, rows, routed)
         return out
@@ -155,12 +178,7 @@ class _RoutedAttention(torch.autograd.Function):
         db_qkv = torch.empty_like(b_qkv) if need_b else None
         dw_o = torch.empty_like(w_o) if need_wo else None
         if need_x or need_w or need_b or need_wo:
-            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
-                    torch.autocast(x.device.type, enabled=False):  # as the forward's passes
-                if x.is_cuda:
-                    torch.cuda.set_rng_state(ctx.rng, x.device)
-                else:
-                    torch.set_rng_state(ctx.rng)
+            with replayed_rng(ctx.rng, x.device), torch.autocast(x.device.type, enabled=False):  # as the forward
                 for head in range(spec.num_heads):
                     _head_backward(x, w_qkv, b_qkv, w_o, rows, routed, grad, spec, head, acc,
                                    dx, dw_qkv, db_qkv, dw_o)

@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .lcsa_routed import RoutedSpec
+from .lcsa_routed import RoutedSpec, dropout_mask, replayed_rng, rng_state
 
 __all__ = ["window_attention"]
 
@@ -51,14 +51,15 @@ def _layout(x: torch.Tensor, order: torch.Tensor, w_qkv: torch.Tensor, b_qkv: to
     time (Q, K, V = the qkv weight's three row blocks), so no B·L×3d product is held beside them."""
     xw, d = x.index_select(0, order), x.shape[1]
     heads, hd = spec.num_heads, spec.head_dim
-    q = None
+
+    def projected(i: int) -> torch.Tensor:  # the qkv weight's i-th row block, as an H×BW×n²×hd view
+        t = F.linear(xw, w_qkv[i * d:(i + 1) * d], b_qkv[i * d:(i + 1) * d])
+        return t.view(windows, -1, heads, hd).permute(2, 0, 1, 3)
+
+    q = (projected(0) * spec.scale).contiguous()
     kv = x.new_empty(heads, windows, x.shape[0] // windows, 2, hd)
-    for i in range(3):
-        t = F.linear(xw, w_qkv[i * d:(i + 1) * d], b_qkv[i * d:(i + 1) * d]).view(windows, -1, heads, hd)
-        if i == 0:
-            q = (t * spec.scale).permute(2, 0, 1, 3).contiguous()
-        else:
-            kv[..., i - 1, :] = t.permute(2, 0, 1, 3)
+    for i in (1, 2):
+        kv[..., i - 1, :] = projected(i)
     return q, kv.view(heads, windows, -1)
 
 
@@ -93,10 +94,6 @@ def _chunks(windows: int, step: int):
         yield s, min(s + step, windows)
 
 
-def _dropout_mask(p: torch.Tensor, rate: float) -> torch.Tensor:
-    return (torch.rand_like(p) >= rate).to(p.dtype) / (1 - rate)
-
-
 def _forward(x, w_qkv, b_qkv, w_o, b_o, order, flat_ids, spec: RoutedSpec, keep: bool = False):
     """(B·L×d output in token order, (Q, K, V, window-order attention outputs) if ``keep``)."""
     windows = flat_ids.shape[0]
@@ -107,7 +104,7 @@ def _forward(x, w_qkv, b_qkv, w_o, b_o, order, flat_ids, spec: RoutedSpec, keep:
         k_c, v_c = gather(s, e)
         if spec.attn_dropout:  # eq. (12) written out: the mask is drawn here and replayed in backward
             p = torch.softmax(q[:, s:e] @ k_c.transpose(-1, -2), dim=-1)
-            attn[:, s:e] = (p * _dropout_mask(p, spec.attn_dropout)) @ v_c
+            attn[:, s:e] = (p * dropout_mask(p, spec.attn_dropout)) @ v_c
         else:  # q carries the softmax scale already
             attn[:, s:e] = F.scaled_dot_product_attention(q[:, s:e], k_c, v_c, scale=1.0)
     attn = attn.permute(1, 2, 0, 3).reshape(x.shape)  # window order, heads side by side
@@ -121,7 +118,7 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_qkv, b_qkv, w_o, b_o, order, flat_ids, spec):
         ctx.spec = spec
-        ctx.rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
+        ctx.rng = rng_state(x.device)
         out, saved = _forward(x, w_qkv, b_qkv, w_o, b_o, order, flat_ids, spec, keep=True)
         ctx.save_for_backward(x, w_qkv, w_o, order, flat_ids, *saved)
         return out
@@ -136,11 +133,7 @@ class _WindowAttention(torch.autograd.Function):
         db_o = grad_w.sum(0) if need_bo else None
         dx = dw_qkv = db_qkv = None
         if need_x or need_w or need_b:
-            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-                if x.is_cuda:
-                    torch.cuda.set_rng_state(ctx.rng, x.device)
-                else:
-                    torch.set_rng_state(ctx.rng)
+            with replayed_rng(ctx.rng, x.device):
                 grads = _qkv_grad(grad_w @ w_o, attn, q, kv, flat_ids, spec, x.dtype)
             del grad_w
             d = x.shape[1]
@@ -184,7 +177,7 @@ def _qkv_grad(d_attn: torch.Tensor, attn: torch.Tensor, q: torch.Tensor, kv: tor
         q_c, d_o_c = q[:, s:e], d_o[:, s:e]
         p = torch.softmax(q_c @ k_c.transpose(-1, -2), dim=-1)
         dp = d_o_c @ v_c.transpose(-1, -2)
-        mask: Optional[torch.Tensor] = _dropout_mask(p, spec.attn_dropout) if spec.attn_dropout else None
+        mask: Optional[torch.Tensor] = dropout_mask(p, spec.attn_dropout) if spec.attn_dropout else None
         dv_c = (p if mask is None else p * mask).transpose(-1, -2) @ d_o_c
         if mask is not None:
             dp.mul_(mask)
