@@ -5,7 +5,9 @@ stream and the random draws depend on (seed, iteration, position) alone.
 
 The run to be killed stops itself (SIGSTOP) right after writing its 4th iteration's checkpoint, through
 an extra --register file that wraps Checkpointer.save: however fast the machine, the kill lands before
-the remaining iterations, and the resumed run starts exactly at iteration 4."""
+the remaining iterations, and the resumed run starts exactly at iteration 4. The killed run is a
+train_net.py process; the uninterrupted run and the resumed one run train_net's parser and ``main`` in this
+process (tests/scripts.py ``run_train_net``), with the killed process given this process's thread count."""
 import os
 import re
 import signal
@@ -18,15 +20,16 @@ import torch
 from ldvc_d2.checkpoint import load_checkpoint_file
 from tests import tiny_shapes
 from tests.conftest import REPO
+from tests.scripts import run_train_net
 
 OPTS = ["MODEL.CLIP.PRETRAINED", "", "DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
         "INPUT.PHOTOMETRIC_DISTORTION", "True", "SEED", "3"]
 
 
-def _command(root: str, *args: str):
-    return [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, "configs/demo.yaml"),
-            "--register", os.path.join(root, "register_tiny_shapes.py"), *args, *OPTS]
+def _args(root: str, *args: str):
+    return ["--config-file", os.path.join(REPO, "configs/demo.yaml"), "--register",
+            os.path.join(root, "register_tiny_shapes.py"), *args, *OPTS]
 
 
 STOP_AFTER_CHECKPOINT = """import os, signal
@@ -51,22 +54,19 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def _run(root, cwd, *args) -> str:
-    proc = subprocess.run(_command(root, *args), cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
     root = str(tmp_path / "data")
     tiny_shapes.make(root)
-    _run(root, tmp_path, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "full")
+    run_train_net(*_args(root, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "full")))
 
     cut = tmp_path / "cut"
     stop = tmp_path / "stop_after_checkpoint.py"
     stop.write_text(STOP_AFTER_CHECKPOINT)
-    proc = subprocess.Popen(_command(root, "--register", str(stop), "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut"),
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = [sys.executable, os.path.join(REPO, "train_net.py"),
+               *_args(root, "--register", str(stop), "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as the runs in this process
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline = time.time() + 300
         # the run stops itself (SIGSTOP) once save() has returned, i.e. after the checkpoint file and the
@@ -79,7 +79,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
         proc.wait()
     assert not (cut / "model_final.pth").exists(), "the run finished before it was killed: nothing to resume"
 
-    log = _run(root, tmp_path, "--resume", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", "cut")
+    _, log = run_train_net(*_args(root, "--resume", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", str(cut)))
     start = int(re.search(r"Starting training from iteration (\d+)", log).group(1))
     assert start == 4
 

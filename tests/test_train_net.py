@@ -1,5 +1,6 @@
-"""End to end through train_net.py, as a user runs it: train, save, resume (train_net.py processes), then
---eval-only (train_net's parser and main in this process: tests/scripts.py run_train_net)."""
+"""End to end through train_net.py, as a user runs it: train and save (a train_net.py process, which also
+generates the shapes dataset), then resume and --eval-only (train_net's parser and main in this process:
+tests/scripts.py run_train_net)."""
 import json
 import os
 import subprocess
@@ -28,11 +29,13 @@ def test_train_resume_and_eval_only(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(out, "model_0000001.pth"))
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
-    log = _run(tmp_path, "--resume", *FAST, "SOLVER.MAX_ITER", "5", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))  # the shapes set the first run generated
+    config = os.path.join(REPO, "configs/demo.yaml")
+    _, log = run_train_net("--config-file", config, "--resume", *FAST, "SOLVER.MAX_ITER", "5", "DATASETS.TEST", "()",
+                           "OUTPUT_DIR", out)
     assert "Starting training from iteration 3" in log, log[-2000:]
 
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))  # the shapes set the runs generated
-    _, log = run_train_net("--config-file", os.path.join(REPO, "configs/demo.yaml"), "--eval-only", "MODEL.WEIGHTS",
+    _, log = run_train_net("--config-file", config, "--eval-only", "MODEL.WEIGHTS",
                            os.path.join(out, "model_final.pth"), *FAST[:2], "OUTPUT_DIR", out)
     assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
     with open(os.path.join(out, "inference", "shapes_zs_val", "sem_seg_metrics.json")) as f:

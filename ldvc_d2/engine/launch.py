@@ -3,7 +3,8 @@
 With CUDA available, :func:`launch` is detectron2's own (NCCL, one process per GPU: unchanged). On a
 machine without CUDA, detectron2 v0.6's launch asserts CUDA, so this module starts the processes itself:
 ``--num-gpus N`` then means N CPU processes on this machine, joined with gloo over ``--dist-url``
-(several machines: ``--num-machines`` and ``--machine-rank`` as on GPUs). :func:`create_ddp_model`
+(several machines: ``--num-machines`` and ``--machine-rank`` as on GPUs); with one process per machine,
+it is the process that was started (as detectron2 runs a world of one). :func:`create_ddp_model`
 wraps a CPU module without ``device_ids`` (detectron2 passes ``[local_rank]``, which DDP refuses for
 a CPU module) and leaves GPU modules to detectron2.
 """
@@ -42,8 +43,11 @@ def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1
     logging.getLogger(__name__).info(
         f"No CUDA: {num_gpus_per_machine} CPU process(es) on this machine, world size {world_size}, gloo at {dist_url}."
     )
-    mp.start_processes(_cpu_worker, nprocs=num_gpus_per_machine, start_method="spawn", daemon=False,
-                       args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args)))
+    worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args))
+    if num_gpus_per_machine == 1:  # one process on this machine: this one (a spawned copy would import all again)
+        _cpu_worker(0, *worker_args)
+        return
+    mp.start_processes(_cpu_worker, nprocs=num_gpus_per_machine, start_method="spawn", daemon=False, args=worker_args)
 
 
 def _free_port() -> int:
@@ -57,8 +61,8 @@ def _free_port() -> int:
 def _cpu_worker(local_rank: int, main_func: Callable, world_size: int, per_machine: int, machine_rank: int,
                 dist_url: str, args: tuple) -> None:
     rank = machine_rank * per_machine + local_rank
-    # one share of this machine's cores per process, as one GPU per process
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
+    if "OMP_NUM_THREADS" not in os.environ:  # one share of this machine's cores per process, as one GPU each
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
     dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=TIMEOUT)
     if hasattr(comm, "create_local_process_group"):  # current detectron2
         comm.create_local_process_group(per_machine)
