@@ -1,7 +1,7 @@
 """VOC and COCO-Stuff end to end, as a user runs them: fake download -> ``datasets/prepare_*.py`` ->
 ``train_net.py`` (train) -> ``train_net.py --eval-only``, with the benchmark configs and the tiny
-random CLIP on the CPU. The evaluation and the missing-dataset error run train_net's parser and main in
-the test process (tests/scripts.py run_train_net), with the sets registered under the test's root as a
+random CLIP on the CPU. Training, evaluation and the missing-dataset error run train_net's parser and main
+in the test process (tests/scripts.py run_train_net), with the sets registered under the test's root as a
 train_net.py process started with that $DETECTRON2_DATASETS registers them. Expectations (class counts,
 splits, labels) come from the dataset specifications in ``datasets/README.md``, not from the package's
 tables."""
@@ -94,12 +94,6 @@ def _run(args: Sequence[str], cwd: str, root: str) -> subprocess.CompletedProces
                           timeout=300)
 
 
-def _train_net(bench: Benchmark, root: str, cwd: str, *opts: str) -> subprocess.CompletedProcess:
-    """``train_net.py --config-file <benchmark config> *opts``."""
-    return _run([os.path.join(REPO, "train_net.py"), "--config-file",
-                 os.path.join(REPO, bench.config), *opts], cwd, root)
-
-
 @contextlib.contextmanager
 def _sets_under(root: str, *names: str):
     """The built-in sets ``names`` registered under ``root`` (as ldvc_d2 registers them on import in a
@@ -175,14 +169,15 @@ def test_train_then_eval_only(prepared, tmp_path):
     """Train 2 iterations on the seen classes, then evaluate the checkpoint on the val set."""
     bench, root, expected = prepared
     out = str(tmp_path / "out")
-    log = _ok(_train_net(bench, root, str(tmp_path), *FAST, "DATASETS.TEST", "()",
-                         "OUTPUT_DIR", out))
+    config = os.path.join(REPO, bench.config)
+    with _sets_under(root, bench.train_set):
+        _, log = run_train_net("--config-file", config, *FAST, "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Starting training from iteration 0" in log
     assert f"dataset '{bench.train_set}': 6 images" in log  # the small-split warning
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
     with _sets_under(root, bench.val_set):
-        _, log = run_train_net("--config-file", os.path.join(REPO, bench.config), "--eval-only", "MODEL.WEIGHTS",
+        _, log = run_train_net("--config-file", config, "--eval-only", "MODEL.WEIGHTS",
                                os.path.join(out, "model_final.pth"), *FAST,
                                "DATASETS.TEST", f"('{bench.val_set}',)", "OUTPUT_DIR", out)
     protocol = PROTOCOL.format(train=bench.train_set)

@@ -1,10 +1,8 @@
-"""C2S end to end through train_net.py (train -> --eval-only on generated shapes data, the eval-only run
-unable to build CLIP's image tower). The [CLS] bank gathered over two gloo processes is checked in
+"""C2S end to end through train_net's parser and main (train -> --eval-only on generated shapes data, the
+eval-only run unable to build CLIP's image tower; in the test process: tests/scripts.py run_train_net). The [CLS] bank gathered over two gloo processes is checked in
 tests/test_distributed.py (in its launch of 2 processes)."""
 import json
 import os
-import subprocess
-import sys
 
 import ldvc_d2  # noqa: F401  (first: the detectron2 v0.6 shims)
 from open_clip import transformer
@@ -20,22 +18,14 @@ FAST = ["MODEL.CLIP.PRETRAINED", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARM
         "MODEL.C2S.MERGE_THRESHOLD", "0.5", "MODEL.C2S.MIN_CLUSTER", "2"]
 
 
-def _train_net(tmp_path, *args):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def test_train_then_eval_only_without_the_image_tower(tmp_path, monkeypatch):
-    """Training is a train_net.py process; --eval-only runs train_net's parser and main in this process
-    (tests/scripts.py run_train_net) with CLIP's image tower classes refusing to be constructed."""
+    """Training, then --eval-only with CLIP's image tower classes refusing to be constructed."""
     data = tiny_shapes.make(str(tmp_path / "data"))
     register = str(tmp_path / "data" / "register_tiny_shapes.py")
     out = str(tmp_path / "out")
     sets = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", f"('{tiny_shapes.VAL}',)"]
-    log = _train_net(tmp_path, "--register", register, *FAST, *sets, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
-                     "OUTPUT_DIR", out)
+    _, log = run_train_net("--config-file", CONFIG, "--register", register, *FAST, *sets, "SOLVER.MAX_ITER", "2",
+                           "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Starting training from iteration 0" in log and "loss_global" in log
     weights = os.path.join(out, "model_final.pth")
 

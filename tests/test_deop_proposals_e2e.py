@@ -1,11 +1,9 @@
-"""DeOP stages 1 and 2 end to end through train_net.py, as a user runs them: train, then --eval-only, on a
-tiny generated copy of the shapes benchmark (tests/tiny_shapes.py; training is a train_net.py process, the
-evaluation runs train_net's parser and main in the test process); and their checkpoints hold what
-stage 3 reads (``proposal_net.*`` for the proposal network, one ``*ctx`` tensor for the prompts)."""
+"""DeOP stages 1 and 2 end to end through train_net's parser and main (in the test process:
+tests/scripts.py run_train_net), as a user runs them: train, then --eval-only, on a tiny generated copy of
+the shapes benchmark (tests/tiny_shapes.py); and their checkpoints hold what stage 3 reads
+(``proposal_net.*`` for the proposal network, one ``*ctx`` tensor for the prompts)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,24 +27,14 @@ def tiny_data(tmp_path_factory):
     return str(root), tiny_shapes.make(str(root))
 
 
-def _train_net(tmp_path, root, config, *args):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, config),
-                           "--register", os.path.join(root, "register_tiny_shapes.py"), *args],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def _train_then_evaluate(tmp_path, root, config, *opts):
     out = str(tmp_path / "out")
-    log = _train_net(tmp_path, root, config, *FAST, *opts, "DATASETS.TEST", "()", "OUTPUT_DIR", out)
+    flags = ["--config-file", os.path.join(REPO, config), "--register", os.path.join(root, "register_tiny_shapes.py")]
+    _, log = run_train_net(*flags, *FAST, *opts, "DATASETS.TEST", "()", "OUTPUT_DIR", out)
     assert "Starting training from iteration 0" in log
     weights = os.path.join(out, "model_final.pth")
-    # --eval-only: train_net's parser and main in this process (tests/scripts.py run_train_net)
-    _, log = run_train_net("--config-file", os.path.join(REPO, config), "--register",
-                           os.path.join(root, "register_tiny_shapes.py"), "--eval-only", *FAST, *opts,
-                           "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)", "OUTPUT_DIR", out)
+    _, log = run_train_net(*flags, "--eval-only", *FAST, *opts, "MODEL.WEIGHTS", weights,
+                           "DATASETS.TEST", f"('{tiny_shapes.VAL}',)", "OUTPUT_DIR", out)
     assert "copypaste: pAcc,mAcc,fwIoU,mIoU,mIoU(S),mIoU(U),hIoU" in log
     with open(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json")) as f:
         metrics = json.load(f)
