@@ -4,8 +4,6 @@ import json
 import logging
 import os
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -112,15 +110,9 @@ def _mini_dataset(tmp_path):
     return str(script)
 
 
-def _train_net(tmp_path, *args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
-                           os.path.join(REPO, "configs/demo.yaml"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "data")})
-
-
 def test_eval_only_records_the_weights_and_refuses_no_weights(ldvc_weights, tmp_path):
-    """The evaluation that writes sem_seg_metrics.json is a train_net.py process; the two refusals run
-    train_net's parser and main in this process (tests/scripts.py run_train_net)."""
+    """train_net's parser and main (in this process: tests/scripts.py run_train_net) evaluate and record
+    the weights, and refuse no weights and weights of another prompt count, writing no results."""
     script = _mini_dataset(tmp_path)
     common = ["--register", script, "MODEL.CLIP.PRETRAINED", "", "DATASETS.TEST", "('mini_weights_val',)",
               "DATALOADER.NUM_WORKERS", "0"]
@@ -128,8 +120,7 @@ def test_eval_only_records_the_weights_and_refuses_no_weights(ldvc_weights, tmp_
     with pytest.raises(ValueError, match="--eval-only without MODEL.WEIGHTS would evaluate an untrained"):
         run_train_net(*config, "--eval-only", *common, "OUTPUT_DIR", str(tmp_path / "none"))
     assert not os.path.exists(tmp_path / "none" / "inference")
-    proc = _train_net(tmp_path, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "OUTPUT_DIR", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_net(*config, "--eval-only", *common, "MODEL.WEIGHTS", ldvc_weights[1], "OUTPUT_DIR", str(tmp_path / "out"))
     path = tmp_path / "out" / "inference" / "mini_weights_val" / "sem_seg_metrics.json"
     report = json.loads(path.read_text())
     assert report["weights"] == {"weights": ldvc_weights[1], "sha256": file_sha256(ldvc_weights[1]),
