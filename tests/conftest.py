@@ -20,10 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `make test` runs the files on pytest-xdist workers (--dist loadfile), handed out in collection order:
 # starting these first keeps a long file from running alone at the end while the other worker idles.
 LONGEST_FIRST = (
-    "test_distributed_cli.py", "test_configs.py", "test_export.py", "test_app_browser.py", "test_resume.py",
-    "test_train_net.py", "test_deop_meta_arch.py", "test_distributed.py", "test_tiny_clip.py",
-    "test_deop_proposals_e2e.py", "test_benchmarks_e2e.py", "test_lcsa_fast.py", "test_tiny_clip_shipped.py",
-    "test_gpu_check.py", "test_cliptrase.py", "test_benchmark_speed.py", "test_c2s_train_net.py",
+    "test_export.py", "test_app_browser.py", "test_configs.py", "test_distributed.py", "test_tiny_clip_shipped.py",
+    "test_tiny_clip.py", "test_distributed_cli.py", "test_train_net.py", "test_gpu_check.py", "test_resume.py",
+    "test_cliptrase.py", "test_benchmark_speed.py",
 )
 
 

@@ -10,6 +10,7 @@ A mask proposal may cover no class at all; DeOP appends one learned "no-object" 
 class embeddings (T ∈ ℝ^{(C+1)×d}), initialised N(0, 1/d) and L2-normalised when used (released code,
 SEED_SYSTEMS D5; the paper does not describe it).
 """
+import functools
 from typing import List, Optional
 
 import open_clip
@@ -20,6 +21,12 @@ from torch import nn
 from .text import adopt_text_tower, shifted_eos, text_blocks_and_head
 
 __all__ = ["CoOpTextEncoder", "NoObjectEmbedding"]
+
+
+@functools.lru_cache(maxsize=None)
+def _simple_tokenizer(context_length: int) -> open_clip.tokenizer.SimpleTokenizer:
+    """CLIP's BPE tokenizer, built once per context length (building its tables takes ~0.1 s)."""
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
 class CoOpTextEncoder(nn.Module):
@@ -41,8 +48,7 @@ class CoOpTextEncoder(nn.Module):
         adopt_text_tower(self, clip_model, "CoOpTextEncoder")
         if n_ctx < 1:
             raise ValueError(f"CoOpTextEncoder: n_ctx (MODEL.DEOP.TEXT_CTX) must be >= 1, got {n_ctx}.")
-        self.tokenizer = tokenizer if tokenizer is not None else open_clip.tokenizer.SimpleTokenizer(
-            context_length=self.context_length)
+        self.tokenizer = tokenizer if tokenizer is not None else _simple_tokenizer(self.context_length)
         self.n_ctx = n_ctx
         self.suffix = suffix
         self.ctx = nn.Parameter(torch.randn(n_ctx, self.width) * init_std)
