@@ -49,7 +49,7 @@ from ldvc_d2.modeling import inference_model
 from ldvc_d2.predictor import load_config
 from ldvc_d2.utils import write_json_atomic
 from ldvc_d2.utils.model_stats import count_flops, parameter_table
-from ldvc_d2.utils.speed import interleaved_speed
+from ldvc_d2.utils.speed import interleaved_speed, settle_allocator
 from tabulate import tabulate
 
 logger = logging.getLogger("ldvc_d2.analyze_model")
@@ -244,6 +244,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--input-size takes S or H W (positive), got {args.input_size}.")
     setup_logger(name="ldvc_d2")
     load_user_modules(args.register)
+    settle_allocator()  # glibc's malloc in one stated state for every model (ldvc_d2/utils/speed.py)
     timed: List[Tuple] = []
     results = [r for config_file in args.config_file for r in analyze_config(config_file, args, timed)]
     time_models(timed, args)

@@ -14,7 +14,9 @@
   tensor memory, ratios;
 * text: class-embedding time cold (cache cleared) and warm (cached) for 20 and 171 classes.
 
-Times are medians of --repeats calls after a warm-up (ldvc_d2/utils/speed.py); memory is
+Times are medians of --repeats calls after a warm-up (ldvc_d2/utils/speed.py), with glibc's malloc in the
+state a process reaches once it has freed large blocks, as inside a model (``settle_allocator``; a fresh
+process would return a lone layer's memory to the kernel after every call); memory is
 CUDA max-allocated on CUDA and the resident-set peak on CPU, and for LCSA also the peak of live tensors
 (on CPU from torch.profiler's allocation timeline; on CUDA the max-allocated figure again). CPU defaults are small (--image-size 128,
 --batch 2); on CUDA the paper's 512 px crops and 4 images per GPU.
@@ -38,7 +40,8 @@ from ldvc_d2.modeling import inference_model  # noqa: E402
 from ldvc_d2.modeling.ldvc.lcsa import LocalConsensusSelfAttention  # noqa: E402
 from ldvc_d2.predictor import load_config  # noqa: E402
 from ldvc_d2.utils.io import write_json_atomic  # noqa: E402
-from ldvc_d2.utils.speed import interleaved_seconds, median_seconds, peak_mib, tensor_peak_mib  # noqa: E402
+from ldvc_d2.utils.speed import (interleaved_seconds, median_seconds, peak_mib, settle_allocator,  # noqa: E402
+                                 tensor_peak_mib)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"ldvc": "configs/coco_stuff.yaml", "zegclip": "configs/zegclip/coco_stuff.yaml",
@@ -200,7 +203,8 @@ def text_section(args, device, notes: List[str]) -> Dict:
 
 
 def table(result: Dict) -> str:
-    lines = [f"device {result['device']}, clock {result['clock']}, median of {result['repeats']}"]
+    lines = [f"device {result['device']}, clock {result['clock']}, median of {result['repeats']}, "
+             f"CPU allocator: {result.get('allocator', 'as started')}"]
     for method, r in result.get("train", {}).items():
         parts = ", ".join(f"{k} {v * 100:.1f}" for k, v in r["breakdown_share"].items())
         mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
@@ -234,7 +238,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if unknown:
         raise SystemExit(f"--sections: unknown {sorted(unknown)}; choose from {sorted(sections)}")
     result = {"device": str(device), "clock": args.clock, "repeats": args.repeats, "threads": torch.get_num_threads(),
-              "image_size": args.image_size, "batch": args.batch, "notes": []}
+              "image_size": args.image_size, "batch": args.batch, "notes": [],
+              "allocator": "glibc heap up to 32 MiB, 64 MiB kept" if settle_allocator() else "as started"}
     for name in args.sections.split(","):
         result[name] = sections[name](args, device, result["notes"])
     print(table(result), flush=True)

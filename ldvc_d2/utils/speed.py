@@ -19,6 +19,13 @@ deterministic for a given program.
 tools/analyze_model.py times several models image by image in turn, so they share a shared machine's
 load (:func:`interleaved_speed`), and reports each model's weights plus the most one image adds
 (:func:`peak_mib`).
+
+Allocator (CPU, glibc): both tools time in one stated state of glibc's malloc (:func:`settle_allocator`):
+allocations up to 32 MiB from the heap and freed heap memory kept up to 64 MiB, the most that glibc's own
+thresholds rise to once a process has freed a large block, as a model's forward pass does. A fresh process
+starts lower (128 KiB), so a lone layer that allocates and frees tens of MiB per call gets its pages back
+from the kernel on every call: one LCSA layer at 32×32 tokens then spends ~2.5-3k page faults per call
+(global attention under 1k), 10-20% of its time, which inside a model it does not.
 """
 import ctypes
 import gc
@@ -28,10 +35,29 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["interleaved_seconds", "interleaved_speed", "median_seconds", "memory_kind", "peak_mib", "synchronize",
-           "tensor_peak_mib"]
+__all__ = ["interleaved_seconds", "interleaved_speed", "median_seconds", "memory_kind", "peak_mib",
+           "settle_allocator", "synchronize", "tensor_peak_mib"]
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 2 ** 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def settle_allocator() -> bool:
+    """Put glibc's malloc in the state the timings use (module text): heap allocations up to 32 MiB, freed
+    heap memory kept up to 64 MiB (the highest values of glibc's own dynamic thresholds). False where
+    there is no glibc (nothing changed)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX))
 
 
 def synchronize(device: torch.device) -> None:
@@ -88,20 +114,23 @@ def peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:
         fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    libc = _libc()
+    if libc is None:
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
         libc.malloc_trim(0)
         base = _status_mib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
     except OSError:
+        settle_allocator()
         return None
     try:
         fn()
         return _status_mib("VmHWM") - base
     finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2 ** 20)
+        settle_allocator()  # the timings' state again (not glibc's start-up thresholds)
 
 
 def tensor_peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:

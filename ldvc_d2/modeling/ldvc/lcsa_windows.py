@@ -52,11 +52,12 @@ def _layout(x: torch.Tensor, order: torch.Tensor, w_qkv: torch.Tensor, b_qkv: to
     xw, d = x.index_select(0, order), x.shape[1]
     heads, hd = spec.num_heads, spec.head_dim
 
-    def projected(i: int) -> torch.Tensor:  # the qkv weight's i-th row block, as an H×BW×n²×hd view
-        t = F.linear(xw, w_qkv[i * d:(i + 1) * d], b_qkv[i * d:(i + 1) * d])
+    def projected(i: int, scale: float = 1.0) -> torch.Tensor:  # the qkv weight's i-th row block (× scale),
+        w, b = w_qkv[i * d:(i + 1) * d], b_qkv[i * d:(i + 1) * d]  # as an H×BW×n²×hd view
+        t = F.linear(xw, w * scale, b * scale) if scale != 1.0 else F.linear(xw, w, b)
         return t.view(windows, -1, heads, hd).permute(2, 0, 1, 3)
 
-    q = (projected(0) * spec.scale).contiguous()
+    q = projected(0, spec.scale).contiguous()  # the scale folded into the weights: no pass over Q
     kv = x.new_empty(heads, windows, x.shape[0] // windows, 2, hd)
     for i in (1, 2):
         kv[..., i - 1, :] = projected(i)
@@ -99,15 +100,17 @@ def _forward(x, w_qkv, b_qkv, w_o, b_o, order, flat_ids, spec: RoutedSpec, keep:
     windows = flat_ids.shape[0]
     q, kv = _layout(x, order, w_qkv, b_qkv, windows, spec)
     gather = _Gather(kv, flat_ids, spec.step, spec.head_dim)
-    attn = torch.empty_like(q)
+    heads, r = q.shape[0], q.shape[2]
+    attn = x.new_empty(windows, r, heads, spec.head_dim)  # window order, heads side by side (the output
+    by_head = attn.permute(2, 0, 1, 3)  # projection's input), written chunk by chunk through this view
     for s, e in _chunks(windows, spec.step):
         k_c, v_c = gather(s, e)
         if spec.attn_dropout:  # eq. (12) written out: the mask is drawn here and replayed in backward
             p = torch.softmax(q[:, s:e] @ k_c.transpose(-1, -2), dim=-1)
-            attn[:, s:e] = (p * dropout_mask(p, spec.attn_dropout)) @ v_c
+            by_head[:, s:e] = (p * dropout_mask(p, spec.attn_dropout)) @ v_c
         else:  # q carries the softmax scale already
-            attn[:, s:e] = F.scaled_dot_product_attention(q[:, s:e], k_c, v_c, scale=1.0)
-    attn = attn.permute(1, 2, 0, 3).reshape(x.shape)  # window order, heads side by side
+            by_head[:, s:e] = F.scaled_dot_product_attention(q[:, s:e], k_c, v_c, scale=1.0)
+    attn = attn.view(x.shape)
     out = torch.empty_like(x).index_copy_(0, order, torch.addmm(b_o, attn, w_o.t()))
     return out, ((q, kv, attn) if keep else None)
 
