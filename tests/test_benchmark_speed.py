@@ -61,3 +61,34 @@ def test_tensor_peak_counts_live_tensors():
     if peak is None:
         pytest.skip("this torch's profiler has no memory timeline")
     assert peak == pytest.approx(6.0)
+
+
+
+def test_peak_measurement_puts_the_settled_allocator_back(monkeypatch):
+    """A CPU peak measurement makes every allocation its own mapping meanwhile; afterwards glibc's malloc is
+    in the timings' state again (settle_allocator: heap up to 32 MiB, 64 MiB of freed memory kept), not at
+    a 32 MiB mmap threshold with whatever trim threshold the process had (the allocator then returned a
+    lone layer's memory to the kernel after every call of later timings)."""
+    import torch
+
+    from ldvc_d2.utils import speed
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            return 1
+
+    monkeypatch.setattr(speed, "_libc", lambda: FakeLibc())
+    assert speed.settle_allocator()
+    settled = calls[:]
+    assert sorted(settled) == [(-3, 32 * 2 ** 20), (-1, 64 * 2 ** 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    calls.clear()
+    peak = speed.peak_mib(lambda: torch.empty(2 ** 20).fill_(1.0), torch.device("cpu"))
+    if peak is None:
+        pytest.skip("no /proc/self/status here")
+    assert calls[0] == (-3, 64 * 1024) and calls[1:] == settled
