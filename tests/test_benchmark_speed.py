@@ -11,10 +11,12 @@ from tests.scripts import load_script
 def test_tiny_run_json_and_table_agree(tmp_path, capsys):
     tool, out = load_script("tools/benchmark_speed.py"), tmp_path / "speed.json"
     result = tool.main(["--clip-model", "LDVC-Tiny", "--sections", "lcsa,text,train", "--methods", "ldvc",
-                        "--image-size", "64", "--batch", "1", "--repeats", "1", "--grids", "24", "--output", str(out)])
+                        "--image-size", "64", "--batch", "1", "--repeats", "1", "--grids", "24,16", "--dropout-grids", "24",
+                        "--output", str(out)])
     printed = capsys.readouterr().out
     saved = json.loads(out.read_text())
-    assert saved["lcsa"].keys() == {"24"} and saved["text"].keys() == {"20", "171"}
+    assert saved["lcsa"].keys() == {"24", "16"} and saved["text"].keys() == {"20", "171"}
+    assert saved["lcsa"]["16"].keys() == {"inference", "training"}  # not in --dropout-grids
     assert set(saved["train"]) == {"ldvc"}
     assert saved["lcsa"]["24"].keys() == {"inference", "training", "training_dropout"}
     for mode, row in saved["lcsa"]["24"].items():

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 
 from ldvc_d2 import add_ldvc_config
 from ldvc_d2.config import MOVED_KEYS, load_config_file, merge_overrides, validate_config
-from tests.config_reads import ReadRecordingCfgNode, recorded_reads, set_keys
+from ldvc_d2.utils.config_reads import ReadRecordingCfgNode, recorded_reads, set_keys
 from tests.conftest import REPO, tiny_cfg
 
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)

@@ -56,6 +56,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--clip-model", default="", help="MODEL.CLIP.MODEL override (e.g. LDVC-Tiny for a smoke test)")
     p.add_argument("--methods", default="ldvc,zegclip", help="trained methods for the train section")
     p.add_argument("--grids", default="32,64,96", help="LCSA token grids (side)")
+    p.add_argument("--dropout-grids", default="32,64",
+                   help="the grids of --grids that also get the training_dropout row (global attention with dropout "
+                        "holds heads x L^2 attention weights and their mask: ~6 GiB at 96x96)")
     p.add_argument("--sections", default="train,eval,lcsa,text")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per figure (median)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: process CPU time (shared CPUs)")
@@ -148,8 +151,10 @@ def lcsa_section(args, device, notes: List[str]) -> Dict:
     """One LCSA layer (top-16) against global self-attention in each of LCSA_MODES: time, peak memory
     (resident set / CUDA) and peak tensor memory."""
     out = {}
+    with_dropout = {int(g) for g in args.dropout_grids.split(",") if g.strip()}
     for grid in (int(g) for g in args.grids.split(",")):
-        out[str(grid)] = {mode: _lcsa_row(grid, mode, device, args) for mode in LCSA_MODES}
+        modes = [m for m in LCSA_MODES if m != "training_dropout" or grid in with_dropout]
+        out[str(grid)] = {mode: _lcsa_row(grid, mode, device, args) for mode in modes}
     return out
 
 

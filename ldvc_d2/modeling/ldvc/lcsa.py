@@ -20,7 +20,7 @@ Q, K, V and one chunk (never Q, K, V of all heads nor gathered copies of K and V
 its training backward pass recomputes instead of storing. On small grids (one image's attention outputs
 at most four chunks: d 512 up to 32×32 tokens) ``lcsa_windows.py`` runs all heads at once in window
 order and keeps Q, K, V for backward, as global attention does (faster there than the per-head passes,
-at global attention's speed on the CPU).
+slightly faster than global attention on the CPU: docs/speed.md).
 """
 import logging
 from typing import Optional

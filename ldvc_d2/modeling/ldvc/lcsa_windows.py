@@ -17,8 +17,9 @@ state is replayed; both passes draw one mask per chunk in the same order), appli
 derivative by hand and adds the chunk's dK, dV into the routed windows' rows.
 
 Results equal the per-head passes of ``lcsa_routed.py`` up to float rounding. On the CPU at 32×32
-tokens (d 512, 8 heads, top-16) this path runs at global attention's speed, where the per-head passes
-take up to 1.2× (training); it holds about twice global attention's tensors there.
+tokens (d 512, 8 heads, top-16) this path takes 0.92-0.96 of global attention's time (inference and
+training, one or two threads), where the per-head passes take up to 1.2× (training); it holds about twice
+global attention's tensors there.
 ``tools/benchmark_speed.py --sections lcsa`` prints time and memory against global attention
 (docs/speed.md).
 """

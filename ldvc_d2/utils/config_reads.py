@@ -1,4 +1,6 @@
-"""Which config keys a piece of code reads: a CfgNode subclass that records every key looked up on it."""
+"""Which config keys a piece of code reads: a CfgNode subclass that records every key looked up on it (used by
+tools/config_table.py for configs/README.md's key table and by tests/test_configs.py: a config that sets a key its
+method never reads fails)."""
 import contextlib
 from typing import Dict, Iterator, List, Set
 
