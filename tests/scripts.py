@@ -38,17 +38,27 @@ def run_train_net(*argv: str) -> Tuple[object, str]:
     """``python train_net.py *argv`` with one process, run in this process: the same parser and ``main``
     (train_net's launch calls ``main`` directly for one process). Returns ``main``'s results and the log
     lines of the run (detectron2's, ldvc_d2's, ...), one record a line as ``[logger]: message``."""
+    from detectron2.utils.logger import setup_logger
+
     train_net = load_script("train_net.py")
     args = train_net.argument_parser().parse_args(list(argv))
     assert args.num_gpus == 1 and args.num_machines == 1, "several processes: run train_net.py itself"
     handler = _Records()
     # detectron2's setup_logger stops propagation of these; the root logger gets everything else
     loggers = [logging.getLogger(name) for name in ("", "detectron2", "d2", "fvcore", "ldvc_d2")]
+    before = {logger.name: list(logger.handlers) for logger in loggers}
     for logger in loggers:
         logger.addHandler(handler)
     try:
         results = train_net.main(args)
     finally:
+        # the run's own handlers (console, OUTPUT_DIR/log.txt) go with it, as they would with its process:
+        # otherwise every later run in this process would also print and write into this run's log file
         for logger in loggers:
-            logger.removeHandler(handler)
+            for h in [h for h in logger.handlers if h not in before[logger.name]]:
+                logger.removeHandler(h)
+                if h is not handler:
+                    h.close()
+        if hasattr(setup_logger, "cache_clear"):
+            setup_logger.cache_clear()  # a later run with the same OUTPUT_DIR sets its handlers up again
     return results, "\n".join(handler.lines)

@@ -65,7 +65,6 @@ def test_tensor_peak_counts_live_tensors():
     assert peak == pytest.approx(6.0)
 
 
-
 def test_peak_measurement_puts_the_settled_allocator_back(monkeypatch):
     """A CPU peak measurement makes every allocation its own mapping meanwhile; afterwards glibc's malloc is
     in the timings' state again (settle_allocator: heap up to 32 MiB, 64 MiB of freed memory kept), not at

@@ -1,6 +1,7 @@
 """C2S end to end through train_net's parser and main (train -> --eval-only on generated shapes data, the
-eval-only run unable to build CLIP's image tower; in the test process: tests/scripts.py run_train_net). The [CLS] bank gathered over two gloo processes is checked in
-tests/test_distributed.py (in its launch of 2 processes)."""
+eval-only run unable to build CLIP's image tower; in the test process: tests/scripts.py run_train_net).
+The [CLS] bank gathered over two gloo processes is checked in tests/test_distributed.py (in its launch of
+2 processes)."""
 import json
 import os
 

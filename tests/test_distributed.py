@@ -10,13 +10,10 @@
   micro-batch (seeded by its index in the iteration), so they make the same update.
 * Every trainable parameter's gradient has the parameter's own strides (DDP's bucket-view contract).
 * C2S's [CLS] bank gathered over the 2 processes: rank-major, identical on both (in the same launch).
-* train_net's ``main`` with --eval-only over the 2 processes (in the same launch) writes the same
-  sem_seg_metrics.json, byte for byte, as with 1.
 
-The 1-process references run in this process (one process is what ``launch`` runs in place);
-train_net.py's own several-process run (two "machines") is in test_distributed_cli.py.
+The 1-process reference runs train in this process (one process is what ``launch`` runs in place);
+train_net.py's own several-process runs (evaluation, two "machines") are in test_distributed_cli.py.
 """
-import filecmp
 import os
 
 import pytest
@@ -29,8 +26,7 @@ from detectron2.utils import comm
 from ldvc_d2.checkpoint import load_checkpoint_file
 from ldvc_d2.engine.launch import launch
 from tests import tiny_shapes
-from tests.conftest import REPO, tiny_cfg
-from tests.scripts import run_train_net
+from tests.conftest import tiny_cfg
 
 COMMON = ["DATASETS.TRAIN", f"('{tiny_shapes.TRAIN}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
@@ -95,35 +91,16 @@ def _gather_bank(out: str) -> None:
     torch.save({"results": results, "bank": bank.tokens.clone()}, os.path.join(out, f"bank_rank{rank}.pt"))
 
 
-def _eval_args(weights: str, out: str):
-    """train_net.py's arguments for --eval-only of ``weights`` on the tiny validation split."""
-    return ["--config-file", os.path.join(REPO, LDVC), "--eval-only", "MODEL.CLIP.PRETRAINED", "",
-            "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)", "OUTPUT_DIR", out]
-
-
-def _metrics_file(out: str) -> str:
-    return os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json")
-
-
 def _two_process_work(out: str, data: str) -> None:
     _train_runs(out, data, TWO)
     _gather_bank(out)
-    import train_net  # its main, as train_net.py's launch calls it in each process
-
-    # no data-loader workers: in a spawned process they are spawned too, each importing everything again
-    args = _eval_args(os.path.join(out, "eval_weights.pth"), os.path.join(out, "eval"))
-    train_net.main(train_net.argument_parser().parse_args([*args, "DATALOADER.NUM_WORKERS", "0"]))
 
 
 @pytest.fixture(scope="module")
 def two_processes(tiny_data, tmp_path_factory) -> str:
     """One launch of 2 gloo processes for the module (each start of a process costs seconds): the TWO
-    training runs, C2S's bank gather, then an evaluation of random weights (``eval_weights.pth``) into
-    ``eval/``; returns the folder of their files."""
+    training runs, then C2S's bank gather; returns the folder of their files."""
     out = str(tmp_path_factory.mktemp("two_processes"))
-    torch.manual_seed(3)
-    torch.save({"model": build_model(tiny_cfg(LDVC, "DATASETS.TRAIN", "()")).state_dict()},
-               os.path.join(out, "eval_weights.pth"))
     launch(_two_process_work, 2, dist_url="auto", args=(out, tiny_data[1]))
     return out
 
@@ -153,15 +130,6 @@ def test_c2s_bank_is_gathered_rank_major_and_identical_on_both_processes(two_pro
         assert torch.equal(g0, g1) and (o0, o1) == (0, 2) and torch.equal(c0, c1)
     assert r0["results"][1][2].shape == (5, 3)  # 4 current + the newest previous token
     assert torch.equal(r0["bank"], r1["bank"])
-
-
-def test_evaluation_with_two_processes_writes_the_same_metrics(tiny_data, two_processes, tmp_path):
-    """The per-image results of both processes are gathered on rank 0, which writes the metrics file: the
-    same bytes as one process evaluating every image (with its default data-loader workers)."""
-    tiny_shapes.register(tiny_data[1])
-    run_train_net(*_eval_args(os.path.join(two_processes, "eval_weights.pth"), str(tmp_path / "eval")))
-    assert filecmp.cmp(_metrics_file(str(tmp_path / "eval")), _metrics_file(os.path.join(two_processes, "eval")),
-                       shallow=False)
 
 
 def test_gradients_keep_the_parameter_layout(tiny_data):

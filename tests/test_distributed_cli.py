@@ -1,11 +1,15 @@
-"""train_net.py with several CPU processes (gloo), as a user runs it on a machine without CUDA: two
-"machines" of one process each (--num-machines 2, --machine-rank, --dist-url on 127.0.0.1) train together,
-and the result is the 1-process run with accumulation over the same total batch.
+"""train_net.py with several CPU processes (gloo), as a user runs it on a machine without CUDA.
 
-The machines are train_net.py processes; the 1-process reference runs train_net's parser and ``main`` in
-this process (what train_net.py does for one process: tests/scripts.py ``run_train_net``). Evaluation over 2
-processes (train_net's ``main`` in a launch of 2) is in test_distributed.py.
+* Evaluation with 2 processes (``--num-gpus 2``: train_net.py's launch spawns them) writes the same
+  sem_seg_metrics.json, byte for byte, as with 1.
+* Two "machines" of one process each (--num-machines 2, --machine-rank, --dist-url on 127.0.0.1; each
+  machine's process is the one started) train together, and the result is the 1-process run with
+  accumulation over the same total batch.
+
+The several-process runs are train_net.py processes; each 1-process reference runs train_net's parser and
+``main`` in this process (what train_net.py does for one process: tests/scripts.py ``run_train_net``).
 """
+import filecmp
 import os
 import subprocess
 import sys
@@ -14,10 +18,11 @@ import pytest
 import torch
 
 import ldvc_d2  # noqa: F401  (first: the detectron2 v0.6 shims)
+from detectron2.modeling import build_model
 
 from ldvc_d2.checkpoint import load_checkpoint_file
 from tests import tiny_shapes
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_cfg
 from tests.scripts import run_train_net
 from tests.test_distributed import COMMON, LDVC, RTOL, _max_diff
 
@@ -28,6 +33,33 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_shapes")
     return str(root), tiny_shapes.make(str(root))
+
+
+def _train_net(tmp_path, *args):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_evaluation_with_two_processes_writes_the_same_metrics(tiny_data, tmp_path):
+    root, _ = tiny_data
+    torch.manual_seed(3)
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": build_model(tiny_cfg(LDVC, "DATASETS.TRAIN", "()")).state_dict()}, weights)
+    files = []
+    for procs in ("1", "2"):
+        out = str(tmp_path / f"eval{procs}")
+        args = ["--config-file", os.path.join(REPO, LDVC), "--num-gpus", procs, "--dist-url", "auto",
+                "--eval-only", "--register", os.path.join(root, "register_tiny_shapes.py"),
+                "MODEL.CLIP.PRETRAINED", "", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_shapes.VAL}',)",
+                "OUTPUT_DIR", out]
+        if procs == "1":
+            run_train_net(*args)
+        else:  # no data-loader workers: in the spawned ranks they would be spawned too, each importing everything
+            _train_net(tmp_path, *args, "DATALOADER.NUM_WORKERS", "0")
+        files.append(os.path.join(out, "inference", tiny_shapes.VAL, "sem_seg_metrics.json"))
+    assert filecmp.cmp(*files, shallow=False)
 
 
 def _free_port() -> int:

@@ -61,8 +61,10 @@ def _free_port() -> int:
 def _cpu_worker(local_rank: int, main_func: Callable, world_size: int, per_machine: int, machine_rank: int,
                 dist_url: str, args: tuple) -> None:
     rank = machine_rank * per_machine + local_rank
-    if "OMP_NUM_THREADS" not in os.environ:  # one share of this machine's cores per process, as one GPU each
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
+    # one share of this machine's cores per process, as one GPU each; fewer where OMP_NUM_THREADS asks for fewer
+    share = max(1, (os.cpu_count() or 1) // per_machine)
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    torch.set_num_threads(min(share, int(asked)) if asked.isdigit() and int(asked) > 0 else share)
     dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=TIMEOUT)
     if hasattr(comm, "create_local_process_group"):  # current detectron2
         comm.create_local_process_group(per_machine)
@@ -77,6 +79,10 @@ def _cpu_worker(local_rank: int, main_func: Callable, world_size: int, per_machi
         comm.synchronize()  # every process is done with its collectives before any tears its group down
     finally:
         dist.destroy_process_group()
+        # a later launch in this process (one process per machine runs here) builds its local group afresh
+        comm._LOCAL_PROCESS_GROUP = None
+        if hasattr(getattr(comm, "create_local_process_group", None), "cache_clear"):
+            comm.create_local_process_group.cache_clear()  # current detectron2 caches the call
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:

@@ -280,9 +280,18 @@ def _build_frozen(model_name: str, pretrained: str, cache_dir: Optional[str], cr
 
 
 @functools.lru_cache(maxsize=None)
+def _shared_tokenizer(model_name: str) -> Any:
+    return open_clip.get_tokenizer(model_name)
+
+
 def clip_tokenizer(model_name: str) -> Any:
-    """open_clip's tokenizer of ``model_name``, built once per process and shared by every model (it keeps no
-    state that depends on its user; building CLIP's BPE tables takes ~0.1 s, once per model build before)."""
+    """open_clip's tokenizer of ``model_name``. CLIP's own BPE tokenizer (``SimpleTokenizer``: building its
+    tables takes ~0.1 s) is built once per process and shared by every model (it keeps only a cache of
+    encoded words); other tokenizers (Hugging Face ones, not safe to call from several threads at once) are
+    built for each caller."""
+    tokenizer = _shared_tokenizer(model_name)
+    if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        return tokenizer
     return open_clip.get_tokenizer(model_name)
 
 
