@@ -22,6 +22,7 @@ from detectron2.modeling import build_model
 
 from ldvc_d2.checkpoint import load_checkpoint_file
 from tests import tiny_shapes
+from tests.browser import free_port
 from tests.conftest import REPO, tiny_cfg
 from tests.scripts import run_train_net
 from tests.test_distributed import COMMON, LDVC, RTOL, _max_diff
@@ -62,21 +63,13 @@ def test_evaluation_with_two_processes_writes_the_same_metrics(tiny_data, tmp_pa
     assert filecmp.cmp(*files, shallow=False)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_machines_of_one_process_each(tiny_data, tmp_path):
     """--num-machines 2 on localhost: both "machines" train together, and the result is the 1-process
     run with accumulation over the same total batch (the dropout-free COMMON settings)."""
     root, _ = tiny_data
     args = ["--config-file", os.path.join(REPO, LDVC), "--register", os.path.join(root, "register_tiny_shapes.py"),
             "MODEL.CLIP.PRETRAINED", "", *COMMON, "SOLVER.IMS_PER_BATCH", "2", "SEED", "5"]
-    url = f"tcp://127.0.0.1:{_free_port()}"
+    url = f"tcp://127.0.0.1:{free_port()}"
     machines = [subprocess.Popen([sys.executable, os.path.join(REPO, "train_net.py"), "--num-machines", "2",
                                   "--machine-rank", str(rank), "--dist-url", url, *args, "OUTPUT_DIR", f"m{rank}"],
                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -15,12 +15,12 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import ldvc_d2  # noqa: E402
+import ldvc_d2  # noqa: E402,F401
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from ldvc_d2 import config as config_module  # noqa: E402
-from ldvc_d2.config import load_config_file  # noqa: E402
+from ldvc_d2.predictor import load_config  # noqa: E402
 from ldvc_d2.utils.config_reads import ReadRecordingCfgNode, recorded_reads  # noqa: E402
 
 README = os.path.join(REPO, "configs", "README.md")
@@ -83,20 +83,12 @@ def _expand(target: str, aliases: Dict[str, str]) -> str:
     return full[4:] if full.startswith("cfg.") else full
 
 
-def _tiny_cfg(path: str):
-    """The config file as train_net reads it, with the tiny random CLIP and random students (no downloads)."""
-    cfg = get_cfg()
-    ldvc_d2.add_ldvc_config(cfg)
-    load_config_file(cfg, os.path.join(REPO, path))
-    cfg.merge_from_list(["MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "", "MODEL.C2S.STUDENT_WEIGHTS", "",
-                         "MODEL.DEVICE", "cpu"])
-    return cfg
-
-
 def readers() -> Dict[str, List[str]]:
     found: Dict[str, List[str]] = {}
     for method, path in METHOD_CONFIGS.items():
-        cfg = _tiny_cfg(path)
+        # the tiny random CLIP and random students: nothing downloaded
+        cfg = load_config(os.path.join(REPO, path), ["MODEL.CLIP.MODEL", "LDVC-Tiny", "MODEL.CLIP.PRETRAINED", "",
+                                                     "MODEL.C2S.STUDENT_WEIGHTS", "", "MODEL.DEVICE", "cpu"])
         with recorded_reads() as reads:
             build_model(ReadRecordingCfgNode(cfg))
         for key in reads:

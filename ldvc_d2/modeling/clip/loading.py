@@ -7,7 +7,6 @@ Model configs shipped in ``model_configs/`` (``LDVC-Tiny``) are registered with 
 :func:`build_clip_text_model` builds the text tower alone from the same sources (models without an image tower).
 """
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -279,9 +278,7 @@ def _build_frozen(model_name: str, pretrained: str, cache_dir: Optional[str], cr
     return model
 
 
-@functools.lru_cache(maxsize=None)
-def _shared_tokenizer(model_name: str) -> Any:
-    return open_clip.get_tokenizer(model_name)
+_SHARED_TOKENIZERS: Dict[str, Any] = {}
 
 
 def clip_tokenizer(model_name: str) -> Any:
@@ -289,10 +286,12 @@ def clip_tokenizer(model_name: str) -> Any:
     tables takes ~0.1 s) is built once per process and shared by every model (it keeps only a cache of
     encoded words); other tokenizers (Hugging Face ones, not safe to call from several threads at once) are
     built for each caller."""
-    tokenizer = _shared_tokenizer(model_name)
-    if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
-        return tokenizer
-    return open_clip.get_tokenizer(model_name)
+    if model_name not in _SHARED_TOKENIZERS:
+        tokenizer = open_clip.get_tokenizer(model_name)
+        if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+            return tokenizer
+        _SHARED_TOKENIZERS[model_name] = tokenizer
+    return _SHARED_TOKENIZERS[model_name]
 
 
 def build_clip_model(model_name: str, pretrained: str, *, cache_dir: Optional[str] = None) -> Tuple[nn.Module, Any]:
